@@ -1,0 +1,67 @@
+//! The kinds of object the identity service stores.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Namespace,
+    ServiceAccount,
+    Secret,
+    Pod,
+    Node,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Namespace,
+        Kind::ServiceAccount,
+        Kind::Secret,
+        Kind::Pod,
+        Kind::Node,
+    ];
+
+    /// The Kubernetes kind name, also the store's `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::ServiceAccount => "ServiceAccount",
+            Kind::Secret => "Secret",
+            Kind::Pod => "Pod",
+            Kind::Node => "Node",
+        }
+    }
+
+    /// The Kubernetes resource (plural, lowercase) used in error texts and RBAC.
+    pub fn resource(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespaces",
+            Kind::ServiceAccount => "serviceaccounts",
+            Kind::Secret => "secrets",
+            Kind::Pod => "pods",
+            Kind::Node => "nodes",
+        }
+    }
+
+    /// Namespaced kinds live in a namespace that must exist; cluster-scoped kinds
+    /// have an empty namespace.
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::Namespace | Kind::Node)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown kind {s:?}"))
+    }
+}

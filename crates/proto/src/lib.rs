@@ -1,0 +1,24 @@
+//! Generated protobuf messages (and, with the `grpc` feature, tonic services) for
+//! every Badge API, plus the encoded descriptor set for server reflection.
+
+#![allow(clippy::all, clippy::pedantic, clippy::unwrap_used, missing_docs)]
+
+pub mod badge {
+    pub mod meta {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/badge.meta.v1.rs"));
+        }
+    }
+    pub mod identity {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/badge.identity.v1.rs"));
+        }
+    }
+}
+
+pub use badge::identity::v1 as identity;
+pub use badge::meta::v1 as meta;
+
+/// Encoded `FileDescriptorSet` of every Badge `.proto` file and its imports.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/badge_descriptor.bin"));
