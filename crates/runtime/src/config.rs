@@ -1,0 +1,304 @@
+//! Configuration: a TOML file, then `BADGE_<SECTION>__<KEY>` environment variables,
+//! then `--set section.key=value` flags (later wins). Values are parsed as TOML
+//! literals when they are one (`true`, `30`, `["a","b"]`), otherwise taken as
+//! strings. After deserializing, [`Validate`] collects every problem at once so an
+//! operator fixes the file in one go.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::tls::TlsFiles;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{source_name}: {message}")]
+    Override {
+        source_name: String,
+        message: String,
+    },
+    #[error("invalid configuration: {message}")]
+    Deserialize { message: String },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// Semantic checks after parsing; push one message per problem, naming the setting.
+pub trait Validate {
+    fn validate(&self, errors: &mut Vec<String>);
+}
+
+fn literal(raw: &str) -> toml::Value {
+    // `v = <raw>` parses only when raw is a TOML literal; otherwise it is a string.
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn set_path(root: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut table = root;
+    for p in parents {
+        let entry = table
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{p} is not a table"))?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Loads `T` from the three sources and validates it.
+pub fn load<T: DeserializeOwned + Validate>(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &[String],
+) -> Result<T, ConfigError> {
+    let mut root = toml::Table::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        root = text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    }
+    let mut env: Vec<_> = env
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix("BADGE_")?;
+            // Only `SECTION__KEY` names are settings; other BADGE_ variables (for
+            // tests, scripts) are left alone.
+            rest.contains("__").then(|| {
+                let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+                (k.clone(), path, v)
+            })
+        })
+        .collect();
+    env.sort();
+    for (name, path, value) in env {
+        set_path(&mut root, &path, literal(&value)).map_err(|message| ConfigError::Override {
+            source_name: name,
+            message,
+        })?;
+    }
+    for o in overrides {
+        let Some((key, value)) = o.split_once('=') else {
+            return Err(ConfigError::Override {
+                source_name: format!("--set {o}"),
+                message: "expected section.key=value".into(),
+            });
+        };
+        let path: Vec<String> = key.trim().split('.').map(str::to_string).collect();
+        set_path(&mut root, &path, literal(value.trim())).map_err(|message| {
+            ConfigError::Override {
+                source_name: format!("--set {o}"),
+                message,
+            }
+        })?;
+    }
+    let config: T = toml::Value::Table(root)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Deserialize {
+            message: e.message().to_string(),
+        })?;
+    let mut errors = Vec::new();
+    config.validate(&mut errors);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(errors))
+    }
+}
+
+/// A gRPC listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Address to bind, e.g. `127.0.0.1:8443` (port 0 picks a free one).
+    pub listen: SocketAddr,
+    pub tls: TlsFiles,
+}
+
+impl ListenConfig {
+    pub fn validate(&self, section: &str, errors: &mut Vec<String>) {
+        for (key, path) in [
+            ("ca", &self.tls.ca),
+            ("cert", &self.tls.cert),
+            ("key", &self.tls.key),
+        ] {
+            if !path.is_file() {
+                errors.push(format!(
+                    "{section}.tls.{key}: file {} does not exist (run `badge dev-pki` or point it at your PEM file)",
+                    path.display()
+                ));
+            }
+        }
+    }
+}
+
+/// The Postgres store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user@host:port/db`.
+    pub url: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    16
+}
+
+impl DatabaseConfig {
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            errors.push(format!(
+                "database.url: must start with postgres:// (got {:?})",
+                redact_url(&self.url)
+            ));
+        }
+        if self.max_connections == 0 {
+            errors.push("database.max_connections: must be at least 1".into());
+        }
+    }
+}
+
+/// Drops a password from a URL before it is shown anywhere.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `badge_identity=debug,info`.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: default_level(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct T {
+        database: DatabaseConfig,
+        #[serde(default)]
+        log: LogConfig,
+        #[serde(default)]
+        n: u32,
+    }
+    impl Validate for T {
+        fn validate(&self, errors: &mut Vec<String>) {
+            self.database.validate(errors);
+            if self.n > 10 {
+                errors.push("n: at most 10".into());
+            }
+        }
+    }
+
+    #[test]
+    fn env_and_flags_override_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "n = 1\n[database]\nurl = \"postgres://a@h/db\"\n").expect("write");
+        let env = vec![
+            ("BADGE_DATABASE__MAX_CONNECTIONS".to_string(), "3".to_string()),
+            ("BADGE_TEST_DATABASE_URL".to_string(), "ignored".to_string()),
+            ("BADGE_LOG__FORMAT".to_string(), "json".to_string()),
+        ];
+        let t: T = load(Some(&f), env, &["n=7".to_string()]).expect("load");
+        assert_eq!(t.database.max_connections, 3);
+        assert_eq!(t.log.format, LogFormat::Json);
+        assert_eq!(t.n, 7);
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let err = load::<T>(
+            None,
+            vec![],
+            &[
+                "database.url=mysql://x".into(),
+                "database.max_connections=0".into(),
+                "n=11".into(),
+            ],
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("database.url"), "{text}");
+        assert!(text.contains("database.max_connections"), "{text}");
+        assert!(text.contains("n: at most 10"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = load::<T>(
+            None,
+            vec![],
+            &["database.url=postgres://x".into(), "databse.url=1".into()],
+        )
+        .expect_err("unknown");
+        assert!(err.to_string().contains("databse"), "{err}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/d"),
+            "postgres://u:***@h:5432/d"
+        );
+        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+    }
+}

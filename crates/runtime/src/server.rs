@@ -1,0 +1,178 @@
+//! Serving a set of gRPC services the Badge way: mTLS, the auth layer, health
+//! (NOT_SERVING until the store answers), reflection v1 and v1alpha, graceful stop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::auth::{AuthLayer, Authorizer, MethodTable};
+use crate::tls::TlsMaterial;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection: {0}")]
+    Reflection(String),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Builder for one gRPC listener.
+pub struct GrpcServer {
+    routes: RoutesBuilder,
+    names: Vec<&'static str>,
+    tables: Vec<MethodTable>,
+    health: HealthReporter,
+}
+
+impl Default for GrpcServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GrpcServer {
+    pub fn new() -> Self {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service);
+        GrpcServer {
+            routes,
+            names: Vec::new(),
+            tables: Vec::new(),
+            health,
+        }
+    }
+
+    /// Adds a service and its method table (every method needs a rule).
+    pub fn add_service<S>(mut self, service: S, table: MethodTable) -> Self
+    where
+        S: tower_service::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes.add_service(service);
+        self.names.push(S::NAME);
+        self.tables.push(table);
+        self
+    }
+
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    pub fn service_names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    /// The auth layer this server will use (tests check method coverage with it).
+    pub fn auth_layer(&self, authorizer: Arc<dyn Authorizer>) -> AuthLayer {
+        AuthLayer::new(&self.tables, authorizer)
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains in-flight calls.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        tls: &TlsMaterial,
+        authorizer: Arc<dyn Authorizer>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let auth = self.auth_layer(authorizer);
+        let mut routes = self.routes;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(badge_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        routes.add_service(
+            reflection()
+                .build_v1()
+                .map_err(|e| ServeError::Reflection(e.to_string()))?,
+        );
+        routes.add_service(
+            reflection()
+                .build_v1alpha()
+                .map_err(|e| ServeError::Reflection(e.to_string()))?,
+        );
+        tonic::transport::Server::builder()
+            .tls_config(tls.server_config(false))?
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(auth)
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Keeps health in step with a probe (e.g. a store ping): NOT_SERVING until the
+/// first success, back to NOT_SERVING when it fails, SERVING when it recovers.
+pub fn spawn_readiness<F, Fut>(
+    health: HealthReporter,
+    names: Vec<&'static str>,
+    every: Duration,
+    probe: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    tokio::spawn(async move {
+        let mut last: Option<bool> = None;
+        loop {
+            let ok = probe().await;
+            if last != Some(ok) {
+                let status = if ok {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                tracing::info!(?status, "health changed");
+                health.set_service_status("", status).await;
+                for n in &names {
+                    health.set_service_status(*n, status).await;
+                }
+                last = Some(ok);
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received: draining");
+}
