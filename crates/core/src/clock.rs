@@ -24,7 +24,9 @@ pub struct FixedClock(Mutex<SystemTime>);
 
 impl FixedClock {
     pub fn at_unix(secs: u64) -> Self {
-        FixedClock(Mutex::new(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)))
+        FixedClock(Mutex::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+        ))
     }
 
     pub fn advance(&self, by: Duration) {

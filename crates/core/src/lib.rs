@@ -1,10 +1,20 @@
 //! Badge's rules, with no IO: names, labels and selectors, admission, page tokens,
 //! errors. Time is always a parameter. Never depends on tokio, sqlx or tonic.
 
+pub mod admission;
 pub mod clock;
 pub mod error;
 pub mod kind;
+pub mod names;
+pub mod page_token;
+pub mod secret_refs;
+pub mod selector;
+pub mod user;
+pub mod validation;
 
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{Error, FieldViolation, Result};
 pub use kind::Kind;
+pub use page_token::{PageToken, page_size};
+pub use selector::LabelSelector;
+pub use user::service_account_username;

@@ -77,8 +77,7 @@ fn is_qualified_shape(value: &str) -> bool {
         (Some(first), Some(last)) => {
             first.is_ascii_alphanumeric()
                 && last.is_ascii_alphanumeric()
-                && b
-                    .iter()
+                && b.iter()
                     .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         }
         _ => false,
@@ -161,7 +160,7 @@ pub fn validate_label_value(value: &str) -> Vec<String> {
 
 /// Keys in a stable order: prost maps are `HashMap`s, and the same input must give
 /// the same violations in the same order.
-fn sorted<'a>(map: &'a HashMap<String, String>) -> Vec<(&'a String, &'a String)> {
+fn sorted(map: &HashMap<String, String>) -> Vec<(&String, &String)> {
     let mut entries: Vec<_> = map.iter().collect();
     entries.sort();
     entries
@@ -360,7 +359,10 @@ mod tests {
             &"a".repeat(253),
         ];
         for v in ok {
-            assert!(validate_dns_subdomain(v).is_empty(), "{v:?} should be valid");
+            assert!(
+                validate_dns_subdomain(v).is_empty(),
+                "{v:?} should be valid"
+            );
         }
         let bad: &[(&str, &[&str])] = &[
             ("", &["RFC 1123 subdomain"]),
@@ -398,19 +400,34 @@ mod tests {
             &format!("{}/{}", "a".repeat(253), "b".repeat(63)),
         ];
         for v in ok {
-            assert!(validate_qualified_name(v).is_empty(), "{v:?} should be valid");
+            assert!(
+                validate_qualified_name(v).is_empty(),
+                "{v:?} should be valid"
+            );
         }
         let bad: &[(&str, &[&str])] = &[
             ("", &["name part must be non-empty"]),
-            ("/", &["prefix part must be non-empty", "name part must be non-empty"]),
+            (
+                "/",
+                &[
+                    "prefix part must be non-empty",
+                    "name part must be non-empty",
+                ],
+            ),
             ("/a", &["prefix part must be non-empty"]),
             ("a/", &["name part must be non-empty"]),
             ("a/b/c", &["a qualified name must consist"]),
             ("-a", &["name part must consist"]),
             ("a-", &["name part must consist"]),
             ("a b", &["name part must consist"]),
-            ("Example.com/a", &["prefix part a lowercase RFC 1123 subdomain"]),
-            (&"a".repeat(64), &["name part must be no more than 63 characters"]),
+            (
+                "Example.com/a",
+                &["prefix part a lowercase RFC 1123 subdomain"],
+            ),
+            (
+                &"a".repeat(64),
+                &["name part must be no more than 63 characters"],
+            ),
             (
                 &format!("{}/a", "a".repeat(254)),
                 &["prefix part must be no more than 253 characters"],
@@ -427,7 +444,16 @@ mod tests {
 
     #[test]
     fn label_value() {
-        let ok = ["", "a", "A", "MyValue", "my_value", "12345", "a.b-c_d", &"v".repeat(63)];
+        let ok = [
+            "",
+            "a",
+            "A",
+            "MyValue",
+            "my_value",
+            "12345",
+            "a.b-c_d",
+            &"v".repeat(63),
+        ];
         for v in ok {
             assert!(validate_label_value(v).is_empty(), "{v:?} should be valid");
         }
@@ -551,10 +577,17 @@ mod tests {
 
     #[test]
     fn object_meta_uses_the_prefix() {
-        let got = validate_object_meta(Some(&meta("", "")), "service_account.metadata", Kind::ServiceAccount);
+        let got = validate_object_meta(
+            Some(&meta("", "")),
+            "service_account.metadata",
+            Kind::ServiceAccount,
+        );
         assert_eq!(
             fields(&got),
-            ["service_account.metadata.name", "service_account.metadata.namespace"]
+            [
+                "service_account.metadata.name",
+                "service_account.metadata.namespace"
+            ]
         );
         let got = validate_object_meta(None, "service_account.metadata", Kind::ServiceAccount);
         assert_eq!(fields(&got), ["service_account.metadata"]);
@@ -566,9 +599,21 @@ mod tests {
             ("app", "web", &[]),
             ("app", "", &[]),
             ("example.com/tier", "Front_End.1", &[]),
-            ("app", "-web", &["invalid value \"-web\": a valid label must be"]),
-            ("app", &"v".repeat(64), &["must be no more than 63 characters"]),
-            ("-app", "web", &["invalid key \"-app\": name part must consist"]),
+            (
+                "app",
+                "-web",
+                &["invalid value \"-web\": a valid label must be"],
+            ),
+            (
+                "app",
+                &"v".repeat(64),
+                &["must be no more than 63 characters"],
+            ),
+            (
+                "-app",
+                "web",
+                &["invalid key \"-app\": name part must consist"],
+            ),
             (
                 "a/b/c",
                 "x/y",

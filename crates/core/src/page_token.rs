@@ -113,8 +113,7 @@ impl PageToken {
             return Err(invalid());
         }
         let tok: PageToken = serde_json::from_slice(payload).map_err(|_| invalid())?;
-        if tok.kind != kind.as_str() || tok.scope != scope || tok.selector != selector.to_string()
-        {
+        if tok.kind != kind.as_str() || tok.scope != scope || tok.selector != selector.to_string() {
             return Err(Error::invalid("page_token", MISMATCH));
         }
         Ok(tok)
@@ -150,6 +149,7 @@ pub fn page_size(requested: i32) -> Result<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -176,7 +176,13 @@ mod tests {
     fn round_trip() {
         let cases = [
             sample(),
-            PageToken::new(Kind::Namespace, "", &LabelSelector::everything(), "", "kube-system"),
+            PageToken::new(
+                Kind::Namespace,
+                "",
+                &LabelSelector::everything(),
+                "",
+                "kube-system",
+            ),
             PageToken::new(
                 Kind::ServiceAccount,
                 "",
@@ -190,7 +196,8 @@ mod tests {
         for t in cases {
             let enc = t.encode();
             assert!(
-                enc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                enc.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
                 "not url-safe: {enc}"
             );
             let kind: Kind = t.kind.parse().unwrap();
@@ -280,7 +287,10 @@ mod tests {
     #[test]
     fn optional() {
         let s = sel("app=web");
-        assert_eq!(PageToken::decode_optional("", Kind::Pod, "ns1", &s).unwrap(), None);
+        assert_eq!(
+            PageToken::decode_optional("", Kind::Pod, "ns1", &s).unwrap(),
+            None
+        );
         assert_eq!(
             PageToken::decode_optional(&sample().encode(), Kind::Pod, "ns1", &s).unwrap(),
             Some(sample())

@@ -116,7 +116,10 @@ impl LabelSelector {
                             }
                         },
                         t => {
-                            return Err(format!("found '{}', expected: ',' or 'end of string'", t.text()));
+                            return Err(format!(
+                                "found '{}', expected: ',' or 'end of string'",
+                                t.text()
+                            ));
                         }
                     }
                 }
@@ -137,7 +140,10 @@ impl LabelSelector {
     /// `Error::Invalid` on `field`, quoting the selector.
     pub fn parse_field(field: &str, value: &str) -> Result<LabelSelector> {
         Self::parse(value).map_err(|e| {
-            Error::invalid(field, format!("invalid label selector {}: {e}", quote(value)))
+            Error::invalid(
+                field,
+                format!("invalid label selector {}: {e}", quote(value)),
+            )
         })
     }
 
@@ -283,11 +289,9 @@ impl Parser {
             self.pos += 1;
         }
         let key = match self.next() {
-            // `in`/`notin` are keywords only in operator position, so a label named
-            // `in` still works as a key.
+            // As in Kubernetes, `in` and `notin` are keywords where a key is expected
+            // (but plain values where a value is).
             Tok::Ident(k) => k,
-            Tok::In => "in".to_owned(),
-            Tok::NotIn => "notin".to_owned(),
             t => return Err(format!("found '{}', expected: identifier", t.text())),
         };
         check_key(&key)?;
@@ -404,6 +408,7 @@ fn check_value(key: &str, value: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -436,10 +441,13 @@ mod tests {
             ("x,a=b", "a=b,x"),
             ("a==b , x", "a=b,x"),
             ("a=b,a=b", "a=b"),
-            ("example.com/app=web,tier in (front, back)", "example.com/app=web,tier in (back,front)"),
-            // `in` and `notin` as a key or a value.
-            ("in=notin", "in=notin"),
-            ("in", "in"),
+            (
+                "example.com/app=web,tier in (front, back)",
+                "example.com/app=web,tier in (back,front)",
+            ),
+            // `in` and `notin` as values.
+            ("a=notin", "a=notin"),
+            ("a!=in", "a!=in"),
             ("a in (in,notin)", "a in (in,notin)"),
         ];
         for (input, want) in cases {
@@ -455,8 +463,14 @@ mod tests {
     #[test]
     fn parse_errors() {
         let cases: &[(&str, &str)] = &[
-            (",", "found ',', expected: !, identifier, or 'end of string'"),
-            ("a,", "found 'end of string', expected: identifier after ','"),
+            (
+                ",",
+                "found ',', expected: !, identifier, or 'end of string'",
+            ),
+            (
+                "a,",
+                "found 'end of string', expected: identifier after ','",
+            ),
             ("a,,b", "found ',', expected: identifier after ','"),
             ("a b", "found 'b', expected: =, !=, ==, in, notin"),
             ("a=b c", "found 'c', expected: ',' or 'end of string'"),
@@ -469,7 +483,10 @@ mod tests {
             ("a>1", "found '>', expected: =, !=, ==, in, notin"),
             ("!", "found 'end of string', expected: identifier"),
             ("!a=b", "found '=', expected: ',' or 'end of string'"),
-            ("=b", "found '=', expected: !, identifier, or 'end of string'"),
+            (
+                "=b",
+                "found '=', expected: !, identifier, or 'end of string'",
+            ),
             ("-a=b", "invalid label key \"-a\": name part must consist"),
             ("a/b/c", "invalid label key \"a/b/c\": a qualified name"),
             ("a=-b", "invalid label value \"-b\" for key \"a\""),
@@ -493,7 +510,8 @@ mod tests {
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].field, "label_selector");
         assert!(
-            v[0].description.starts_with("invalid label selector \"a in ()\": "),
+            v[0].description
+                .starts_with("invalid label selector \"a in ()\": "),
             "{}",
             v[0].description
         );

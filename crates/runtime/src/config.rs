@@ -40,7 +40,9 @@ pub trait Validate {
 fn literal(raw: &str) -> toml::Value {
     // `v = <raw>` parses only when raw is a TOML literal; otherwise it is a string.
     match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -74,10 +76,12 @@ pub fn load<T: DeserializeOwned + Validate>(
             path: path.to_path_buf(),
             source,
         })?;
-        root = text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        root = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
     }
     let mut env: Vec<_> = env
         .into_iter()
@@ -254,7 +258,10 @@ mod tests {
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "n = 1\n[database]\nurl = \"postgres://a@h/db\"\n").expect("write");
         let env = vec![
-            ("BADGE_DATABASE__MAX_CONNECTIONS".to_string(), "3".to_string()),
+            (
+                "BADGE_DATABASE__MAX_CONNECTIONS".to_string(),
+                "3".to_string(),
+            ),
             ("BADGE_TEST_DATABASE_URL".to_string(), "ignored".to_string()),
             ("BADGE_LOG__FORMAT".to_string(), "json".to_string()),
         ];

@@ -24,10 +24,7 @@ pub const SERVICES_GROUP: &str = "system:badge-services";
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("generating certificate {what}: {source}")]
-    Generate {
-        what: String,
-        source: rcgen::Error,
-    },
+    Generate { what: String, source: rcgen::Error },
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -115,7 +112,11 @@ pub fn generate(dir: &Path, extra_names: &[String]) -> Result<DevPki, PkiError> 
     ];
     let ca_cert = ca_params.self_signed(&ca_key).map_err(gen_err("ca"))?;
     write(&pki.ca, ca_cert.pem().as_bytes(), false)?;
-    write(&dir.join("ca-key.pem"), ca_key.serialize_pem().as_bytes(), true)?;
+    write(
+        &dir.join("ca-key.pem"),
+        ca_key.serialize_pem().as_bytes(),
+        true,
+    )?;
     let issuer = Issuer::new(ca_params, ca_key);
 
     for service in SERVICES {
@@ -164,9 +165,8 @@ pub fn issue_client(
     user: &str,
     groups: &[&str],
 ) -> Result<CertPaths, PkiError> {
-    let read = |p: PathBuf| {
-        fs::read_to_string(&p).map_err(|source| PkiError::Write { path: p, source })
-    };
+    let read =
+        |p: PathBuf| fs::read_to_string(&p).map_err(|source| PkiError::Write { path: p, source });
     let ca_pem = read(dir.join("ca.pem"))?;
     let key_pem = read(dir.join("ca-key.pem"))?;
     let key = KeyPair::from_pem(&key_pem).map_err(gen_err("ca key"))?;
@@ -198,18 +198,12 @@ fn leaf(
         .push(DnType::CommonName, common_name);
     // Kubernetes' x509 authenticator: CN is the user, each O a group.
     for o in organizations {
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, *o);
+        params.distinguished_name.push(DnType::OrganizationName, *o);
     }
     for n in names {
         let san = match n.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
-                n.clone()
-                    .try_into()
-                    .map_err(|_| PkiError::San(n.clone()))?,
-            ),
+            Err(_) => SanType::DnsName(n.clone().try_into().map_err(|_| PkiError::San(n.clone()))?),
         };
         params.subject_alt_names.push(san);
     }

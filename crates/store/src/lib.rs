@@ -1,1 +1,1042 @@
-//! store
+//! Badge's store: one generic object table, optimistic concurrency, and the change
+//! feed, on PostgreSQL through sqlx.
+//!
+//! The store is byte-oriented: the identity service encodes its prost messages into
+//! [`Record::data`]; the server-managed metadata (uid, resource_version, timestamps,
+//! labels) lives in columns and is overlaid onto the decoded object by the service.
+//!
+//! Every write goes through [`Store::apply`], which runs a batch of [`Op`]s in one
+//! transaction. The transaction first locks the single row of the revision counter,
+//! so writers are serialised and commit order equals revision order; every changed
+//! object gets its own revision and a row in the `changes` feed, committed together
+//! with the object. A `NOTIFY` in the same transaction wakes every process's
+//! [`Store::subscribe`] receivers (see `listener.rs`).
+//!
+//! SQL stays portable (plain column types, no jsonb, times as microseconds); the
+//! Postgres-only parts are isolated: `LISTEN`/`NOTIFY` ([`listener`] and
+//! [`notify`]), and the snapshot-isolation `BEGIN` ([`begin_snapshot`]).
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use badge_core::clock::{from_unix_micros, unix_micros};
+use badge_core::{Error, Kind, Result};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, Postgres};
+use sqlx::{Row, Transaction};
+use tokio::sync::{oneshot, watch};
+
+/// The object columns, in the order `record_from_row` reads them by name.
+macro_rules! object_columns {
+    () => {
+        "kind, namespace, name, uid, resource_version, labels, data, \
+         creation_timestamp, deletion_timestamp"
+    };
+}
+
+mod listener;
+mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+/// One stored object with its server-managed metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub kind: Kind,
+    /// Empty for cluster-scoped kinds.
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The revision of the object's last write.
+    pub resource_version: i64,
+    pub labels: BTreeMap<String, String>,
+    /// The encoded object (opaque to the store).
+    pub data: Vec<u8>,
+    pub creation_timestamp: SystemTime,
+    pub deletion_timestamp: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "ADDED" => Ok(EventType::Added),
+            "MODIFIED" => Ok(EventType::Modified),
+            "DELETED" => Ok(EventType::Deleted),
+            other => Err(Error::Internal(format!(
+                "unknown event type {other:?} in the change feed"
+            ))),
+        }
+    }
+}
+
+/// One entry of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub revision: i64,
+    pub event: EventType,
+    /// The object after the change; for `Deleted`, its last state with
+    /// `resource_version` set to the revision of the delete (as Kubernetes does).
+    pub record: Record,
+}
+
+/// Optimistic-concurrency preconditions of an update or delete.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Precondition {
+    pub resource_version: Option<i64>,
+    pub uid: Option<String>,
+}
+
+/// One write of an [`Store::apply`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// uid = a new UUIDv4, creation_timestamp = `now`.
+    Create {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        labels: BTreeMap<String, String>,
+        data: Vec<u8>,
+    },
+    /// Replaces labels, data and deletion_timestamp; uid and creation_timestamp stay.
+    Update {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        precondition: Precondition,
+        labels: BTreeMap<String, String>,
+        data: Vec<u8>,
+        deletion_timestamp: Option<SystemTime>,
+    },
+    /// Removes the object. Deleting a Namespace does not cascade by itself.
+    Delete {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        precondition: Precondition,
+    },
+    /// Deletes every namespaced object in the namespace (all kinds), one `Deleted`
+    /// change each, ordered by (kind, name).
+    DeleteNamespaceContents { namespace: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Upper bound of the connection pool (the LISTEN connection is extra).
+    pub max_connections: u32,
+    /// How long to wait for a connection (pool acquire, including connecting).
+    pub connect_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A page request of [`Store::list`].
+pub struct ListQuery<'a> {
+    pub kind: Kind,
+    /// `None` lists all namespaces.
+    pub namespace: Option<&'a str>,
+    /// Exclusive `(namespace, name)` cursor: items strictly after it.
+    pub after: Option<(String, String)>,
+    /// At most this many items; 0 means no limit.
+    pub limit: usize,
+    /// Applied in Rust to every row; only matching rows count toward `limit`.
+    pub filter: &'a (dyn Fn(&Record) -> bool + Send + Sync),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    /// Ordered by (namespace, name), bytewise.
+    pub items: Vec<Record>,
+    /// True when further matching items may exist after the last item.
+    pub more: bool,
+    /// The revision of exactly the state listed: watch from here.
+    pub revision: i64,
+}
+
+/// A handle on the store; cheap to clone. The background LISTEN task ends when the
+/// last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    revision: watch::Sender<i64>,
+    /// Dropped with the last `Store` clone; its receiver stops the LISTEN task.
+    _stop_listener: oneshot::Sender<()>,
+}
+
+/// Name of the NOTIFY channel; the payload is the last revision of the commit.
+const CHANNEL: &str = "badge_changes";
+/// How often a write transaction is retried after a serialization failure or
+/// deadlock before answering Conflict.
+const MAX_ATTEMPTS: u32 = 5;
+/// Upper bound on rows fetched per round trip while listing.
+const MAX_BATCH: usize = 500;
+/// Lower bound, so a selective filter with a small page does not mean a round trip
+/// per row.
+const MIN_BATCH: usize = 64;
+
+impl Store {
+    /// Builds the pool (lazily: no connection is made until one is needed, so a
+    /// binary can start and report NotServing while the database is down) and
+    /// spawns the LISTEN task. Must be called inside a Tokio runtime.
+    pub async fn connect(url: &str, opts: StoreOptions) -> Result<Store> {
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| {
+                Error::invalid("database_url", format!("is not a valid postgres url: {e}"))
+            })?
+            .application_name("badge-store");
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .acquire_timeout(opts.connect_timeout)
+            .connect_lazy_with(connect.clone());
+        let (revision, _) = watch::channel(0_i64);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        listener::spawn(
+            connect.application_name("badge-store-listener"),
+            opts.connect_timeout,
+            pool.clone(),
+            revision.clone(),
+            stop_rx,
+        );
+        Ok(Store {
+            inner: Arc::new(Inner {
+                pool,
+                revision,
+                _stop_listener: stop_tx,
+            }),
+        })
+    }
+
+    /// Runs the embedded migrations (`migrations/`).
+    pub async fn migrate(&self) -> Result<()> {
+        schema::migrate(&self.inner.pool).await
+    }
+
+    /// Refuses a schema this binary does not know (not migrated, newer, missing,
+    /// failed or modified migrations) with `FailedPrecondition`.
+    pub async fn check_schema(&self) -> Result<()> {
+        schema::check(&self.inner.pool).await
+    }
+
+    /// One round trip to the database.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        Ok(())
+    }
+
+    /// The latest committed revision this process knows of: updated right after
+    /// this process's own commits and, through LISTEN/NOTIFY, on every other
+    /// process's. After the LISTEN connection (re)connects the task re-reads the
+    /// counter, so a missed notification is never lost for good.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.inner.revision.subscribe()
+    }
+
+    /// The revision of the last committed write (0 when none yet).
+    pub async fn current_revision(&self) -> Result<i64> {
+        current_revision(&self.inner.pool).await
+    }
+
+    /// Applies every op in one transaction: all or nothing. Returns the changes in
+    /// order, one revision each.
+    pub async fn apply(&self, ops: Vec<Op>, now: SystemTime) -> Result<Vec<Change>> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut attempt = 1;
+        loop {
+            match self.apply_once(&ops, now).await {
+                Ok(changes) => {
+                    if let Some(last) = changes.last() {
+                        publish(&self.inner.revision, last.revision);
+                    }
+                    return Ok(changes);
+                }
+                Err(TxError::Fatal(e)) => return Err(e),
+                Err(TxError::Retry(why)) => {
+                    if attempt >= MAX_ATTEMPTS {
+                        return Err(Error::Conflict(format!(
+                            "the write could not be serialised with concurrent writes after {attempt} attempts: {why}; retry"
+                        )));
+                    }
+                    tracing::debug!(attempt, reason = %why, "retrying store transaction");
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn apply_once(&self, ops: &[Op], now: SystemTime) -> Result<Vec<Change>, TxError> {
+        let mut tx = self.inner.pool.begin().await.map_err(TxError::db)?;
+        // Lock the counter row first: from here on this transaction is the only
+        // writer, so every read below sees all earlier commits and no one can
+        // change what it read before it commits.
+        let base: i64 = sqlx::query_scalar(
+            "UPDATE revision_counter SET revision = revision WHERE id = 1 RETURNING revision",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(TxError::db)?;
+        let mut w = Writer {
+            tx,
+            next: base,
+            now_us: unix_micros(now),
+            changes: Vec::new(),
+        };
+        for op in ops {
+            w.op(op).await?;
+        }
+        let Writer {
+            mut tx, changes, ..
+        } = w;
+        let Some(last) = changes.last().map(|c| c.revision) else {
+            // Nothing changed (e.g. emptying an empty namespace): nothing to commit.
+            tx.rollback().await.map_err(TxError::db)?;
+            return Ok(changes);
+        };
+        sqlx::query("UPDATE revision_counter SET revision = $1 WHERE id = 1")
+            .bind(last)
+            .execute(&mut *tx)
+            .await
+            .map_err(TxError::db)?;
+        notify(&mut tx, last).await.map_err(TxError::db)?;
+        tx.commit().await.map_err(TxError::db)?;
+        Ok(changes)
+    }
+
+    pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Record> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            object_columns!(),
+            " FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3"
+        ))
+        .bind(kind.as_str())
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        match row {
+            Some(row) => record_from_row(&row),
+            None => Err(not_found(kind, name)),
+        }
+    }
+
+    /// A page of one kind, ordered by (namespace, name), read together with the
+    /// counter in one snapshot so `revision` is exactly the state listed.
+    pub async fn list(&self, q: ListQuery<'_>) -> Result<ListPage> {
+        let limit = if q.limit == 0 { usize::MAX } else { q.limit };
+        let batch = limit.saturating_add(1).clamp(MIN_BATCH, MAX_BATCH);
+        let batch_i64 = i64::try_from(batch).unwrap_or(500);
+        let mut tx = begin_snapshot(&self.inner.pool).await?;
+        let revision: i64 =
+            sqlx::query_scalar("SELECT revision FROM revision_counter WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        let mut cursor = q.after.clone();
+        let mut items = Vec::new();
+        let mut more = false;
+        'pages: loop {
+            let rows = list_batch(&mut tx, q.kind, q.namespace, cursor.as_ref(), batch_i64).await?;
+            let fetched = rows.len();
+            let mut last = None;
+            for row in &rows {
+                let record = record_from_row(row)?;
+                last = Some((record.namespace.clone(), record.name.clone()));
+                if !(q.filter)(&record) {
+                    continue;
+                }
+                if items.len() == limit {
+                    // A further match exists: the caller needs another page.
+                    more = true;
+                    break 'pages;
+                }
+                items.push(record);
+            }
+            if fetched < batch {
+                break;
+            }
+            if items.len() == limit {
+                // The page is full and the batch was full: more rows exist beyond
+                // it, and they may match. Do not scan on just to find out.
+                more = true;
+                break;
+            }
+            cursor = last;
+        }
+        tx.commit().await.map_err(|e| db_error(e, None))?;
+        Ok(ListPage {
+            items,
+            more,
+            revision,
+        })
+    }
+
+    /// Feed entries with revision > `after`, ascending, at most `limit` (≤ 0: no
+    /// limit). `after` below the compacted revision → `OutOfRange` (relist).
+    pub async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>> {
+        let limit = if limit <= 0 { i64::MAX } else { limit };
+        // One snapshot for the compaction mark and the rows, so a compaction that
+        // commits in between cannot silently cut a hole in what we return.
+        let mut tx = begin_snapshot(&self.inner.pool).await?;
+        let compacted: i64 =
+            sqlx::query_scalar("SELECT compacted_revision FROM feed_meta WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        if after < compacted {
+            return Err(Error::OutOfRange(format!(
+                "resource_version {after} is too old: history before {} was compacted; relist",
+                compacted.saturating_add(1)
+            )));
+        }
+        let rows = sqlx::query(concat!(
+            "SELECT revision, event, ",
+            object_columns!(),
+            " FROM changes WHERE revision > $1 ORDER BY revision LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        tx.commit().await.map_err(|e| db_error(e, None))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Change {
+                    revision: get_col(row, "revision")?,
+                    event: EventType::parse(&get_col::<String>(row, "event")?)?,
+                    record: record_from_row(row)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Removes the prefix of the feed committed before `older_than` and records the
+    /// highest revision removed. Returns how many entries were removed.
+    pub async fn compact(&self, older_than: SystemTime) -> Result<u64> {
+        let mut tx = self
+            .inner
+            .pool
+            .begin()
+            .await
+            .map_err(|e| db_error(e, None))?;
+        // Cut at a revision, not a time, so what is removed is always a prefix of
+        // the feed even if writers' clocks disagree.
+        let cutoff: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(revision) FROM changes WHERE committed_at < $1")
+                .bind(unix_micros(older_than))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, None))?;
+        let Some(cutoff) = cutoff else {
+            tx.rollback().await.map_err(|e| db_error(e, None))?;
+            return Ok(0);
+        };
+        let removed = sqlx::query("DELETE FROM changes WHERE revision <= $1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, None))?
+            .rows_affected();
+        sqlx::query(
+            "UPDATE feed_meta SET compacted_revision = $1 WHERE id = 1 AND compacted_revision < $1",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        tx.commit().await.map_err(|e| db_error(e, None))?;
+        Ok(removed)
+    }
+
+    /// The earliest pending deletion_timestamp of a kind (for the reaper's timer).
+    pub async fn next_deletion(&self, kind: Kind) -> Result<Option<SystemTime>> {
+        let min: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(deletion_timestamp) FROM objects \
+             WHERE kind = $1 AND deletion_timestamp IS NOT NULL",
+        )
+        .bind(kind.as_str())
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        Ok(min.map(from_unix_micros))
+    }
+
+    /// Objects of a kind whose deletion_timestamp is at or before `now`, earliest
+    /// first.
+    pub async fn expired_deletions(&self, kind: Kind, now: SystemTime) -> Result<Vec<Record>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            object_columns!(),
+            " FROM objects WHERE kind = $1 AND deletion_timestamp IS NOT NULL \
+              AND deletion_timestamp <= $2 \
+              ORDER BY deletion_timestamp, namespace, name"
+        ))
+        .bind(kind.as_str())
+        .bind(unix_micros(now))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(|e| db_error(e, None))?;
+        rows.iter().map(record_from_row).collect()
+    }
+}
+
+/// Keeps the watch value at the highest revision seen.
+fn publish(tx: &watch::Sender<i64>, revision: i64) {
+    tx.send_if_modified(|cur| {
+        if revision > *cur {
+            *cur = revision;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+async fn current_revision(pool: &PgPool) -> Result<i64> {
+    sqlx::query_scalar("SELECT revision FROM revision_counter WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| db_error(e, None))
+}
+
+/// Postgres-only: a read-only transaction whose statements all see one snapshot.
+async fn begin_snapshot(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+    pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| db_error(e, None))
+}
+
+/// Postgres-only: wakes every LISTENer when (and only if) the transaction commits.
+async fn notify(tx: &mut Transaction<'static, Postgres>, revision: i64) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(revision.to_string())
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+}
+
+async fn list_batch(
+    tx: &mut Transaction<'static, Postgres>,
+    kind: Kind,
+    namespace: Option<&str>,
+    after: Option<&(String, String)>,
+    batch: i64,
+) -> Result<Vec<PgRow>> {
+    let q = match (namespace, after) {
+        (None, None) => sqlx::query(concat!(
+            "SELECT ",
+            object_columns!(),
+            " FROM objects WHERE kind = $1 ORDER BY namespace, name LIMIT $2"
+        ))
+        .bind(kind.as_str())
+        .bind(batch),
+        (Some(ns), None) => sqlx::query(concat!(
+            "SELECT ",
+            object_columns!(),
+            " FROM objects WHERE kind = $1 AND namespace = $2 ORDER BY namespace, name LIMIT $3"
+        ))
+        .bind(kind.as_str())
+        .bind(ns.to_owned())
+        .bind(batch),
+        (None, Some((ans, aname))) => sqlx::query(concat!(
+            "SELECT ",
+            object_columns!(),
+            " FROM objects WHERE kind = $1 AND (namespace, name) > ($2, $3) \
+              ORDER BY namespace, name LIMIT $4"
+        ))
+        .bind(kind.as_str())
+        .bind(ans.clone())
+        .bind(aname.clone())
+        .bind(batch),
+        (Some(ns), Some((ans, aname))) => sqlx::query(concat!(
+            "SELECT ",
+            object_columns!(),
+            " FROM objects WHERE kind = $1 AND namespace = $2 AND (namespace, name) > ($3, $4) \
+              ORDER BY namespace, name LIMIT $5"
+        ))
+        .bind(kind.as_str())
+        .bind(ns.to_owned())
+        .bind(ans.clone())
+        .bind(aname.clone())
+        .bind(batch),
+    };
+    q.fetch_all(&mut **tx).await.map_err(|e| db_error(e, None))
+}
+
+/// The state of one `apply` transaction.
+struct Writer {
+    tx: Transaction<'static, Postgres>,
+    /// The last revision handed out.
+    next: i64,
+    now_us: i64,
+    changes: Vec<Change>,
+}
+
+impl Writer {
+    fn revision(&mut self) -> i64 {
+        self.next += 1;
+        self.next
+    }
+
+    async fn op(&mut self, op: &Op) -> Result<(), TxError> {
+        match op {
+            Op::Create {
+                kind,
+                namespace,
+                name,
+                labels,
+                data,
+            } => self.create(*kind, namespace, name, labels, data).await,
+            Op::Update {
+                kind,
+                namespace,
+                name,
+                precondition,
+                labels,
+                data,
+                deletion_timestamp,
+            } => {
+                self.update(
+                    *kind,
+                    namespace,
+                    name,
+                    precondition,
+                    labels,
+                    data,
+                    *deletion_timestamp,
+                )
+                .await
+            }
+            Op::Delete {
+                kind,
+                namespace,
+                name,
+                precondition,
+            } => self.delete(*kind, namespace, name, precondition).await,
+            Op::DeleteNamespaceContents { namespace } => {
+                self.delete_namespace_contents(namespace).await
+            }
+        }
+    }
+
+    async fn create(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        data: &[u8],
+    ) -> Result<(), TxError> {
+        if name.is_empty() {
+            return Err(Error::invalid("metadata.name", "is required").into());
+        }
+        if kind.namespaced() {
+            if namespace.is_empty() {
+                return Err(Error::invalid("metadata.namespace", "is required").into());
+            }
+            if self.fetch(Kind::Namespace, "", namespace).await?.is_none() {
+                return Err(not_found(Kind::Namespace, namespace).into());
+            }
+        } else if !namespace.is_empty() {
+            return Err(Error::invalid(
+                "metadata.namespace",
+                format!(
+                    "must be empty for cluster-scoped {}, got {namespace:?}",
+                    kind.resource()
+                ),
+            )
+            .into());
+        }
+        if self.fetch(kind, namespace, name).await?.is_some() {
+            return Err(already_exists(kind, name).into());
+        }
+        let record = Record {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: uuid::Uuid::new_v4().to_string(),
+            resource_version: self.revision(),
+            labels: labels.clone(),
+            data: data.to_vec(),
+            creation_timestamp: from_unix_micros(self.now_us),
+            deletion_timestamp: None,
+        };
+        sqlx::query(
+            "INSERT INTO objects (kind, namespace, name, uid, resource_version, labels, data, \
+             creation_timestamp, deletion_timestamp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(kind.as_str())
+        .bind(namespace)
+        .bind(name)
+        .bind(&record.uid)
+        .bind(record.resource_version)
+        .bind(labels_json(&record.labels)?)
+        .bind(data)
+        .bind(self.now_us)
+        .bind(None::<i64>)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| TxError::db_about(e, kind, name))?;
+        self.record_change(EventType::Added, record).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn update(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        precondition: &Precondition,
+        labels: &BTreeMap<String, String>,
+        data: &[u8],
+        deletion_timestamp: Option<SystemTime>,
+    ) -> Result<(), TxError> {
+        let current = self
+            .fetch_existing(kind, namespace, name, precondition)
+            .await?;
+        let record = Record {
+            resource_version: self.revision(),
+            labels: labels.clone(),
+            data: data.to_vec(),
+            deletion_timestamp,
+            ..current.clone()
+        };
+        let updated = sqlx::query(
+            "UPDATE objects SET resource_version = $1, labels = $2, data = $3, \
+             deletion_timestamp = $4 \
+             WHERE kind = $5 AND namespace = $6 AND name = $7 AND resource_version = $8",
+        )
+        .bind(record.resource_version)
+        .bind(labels_json(&record.labels)?)
+        .bind(data)
+        .bind(deletion_timestamp.map(unix_micros))
+        .bind(kind.as_str())
+        .bind(namespace)
+        .bind(name)
+        .bind(current.resource_version)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(TxError::db)?
+        .rows_affected();
+        if updated != 1 {
+            return Err(modified_concurrently(kind, name).into());
+        }
+        self.record_change(EventType::Modified, record).await
+    }
+
+    async fn delete(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        precondition: &Precondition,
+    ) -> Result<(), TxError> {
+        let current = self
+            .fetch_existing(kind, namespace, name, precondition)
+            .await?;
+        let deleted = sqlx::query(
+            "DELETE FROM objects \
+             WHERE kind = $1 AND namespace = $2 AND name = $3 AND resource_version = $4",
+        )
+        .bind(kind.as_str())
+        .bind(namespace)
+        .bind(name)
+        .bind(current.resource_version)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(TxError::db)?
+        .rows_affected();
+        if deleted != 1 {
+            return Err(modified_concurrently(kind, name).into());
+        }
+        let record = Record {
+            resource_version: self.revision(),
+            ..current
+        };
+        self.record_change(EventType::Deleted, record).await
+    }
+
+    async fn delete_namespace_contents(&mut self, namespace: &str) -> Result<(), TxError> {
+        if namespace.is_empty() {
+            return Err(Error::invalid("namespace", "is required").into());
+        }
+        // Cluster-scoped objects have namespace '', so this only touches namespaced ones.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            object_columns!(),
+            " FROM objects WHERE namespace = $1 ORDER BY kind, name"
+        ))
+        .bind(namespace)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(TxError::db)?;
+        let records = rows
+            .iter()
+            .map(record_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let deleted = sqlx::query("DELETE FROM objects WHERE namespace = $1")
+            .bind(namespace)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(TxError::db)?
+            .rows_affected();
+        if usize::try_from(deleted).ok() != Some(records.len()) {
+            return Err(Error::Conflict(format!(
+                "operation cannot be fulfilled on namespaces \"{namespace}\": its contents changed while being deleted"
+            ))
+            .into());
+        }
+        for current in records {
+            let record = Record {
+                resource_version: self.revision(),
+                ..current
+            };
+            self.record_change(EventType::Deleted, record).await?;
+        }
+        Ok(())
+    }
+
+    /// The current object, after checking the preconditions against it.
+    async fn fetch_existing(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        precondition: &Precondition,
+    ) -> Result<Record, TxError> {
+        let Some(current) = self.fetch(kind, namespace, name).await? else {
+            return Err(not_found(kind, name).into());
+        };
+        check_precondition(&current, precondition)?;
+        Ok(current)
+    }
+
+    async fn fetch(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Record>, TxError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            object_columns!(),
+            " FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3"
+        ))
+        .bind(kind.as_str())
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(TxError::db)?;
+        Ok(row.as_ref().map(record_from_row).transpose()?)
+    }
+
+    /// Appends the feed row for a change (same transaction as the object write).
+    async fn record_change(&mut self, event: EventType, record: Record) -> Result<(), TxError> {
+        let revision = record.resource_version;
+        sqlx::query(
+            "INSERT INTO changes (revision, event, kind, namespace, name, uid, resource_version, \
+             labels, data, creation_timestamp, deletion_timestamp, committed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(revision)
+        .bind(event.as_str())
+        .bind(record.kind.as_str())
+        .bind(&record.namespace)
+        .bind(&record.name)
+        .bind(&record.uid)
+        .bind(record.resource_version)
+        .bind(labels_json(&record.labels)?)
+        .bind(&record.data)
+        .bind(unix_micros(record.creation_timestamp))
+        .bind(record.deletion_timestamp.map(unix_micros))
+        .bind(self.now_us)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(TxError::db)?;
+        self.changes.push(Change {
+            revision,
+            event,
+            record,
+        });
+        Ok(())
+    }
+}
+
+fn check_precondition(current: &Record, p: &Precondition) -> Result<()> {
+    if let Some(uid) = &p.uid
+        && *uid != current.uid
+    {
+        return Err(Error::Conflict(format!(
+            "precondition failed: uid in precondition: {uid}, uid in object: {}",
+            current.uid
+        )));
+    }
+    if let Some(rv) = p.resource_version
+        && rv != current.resource_version
+    {
+        return Err(Error::Conflict(format!(
+            "operation cannot be fulfilled on {} \"{}\": the object has been modified: \
+             resource_version {rv} is stale, current is {}",
+            current.kind.resource(),
+            current.name,
+            current.resource_version
+        )));
+    }
+    Ok(())
+}
+
+fn not_found(kind: Kind, name: &str) -> Error {
+    Error::NotFound(format!("{} \"{name}\" not found", kind.resource()))
+}
+
+fn already_exists(kind: Kind, name: &str) -> Error {
+    Error::AlreadyExists(format!("{} \"{name}\" already exists", kind.resource()))
+}
+
+fn modified_concurrently(kind: Kind, name: &str) -> Error {
+    Error::Conflict(format!(
+        "operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
+         please apply your changes to the latest version and try again",
+        kind.resource()
+    ))
+}
+
+fn labels_json(labels: &BTreeMap<String, String>) -> Result<String> {
+    serde_json::to_string(labels).map_err(|e| Error::Internal(format!("encoding labels: {e}")))
+}
+
+fn get_col<'r, T>(row: &'r PgRow, col: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(col).map_err(|e| db_error(e, None))
+}
+
+fn record_from_row(row: &PgRow) -> Result<Record> {
+    let kind: String = get_col(row, "kind")?;
+    let kind = Kind::from_str(&kind).map_err(|e| Error::Internal(format!("stored object: {e}")))?;
+    let name: String = get_col(row, "name")?;
+    let labels: String = get_col(row, "labels")?;
+    let labels = serde_json::from_str(&labels).map_err(|e| {
+        Error::Internal(format!(
+            "stored labels of {} \"{name}\" are not a json object of strings: {e}",
+            kind.resource()
+        ))
+    })?;
+    Ok(Record {
+        kind,
+        namespace: get_col(row, "namespace")?,
+        uid: get_col(row, "uid")?,
+        resource_version: get_col(row, "resource_version")?,
+        labels,
+        data: get_col(row, "data")?,
+        creation_timestamp: from_unix_micros(get_col(row, "creation_timestamp")?),
+        deletion_timestamp: get_col::<Option<i64>>(row, "deletion_timestamp")?
+            .map(from_unix_micros),
+        name,
+    })
+}
+
+/// A failed write transaction: retried, or answered.
+enum TxError {
+    Retry(String),
+    Fatal(Error),
+}
+
+impl TxError {
+    fn db(e: sqlx::Error) -> Self {
+        Self::classify(e, None)
+    }
+
+    fn db_about(e: sqlx::Error, kind: Kind, name: &str) -> Self {
+        Self::classify(e, Some((kind, name)))
+    }
+
+    fn classify(e: sqlx::Error, about: Option<(Kind, &str)>) -> Self {
+        if is_retryable(&e) {
+            TxError::Retry(e.to_string())
+        } else {
+            TxError::Fatal(db_error(e, about))
+        }
+    }
+}
+
+impl From<Error> for TxError {
+    fn from(e: Error) -> Self {
+        TxError::Fatal(e)
+    }
+}
+
+/// Serialization failure or deadlock: the transaction may succeed if run again.
+fn is_retryable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40001" | "40P01")))
+}
+
+/// The one mapping from sqlx errors (and SQLSTATEs) to domain errors. `about` names
+/// the object a unique violation is about. Messages never include object data.
+fn db_error(e: sqlx::Error, about: Option<(Kind, &str)>) -> Error {
+    match &e {
+        sqlx::Error::Database(d) => match d.code().as_deref() {
+            Some("23505") => match about {
+                Some((kind, name)) => already_exists(kind, name),
+                None => Error::AlreadyExists("object already exists".to_owned()),
+            },
+            Some("40001" | "40P01") => Error::Conflict(format!(
+                "the store could not serialise concurrent writes ({}); retry",
+                d.message()
+            )),
+            // undefined_table: the schema is not there at all.
+            Some("42P01") => {
+                Error::precondition("database schema is not migrated: run `badge migrate`")
+            }
+            // Class 08 connection exceptions, 57P0x shutdown / cannot connect now,
+            // 53300 too many connections.
+            Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
+                Error::Unavailable(format!("store unavailable: {}", d.message()))
+            }
+            _ => Error::Internal(format!("store error: {e}")),
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => Error::Unavailable(format!("store unavailable: {e}")),
+        _ => Error::Internal(format!("store error: {e}")),
+    }
+}

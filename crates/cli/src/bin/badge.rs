@@ -1,0 +1,92 @@
+//! `badge`: operator commands shared by every service.
+
+use std::path::PathBuf;
+
+use badge_runtime::pki;
+use badge_store::{Store, StoreOptions};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "badge", version, about = "Badge operator commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a development PKI: a CA, server and client certificates for each
+    /// service, and an admin client certificate (O=system:masters).
+    DevPki {
+        /// Output directory.
+        #[arg(long, default_value = "badge-data/pki")]
+        dir: PathBuf,
+        /// Extra DNS names or IPs for the server certificates (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Replace an existing PKI (otherwise an existing CA is kept).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client certificate from the dev CA: CN=<user>, O=<group>...
+    IssueClient {
+        #[arg(long, default_value = "badge-data/pki")]
+        dir: PathBuf,
+        /// File stem: writes <stem>.pem and <stem>-key.pem.
+        #[arg(long)]
+        stem: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Apply pending migrations to the Postgres store, then exit.
+    Migrate {
+        #[arg(long, env = "BADGE_DATABASE__URL")]
+        database_url: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::DevPki { dir, names, force } => {
+            let existing = pki::DevPki::at(&dir);
+            if existing.exists() && !force {
+                println!(
+                    "dev PKI already exists in {} (use --force to replace)",
+                    dir.display()
+                );
+                return Ok(());
+            }
+            let p = pki::generate(&dir, &names)?;
+            println!("dev PKI written to {}", p.dir.display());
+            println!("  CA:     {}", p.ca.display());
+            println!(
+                "  admin:  {} / {}",
+                p.admin.cert.display(),
+                p.admin.key.display()
+            );
+            for s in pki::SERVICES {
+                let sv = p.server(s);
+                println!("  {s}: {} / {}", sv.cert.display(), sv.key.display());
+            }
+        }
+        Command::IssueClient {
+            dir,
+            stem,
+            user,
+            groups,
+        } => {
+            let g: Vec<&str> = groups.iter().map(String::as_str).collect();
+            let p = pki::issue_client(&dir, &stem, &user, &g)?;
+            println!("{} / {}", p.cert.display(), p.key.display());
+        }
+        Command::Migrate { database_url } => {
+            let store = Store::connect(&database_url, StoreOptions::default()).await?;
+            store.migrate().await?;
+            println!("migrations applied");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! The identity service: namespaces, service accounts, secrets, pods and nodes with
+//! Kubernetes semantics (names, admission, the `default` ServiceAccount), and the
+//! change feed as `WatchService.Watch`.
+
+pub mod controllers;
+pub mod objects;
+pub mod services;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use badge_core::Clock;
+use badge_proto::identity::{
+    namespace_service_server::NamespaceServiceServer, node_service_server::NodeServiceServer,
+    pod_service_server::PodServiceServer, secret_service_server::SecretServiceServer,
+    service_account_service_server::ServiceAccountServiceServer,
+    watch_service_server::WatchServiceServer,
+};
+use badge_runtime::config::{DatabaseConfig, ListenConfig, LogConfig, Validate};
+use badge_runtime::tls::TlsMaterial;
+use badge_runtime::{Authorizer, GrpcServer, MethodRule, MethodTable};
+use badge_store::Store;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+pub use objects::Objects;
+
+/// `badge-identity` configuration (see README "Configuration").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub server: ListenConfig,
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub feed: FeedConfig,
+}
+
+/// Change-feed retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Keep feed entries this long; watchers further behind must relist.
+    #[serde(default = "default_retention")]
+    pub retention_seconds: u64,
+    /// How often compaction runs.
+    #[serde(default = "default_compaction_interval")]
+    pub compaction_interval_seconds: u64,
+}
+
+fn default_retention() -> u64 {
+    3600
+}
+fn default_compaction_interval() -> u64 {
+    60
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            retention_seconds: default_retention(),
+            compaction_interval_seconds: default_compaction_interval(),
+        }
+    }
+}
+
+impl Validate for IdentityConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        self.server.validate("server", errors);
+        self.database.validate(errors);
+        if self.feed.retention_seconds < 60 {
+            errors.push(format!(
+                "feed.retention_seconds: must be at least 60, got {}",
+                self.feed.retention_seconds
+            ));
+        }
+        if self.feed.compaction_interval_seconds == 0 {
+            errors.push("feed.compaction_interval_seconds: must be at least 1".into());
+        }
+    }
+}
+
+const G: &str = "";
+
+macro_rules! crud {
+    ($svc:literal, $res:literal, $singular:literal, $plural:literal) => {
+        [
+            (
+                concat!("/badge.identity.v1.", $svc, "/Create", $singular),
+                MethodRule::new("create", G, $res),
+            ),
+            (
+                concat!("/badge.identity.v1.", $svc, "/Get", $singular),
+                MethodRule::new("get", G, $res),
+            ),
+            (
+                concat!("/badge.identity.v1.", $svc, "/List", $plural),
+                MethodRule::new("list", G, $res),
+            ),
+            (
+                concat!("/badge.identity.v1.", $svc, "/Update", $singular),
+                MethodRule::new("update", G, $res),
+            ),
+            (
+                concat!("/badge.identity.v1.", $svc, "/Delete", $singular),
+                MethodRule::new("delete", G, $res),
+            ),
+        ]
+    };
+}
+
+const NAMESPACES: [(&str, MethodRule); 5] =
+    crud!("NamespaceService", "namespaces", "Namespace", "Namespaces");
+const SERVICE_ACCOUNTS: [(&str, MethodRule); 5] = crud!(
+    "ServiceAccountService",
+    "serviceaccounts",
+    "ServiceAccount",
+    "ServiceAccounts"
+);
+const SECRETS: [(&str, MethodRule); 5] = crud!("SecretService", "secrets", "Secret", "Secrets");
+const PODS: [(&str, MethodRule); 5] = crud!("PodService", "pods", "Pod", "Pods");
+const NODES: [(&str, MethodRule); 5] = crud!("NodeService", "nodes", "Node", "Nodes");
+const WATCH: [(&str, MethodRule); 1] = [(
+    "/badge.identity.v1.WatchService/Watch",
+    MethodRule::new("watch", G, "*"),
+)];
+
+/// Every identity method → what it does in RBAC terms.
+pub const METHOD_TABLES: [MethodTable; 6] = [
+    &NAMESPACES,
+    &SERVICE_ACCOUNTS,
+    &SECRETS,
+    &PODS,
+    &NODES,
+    &WATCH,
+];
+
+/// The gRPC server with every identity service on it.
+pub fn grpc_server(objects: &Objects) -> GrpcServer {
+    GrpcServer::new()
+        .add_service(
+            NamespaceServiceServer::new(objects.clone()),
+            METHOD_TABLES[0],
+        )
+        .add_service(
+            ServiceAccountServiceServer::new(objects.clone()),
+            METHOD_TABLES[1],
+        )
+        .add_service(SecretServiceServer::new(objects.clone()), METHOD_TABLES[2])
+        .add_service(PodServiceServer::new(objects.clone()), METHOD_TABLES[3])
+        .add_service(NodeServiceServer::new(objects.clone()), METHOD_TABLES[4])
+        .add_service(WatchServiceServer::new(objects.clone()), METHOD_TABLES[5])
+}
+
+/// Aborts the background loops when dropped.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Runs the identity service on `listener` until `shutdown`. Refuses to start on a
+/// schema this binary does not know.
+pub async fn serve(
+    config: &IdentityConfig,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    listener: TcpListener,
+    authorizer: Arc<dyn Authorizer>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let tls = TlsMaterial::load(&config.server.tls)?;
+    store.check_schema().await?;
+    let objects = Objects::new(store.clone(), clock);
+    controllers::bootstrap(&objects).await?;
+    let server = grpc_server(&objects);
+    let names = server.service_names().to_vec();
+    let probe_store = store.clone();
+    let _tasks = Tasks(vec![
+        tokio::spawn(controllers::default_service_accounts(objects.clone())),
+        tokio::spawn(controllers::pod_reaper(objects.clone())),
+        tokio::spawn(controllers::compactor(
+            objects.clone(),
+            Duration::from_secs(config.feed.retention_seconds),
+            Duration::from_secs(config.feed.compaction_interval_seconds),
+        )),
+        badge_runtime::server::spawn_readiness(
+            server.health(),
+            names,
+            Duration::from_secs(2),
+            move || {
+                let s = probe_store.clone();
+                async move { s.ping().await.is_ok() }
+            },
+        ),
+    ]);
+    tracing::info!(addr = %listener.local_addr()?, "identity serving (mTLS gRPC)");
+    server.serve(listener, &tls, authorizer, shutdown).await?;
+    tracing::info!("identity stopped");
+    Ok(())
+}

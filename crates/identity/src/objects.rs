@@ -1,0 +1,363 @@
+//! One generic implementation of the standard methods for every kind: validation,
+//! store encoding, optimistic concurrency, paging. Kind-specific rules (admission,
+//! trimming, immutability) are hooks on [`Object`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use badge_core::page_token::{self, PageToken};
+use badge_core::selector::LabelSelector;
+use badge_core::{Clock, Error, Kind, Result, names};
+use badge_proto::identity::{
+    Namespace, NamespaceStatus, Node, Pod, Secret, ServiceAccount, watch_event,
+};
+use badge_proto::meta::ObjectMeta;
+use badge_store::{ListQuery, Op, Precondition, Record, Store};
+use prost::Message;
+
+/// A stored kind.
+pub trait Object: Message + Default + Clone + Send + Sync + 'static {
+    const KIND: Kind;
+
+    fn meta(&self) -> Option<&ObjectMeta>;
+    fn meta_mut(&mut self) -> &mut ObjectMeta;
+    fn into_event_object(self) -> watch_event::Object;
+
+    /// Normalises what the server owns or rewrites before storing (e.g. Secret
+    /// string_data merged into data). Runs on create and update.
+    fn normalize(&mut self) {}
+
+    /// Fills server-computed fields after reading (e.g. Namespace status).
+    fn on_read(&mut self) {}
+}
+
+macro_rules! object {
+    ($t:ty, $kind:expr, $variant:ident) => {
+        impl Object for $t {
+            const KIND: Kind = $kind;
+            fn meta(&self) -> Option<&ObjectMeta> {
+                self.metadata.as_ref()
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                self.metadata.get_or_insert_with(ObjectMeta::default)
+            }
+            fn into_event_object(self) -> watch_event::Object {
+                watch_event::Object::$variant(self)
+            }
+            fn normalize(&mut self) {
+                normalize_hook(self);
+            }
+            fn on_read(&mut self) {
+                read_hook(self);
+            }
+        }
+    };
+}
+
+trait Hooks {
+    fn normalize(&mut self) {}
+    fn on_read(&mut self) {}
+}
+fn normalize_hook<T: Hooks>(t: &mut T) {
+    t.normalize();
+}
+fn read_hook<T: Hooks>(t: &mut T) {
+    t.on_read();
+}
+
+impl Hooks for Namespace {
+    fn on_read(&mut self) {
+        // Deletion is synchronous, so every stored namespace is active.
+        self.status = Some(NamespaceStatus {
+            phase: "Active".into(),
+        });
+    }
+    fn normalize(&mut self) {
+        self.status = None;
+    }
+}
+impl Hooks for ServiceAccount {
+    fn normalize(&mut self) {
+        badge_core::admission::trim_service_account(self);
+    }
+}
+impl Hooks for Secret {
+    fn normalize(&mut self) {
+        // string_data is write-only: merged into data, never stored or returned.
+        for (k, v) in std::mem::take(&mut self.string_data) {
+            self.data.insert(k, v.into_bytes());
+        }
+        if self.r#type.is_empty() {
+            self.r#type = "Opaque".into();
+        }
+    }
+}
+impl Hooks for Pod {}
+impl Hooks for Node {}
+
+object!(Namespace, Kind::Namespace, Namespace);
+object!(ServiceAccount, Kind::ServiceAccount, ServiceAccount);
+object!(Secret, Kind::Secret, Secret);
+object!(Pod, Kind::Pod, Pod);
+object!(Node, Kind::Node, Node);
+
+/// Encodes for the store: server-managed metadata lives in columns, not in the blob.
+pub fn encode<T: Object>(obj: &T) -> (BTreeMap<String, String>, Vec<u8>) {
+    let mut copy = obj.clone();
+    let meta = copy.meta_mut();
+    meta.uid.clear();
+    meta.resource_version.clear();
+    meta.creation_timestamp = None;
+    meta.deletion_timestamp = None;
+    let labels = meta
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    (labels, copy.encode_to_vec())
+}
+
+/// Decodes a stored record, overlaying the server-managed metadata.
+pub fn decode<T: Object>(record: &Record) -> Result<T> {
+    let mut obj = T::decode(record.data.as_slice()).map_err(|e| {
+        Error::Internal(format!(
+            "stored {} {}/{} does not decode: {e}",
+            T::KIND,
+            record.namespace,
+            record.name
+        ))
+    })?;
+    let meta = obj.meta_mut();
+    meta.name.clone_from(&record.name);
+    meta.namespace.clone_from(&record.namespace);
+    meta.uid.clone_from(&record.uid);
+    meta.resource_version = record.resource_version.to_string();
+    meta.creation_timestamp = Some(badge_core::clock::timestamp(record.creation_timestamp));
+    meta.deletion_timestamp = record.deletion_timestamp.map(badge_core::clock::timestamp);
+    obj.on_read();
+    Ok(obj)
+}
+
+/// Parses a client-sent resource version ("" = none).
+pub fn parse_resource_version(field: &str, value: &str) -> Result<Option<i64>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            Error::invalid(
+                field,
+                format!("invalid resource version {value:?}: use a value returned by the server"),
+            )
+        })
+}
+
+/// Validates a name and namespace given as plain request fields (get/delete).
+pub fn check_key(kind: Kind, namespace: &str, name: &str) -> Result<()> {
+    let mut v = Vec::new();
+    if kind.namespaced() {
+        if namespace.is_empty() {
+            v.push(badge_core::FieldViolation::new(
+                "namespace",
+                "namespace is required",
+            ));
+        } else {
+            for e in names::validate_dns_label(namespace) {
+                v.push(badge_core::FieldViolation::new("namespace", e));
+            }
+        }
+    }
+    if name.is_empty() {
+        v.push(badge_core::FieldViolation::new("name", "name is required"));
+    } else {
+        let errs = if kind == Kind::Namespace {
+            names::validate_dns_label(name)
+        } else {
+            names::validate_dns_subdomain(name)
+        };
+        for e in errs {
+            v.push(badge_core::FieldViolation::new("name", e));
+        }
+    }
+    Error::check(v)
+}
+
+/// The standard methods over the store.
+#[derive(Clone)]
+pub struct Objects {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// One page of a list.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+    pub resource_version: String,
+}
+
+impl Objects {
+    pub fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
+        Objects { store, clock }
+    }
+
+    /// Validates metadata of an object in a request field (`field` = e.g.
+    /// "service_account") and returns it prepared for storing.
+    pub fn prepare<T: Object>(&self, obj: Option<T>, field: &str) -> Result<T> {
+        let Some(mut obj) = obj else {
+            return Err(Error::invalid(field, format!("{field} is required")));
+        };
+        let violations =
+            names::validate_object_meta(obj.meta(), &format!("{field}.metadata"), T::KIND);
+        Error::check(violations)?;
+        obj.normalize();
+        Ok(obj)
+    }
+
+    pub fn create_op<T: Object>(obj: &T) -> Op {
+        let (labels, data) = encode(obj);
+        let meta = obj.meta().cloned().unwrap_or_default();
+        Op::Create {
+            kind: T::KIND,
+            namespace: meta.namespace,
+            name: meta.name,
+            labels,
+            data,
+        }
+    }
+
+    /// Stores a prepared object (and any extra ops in the same transaction).
+    pub async fn create<T: Object>(&self, obj: T, extra: Vec<Op>) -> Result<T> {
+        let mut ops = vec![Self::create_op(&obj)];
+        ops.extend(extra);
+        let changes = self.store.apply(ops, self.clock.now()).await?;
+        let first = changes
+            .first()
+            .ok_or_else(|| Error::Internal("create returned no change".into()))?;
+        decode(&first.record)
+    }
+
+    pub async fn get<T: Object>(&self, namespace: &str, name: &str) -> Result<T> {
+        check_key(T::KIND, namespace, name)?;
+        decode(&self.store.get(T::KIND, namespace, name).await?)
+    }
+
+    pub async fn list<T: Object>(
+        &self,
+        namespace: &str,
+        page_size: i32,
+        page_token: &str,
+        label_selector: &str,
+    ) -> Result<Page<T>> {
+        if !namespace.is_empty() {
+            for e in names::validate_dns_label(namespace) {
+                return Err(Error::invalid("namespace", e));
+            }
+        }
+        let limit = page_token::page_size(page_size)?;
+        let selector = LabelSelector::parse_field("label_selector", label_selector)?;
+        let after = PageToken::decode_optional(page_token, T::KIND, namespace, &selector)?
+            .map(|t| (t.after_namespace, t.after_name));
+        let filter = |r: &Record| selector.matches_with(|k| r.labels.get(k).map(String::as_str));
+        let page = self
+            .store
+            .list(ListQuery {
+                kind: T::KIND,
+                namespace: (!namespace.is_empty()).then_some(namespace),
+                after,
+                limit,
+                filter: &filter,
+            })
+            .await?;
+        let next_page_token = match (page.more, page.items.last()) {
+            (true, Some(last)) => {
+                PageToken::new(T::KIND, namespace, &selector, &last.namespace, &last.name).encode()
+            }
+            _ => String::new(),
+        };
+        let items = page.items.iter().map(decode).collect::<Result<Vec<T>>>()?;
+        Ok(Page {
+            items,
+            next_page_token,
+            resource_version: page.revision.to_string(),
+        })
+    }
+
+    /// Replaces an object. `metadata.resource_version`, when set, must be current;
+    /// `metadata.uid`, when set, must match. `check` sees (stored, incoming) and may
+    /// refuse changes to immutable fields or carry stored fields over.
+    pub async fn update<T: Object>(
+        &self,
+        obj: Option<T>,
+        field: &str,
+        check: impl FnOnce(&T, &mut T) -> Result<()>,
+    ) -> Result<T> {
+        let mut obj = self.prepare(obj, field)?;
+        let meta = obj.meta().cloned().unwrap_or_default();
+        let rv = parse_resource_version(
+            &format!("{field}.metadata.resource_version"),
+            &meta.resource_version,
+        )?;
+        let record = self.store.get(T::KIND, &meta.namespace, &meta.name).await?;
+        let current: T = decode(&record)?;
+        check(&current, &mut obj)?;
+        let (labels, data) = encode(&obj);
+        // A graceful deletion in progress survives label/annotation updates.
+        let deletion_timestamp = record.deletion_timestamp;
+        let changes = self
+            .store
+            .apply(
+                vec![Op::Update {
+                    kind: T::KIND,
+                    namespace: meta.namespace.clone(),
+                    name: meta.name.clone(),
+                    precondition: Precondition {
+                        resource_version: rv,
+                        uid: (!meta.uid.is_empty()).then(|| meta.uid.clone()),
+                    },
+                    labels,
+                    data,
+                    deletion_timestamp,
+                }],
+                self.clock.now(),
+            )
+            .await?;
+        let first = changes
+            .first()
+            .ok_or_else(|| Error::Internal("update returned no change".into()))?;
+        decode(&first.record)
+    }
+
+    /// Deletes an object now (with optional preconditions); `extra_before` ops run
+    /// first in the same transaction (namespace contents).
+    pub async fn delete<T: Object>(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: &str,
+        uid: &str,
+        extra_before: Vec<Op>,
+    ) -> Result<T> {
+        check_key(T::KIND, namespace, name)?;
+        let precondition = Precondition {
+            resource_version: parse_resource_version("resource_version", resource_version)?,
+            uid: (!uid.is_empty()).then(|| uid.to_string()),
+        };
+        let mut ops = extra_before;
+        ops.push(Op::Delete {
+            kind: T::KIND,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            precondition,
+        });
+        let changes = self.store.apply(ops, self.clock.now()).await?;
+        let last = changes
+            .last()
+            .ok_or_else(|| Error::Internal("delete returned no change".into()))?;
+        decode(&last.record)
+    }
+}

@@ -1,0 +1,259 @@
+//! Schema versions: the migrations embedded at build time, and the check every
+//! binary runs before serving so it never works on a schema it does not know.
+
+use badge_core::{Error, Result};
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::PgPool;
+
+use crate::db_error;
+
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// sqlx's bookkeeping table.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
+/// A migration this binary embeds.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    version: i64,
+    description: &'a str,
+    checksum: &'a [u8],
+}
+
+/// A row of sqlx's bookkeeping table.
+struct Applied {
+    version: i64,
+    success: bool,
+    checksum: Vec<u8>,
+}
+
+fn known() -> Vec<Known<'static>> {
+    MIGRATOR
+        .iter()
+        .map(|m| Known {
+            version: m.version,
+            description: &m.description,
+            checksum: &m.checksum,
+        })
+        .collect()
+}
+
+fn newest(known: &[Known<'_>]) -> i64 {
+    known.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+fn newer_than_binary(version: i64, newest_known: i64) -> Error {
+    Error::precondition(format!(
+        "database schema version {version} is newer than this binary ({newest_known}): upgrade badge"
+    ))
+}
+
+pub(crate) async fn migrate(pool: &PgPool) -> Result<()> {
+    MIGRATOR.run(pool).await.map_err(|e| match e {
+        MigrateError::Execute(e) => db_error(e, None),
+        MigrateError::VersionMissing(v) if v > newest(&known()) => {
+            newer_than_binary(v, newest(&known()))
+        }
+        other => Error::precondition(format!("database schema migration failed: {other}")),
+    })
+}
+
+pub(crate) async fn check(pool: &PgPool) -> Result<()> {
+    // SQLSTATE 42P01 (no such table) maps to "not migrated" in db_error.
+    let applied: Vec<(i64, bool, Vec<u8>)> =
+        sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .map_err(|e| db_error(e, None))?;
+    let applied: Vec<Applied> = applied
+        .into_iter()
+        .map(|(version, success, checksum)| Applied {
+            version,
+            success,
+            checksum,
+        })
+        .collect();
+    verify(&known(), &applied)
+}
+
+/// Compares what the database has applied with the migrations this binary embeds.
+fn verify(known: &[Known<'_>], applied: &[Applied]) -> Result<()> {
+    if applied.is_empty() {
+        return Err(Error::precondition(
+            "database schema is not migrated: run `badge migrate`",
+        ));
+    }
+    if let Some(a) = applied.iter().find(|a| !a.success) {
+        return Err(Error::precondition(format!(
+            "database schema migration {} is dirty (it failed part-way): \
+             repair it and remove its row from {MIGRATIONS_TABLE}",
+            a.version
+        )));
+    }
+    let newest_known = newest(known);
+    if let Some(a) = applied.iter().rev().find(|a| a.version > newest_known) {
+        return Err(newer_than_binary(a.version, newest_known));
+    }
+    for a in applied {
+        match known.iter().find(|m| m.version == a.version) {
+            None => {
+                return Err(Error::precondition(format!(
+                    "database schema has migration {}, which this binary does not know: \
+                     use the badge release that applied it",
+                    a.version
+                )));
+            }
+            Some(m) if m.checksum != a.checksum.as_slice() => {
+                return Err(Error::precondition(format!(
+                    "database schema migration {} ({}) differs from this binary's: \
+                     it was changed after it was applied",
+                    m.version, m.description
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(m) = known
+        .iter()
+        .find(|m| !applied.iter().any(|a| a.version == m.version))
+    {
+        return Err(Error::precondition(format!(
+            "database schema is missing migration {} ({}): run `badge migrate`",
+            m.version, m.description
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KNOWN: [Known<'static>; 3] = [
+        Known {
+            version: 1,
+            description: "objects",
+            checksum: b"one",
+        },
+        Known {
+            version: 2,
+            description: "more",
+            checksum: b"two",
+        },
+        Known {
+            version: 3,
+            description: "last",
+            checksum: b"three",
+        },
+    ];
+
+    fn applied(versions: &[i64]) -> Vec<Applied> {
+        versions
+            .iter()
+            .map(|v| Applied {
+                version: *v,
+                success: true,
+                checksum: KNOWN
+                    .iter()
+                    .find(|k| k.version == *v)
+                    .map(|k| k.checksum.to_vec())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    fn message(r: Result<()>) -> String {
+        match r {
+            Err(Error::FailedPrecondition { message, .. }) => message,
+            other => panic!("expected FailedPrecondition, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_embedded_migrations_verify_against_themselves() {
+        let known = known();
+        assert!(newest(&known) >= 1);
+        let all: Vec<Applied> = known
+            .iter()
+            .map(|k| Applied {
+                version: k.version,
+                success: true,
+                checksum: k.checksum.to_vec(),
+            })
+            .collect();
+        assert_eq!(verify(&known, &all), Ok(()));
+    }
+
+    #[test]
+    fn all_applied_verifies() {
+        assert_eq!(verify(&KNOWN, &applied(&[1, 2, 3])), Ok(()));
+    }
+
+    #[test]
+    fn nothing_applied_is_not_migrated() {
+        assert_eq!(
+            message(verify(&KNOWN, &[])),
+            "database schema is not migrated: run `badge migrate`"
+        );
+    }
+
+    #[test]
+    fn a_newer_database_names_both_versions() {
+        let mut a = applied(&[1, 2, 3]);
+        a.push(Applied {
+            version: 4,
+            success: true,
+            checksum: b"four".to_vec(),
+        });
+        assert_eq!(
+            message(verify(&KNOWN, &a)),
+            "database schema version 4 is newer than this binary (3): upgrade badge"
+        );
+    }
+
+    #[test]
+    fn a_dirty_migration_is_named() {
+        let mut a = applied(&[1, 2]);
+        a[1].success = false;
+        let msg = message(verify(&KNOWN, &a));
+        assert!(msg.contains("migration 2 is dirty"), "{msg}");
+    }
+
+    #[test]
+    fn a_modified_migration_is_named() {
+        let mut a = applied(&[1, 2, 3]);
+        a[0].checksum = b"changed".to_vec();
+        let msg = message(verify(&KNOWN, &a));
+        assert!(msg.contains("migration 1 (objects) differs"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_migration_is_named() {
+        let msg = message(verify(&KNOWN, &applied(&[1, 3])));
+        assert_eq!(
+            msg,
+            "database schema is missing migration 2 (more): run `badge migrate`"
+        );
+        let msg = message(verify(&KNOWN, &applied(&[1, 2])));
+        assert!(msg.contains("missing migration 3 (last)"), "{msg}");
+    }
+
+    #[test]
+    fn an_unknown_older_migration_is_named() {
+        let known = [KNOWN[0], KNOWN[2]];
+        let mut a = applied(&[1, 3]);
+        a.insert(
+            1,
+            Applied {
+                version: 2,
+                success: true,
+                checksum: b"two".to_vec(),
+            },
+        );
+        let msg = message(verify(&known, &a));
+        assert!(
+            msg.contains("has migration 2, which this binary does not know"),
+            "{msg}"
+        );
+    }
+}

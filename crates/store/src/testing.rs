@@ -1,0 +1,152 @@
+//! Test support (feature `testing`): a fresh, uniquely named database per test on
+//! the server named by `BADGE_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). Tests never skip silently: no
+//! reachable server is a loud panic.
+
+use sqlx::postgres::PgConnection;
+use sqlx::{AssertSqlSafe, Connection, Executor};
+
+use crate::{Store, StoreOptions};
+
+/// The server used when `BADGE_TEST_DATABASE_URL` is unset.
+pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A database created for one test; dropped (best effort) when this is dropped.
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// Connection URL of the new database.
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+fn admin_url() -> String {
+    std::env::var("BADGE_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_TEST_DATABASE_URL.to_owned())
+}
+
+async fn admin_connection(url: &str) -> PgConnection {
+    match PgConnection::connect(url).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "\n\n*** badge-store tests need PostgreSQL and none answered at {url}: {e}\n\
+             *** start one (PostgreSQL 15 on 127.0.0.1:5432, user postgres, trust auth) or set \
+             BADGE_TEST_DATABASE_URL to a server where this user may CREATE DATABASE.\n\
+             *** These tests never skip.\n"
+        ),
+    }
+}
+
+/// Creates an empty database named `badge_t_<uuid>` (not migrated: see
+/// [`TestDatabase::store`]).
+pub async fn fresh_database() -> TestDatabase {
+    let admin_url = admin_url();
+    let name = format!("badge_t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = admin_connection(&admin_url).await;
+    if let Err(e) = conn
+        .execute(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .await
+    {
+        panic!("creating test database {name} on {admin_url} failed: {e}");
+    }
+    let _ = conn.close().await;
+    TestDatabase {
+        url: with_database(&admin_url, &name),
+        name,
+        admin_url,
+    }
+}
+
+impl TestDatabase {
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A store on this database, migrated.
+    pub async fn store(&self) -> Store {
+        let store = self.unmigrated_store().await;
+        if let Err(e) = store.migrate().await {
+            panic!("migrating test database {}: {e}", self.name);
+        }
+        store
+    }
+
+    /// A store on this database without running migrations.
+    pub async fn unmigrated_store(&self) -> Store {
+        match Store::connect(&self.url, StoreOptions::default()).await {
+            Ok(s) => s,
+            Err(e) => panic!("connecting to test database {}: {e}", self.name),
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a
+        // thread with its own. WITH (FORCE) ends connections a Store still holds.
+        let name = self.name.clone();
+        let admin_url = self.admin_url.clone();
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut conn = PgConnection::connect(&admin_url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.execute(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                )))
+                .await
+                .map_err(|e| e.to_string())?;
+                let _ = conn.close().await;
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: could not drop test database {}: {e}", self.name),
+            Err(_) => eprintln!("warning: dropping test database {} panicked", self.name),
+        }
+    }
+}
+
+/// `url` with its database (path) replaced by `database`; the query is kept.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_start..].find('/') {
+        Some(i) => &base[..authority_start + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_and_keeps_the_query() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h:1", "x"), "postgres://h:1/x");
+    }
+}

@@ -1,0 +1,1309 @@
+//! The store against a real PostgreSQL: a fresh database per test (see
+//! `badge_store::testing`). These tests never skip: no server is a loud failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use badge_core::{Error, Kind};
+use badge_store::testing::{TestDatabase, fresh_database};
+use badge_store::{
+    Change, EventType, ListPage, ListQuery, Op, Precondition, Record, Store, StoreOptions,
+};
+use sqlx::Connection;
+
+// ---------------------------------------------------------------------------
+// helpers
+
+fn t(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn create_ns(name: &str) -> Op {
+    Op::Create {
+        kind: Kind::Namespace,
+        namespace: String::new(),
+        name: name.to_owned(),
+        labels: BTreeMap::new(),
+        data: format!("ns:{name}").into_bytes(),
+    }
+}
+
+fn create(kind: Kind, ns: &str, name: &str) -> Op {
+    create_labelled(kind, ns, name, &[])
+}
+
+fn create_labelled(kind: Kind, ns: &str, name: &str, l: &[(&str, &str)]) -> Op {
+    Op::Create {
+        kind,
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        labels: labels(l),
+        data: format!("{}:{ns}/{name}", kind.as_str()).into_bytes(),
+    }
+}
+
+fn update(kind: Kind, ns: &str, name: &str, precondition: Precondition, data: &[u8]) -> Op {
+    Op::Update {
+        kind,
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        precondition,
+        labels: labels(&[("updated", "yes")]),
+        data: data.to_vec(),
+        deletion_timestamp: None,
+    }
+}
+
+fn delete(kind: Kind, ns: &str, name: &str, precondition: Precondition) -> Op {
+    Op::Delete {
+        kind,
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        precondition,
+    }
+}
+
+fn rv(v: i64) -> Precondition {
+    Precondition {
+        resource_version: Some(v),
+        uid: None,
+    }
+}
+
+fn uid(u: &str) -> Precondition {
+    Precondition {
+        resource_version: None,
+        uid: Some(u.to_owned()),
+    }
+}
+
+fn all(_: &Record) -> bool {
+    true
+}
+
+async fn setup() -> (TestDatabase, Store) {
+    let db = fresh_database().await;
+    let store = db.store().await;
+    (db, store)
+}
+
+async fn one(store: &Store, op: Op, now: SystemTime) -> Change {
+    let mut changes = store.apply(vec![op], now).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    changes.remove(0)
+}
+
+async fn list_all(store: &Store, kind: Kind, ns: Option<&str>) -> ListPage {
+    store
+        .list(ListQuery {
+            kind,
+            namespace: ns,
+            after: None,
+            limit: 0,
+            filter: &all,
+        })
+        .await
+        .unwrap()
+}
+
+fn names(items: &[Record]) -> Vec<String> {
+    items
+        .iter()
+        .map(|r| format!("{}/{}", r.namespace, r.name))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// objects
+
+#[tokio::test]
+async fn create_then_get_returns_the_record_with_server_metadata() {
+    let (_db, store) = setup().await;
+    let ns = one(&store, create_ns("team-a"), t(0)).await;
+    assert_eq!(ns.event, EventType::Added);
+    assert_eq!(ns.revision, 1);
+    assert_eq!(ns.record.namespace, "");
+
+    let c = one(
+        &store,
+        Op::Create {
+            kind: Kind::ServiceAccount,
+            namespace: "team-a".into(),
+            name: "builder".into(),
+            labels: labels(&[("app", "ci"), ("tier", "build")]),
+            data: vec![0, 159, 146, 150, 255],
+        },
+        t(5),
+    )
+    .await;
+    assert_eq!(c.revision, 2);
+    assert_eq!(c.event, EventType::Added);
+
+    let got = store
+        .get(Kind::ServiceAccount, "team-a", "builder")
+        .await
+        .unwrap();
+    assert_eq!(got, c.record);
+    assert_eq!(got.kind, Kind::ServiceAccount);
+    assert_eq!(got.resource_version, 2);
+    assert_eq!(got.labels, labels(&[("app", "ci"), ("tier", "build")]));
+    assert_eq!(got.data, vec![0, 159, 146, 150, 255]);
+    assert_eq!(got.creation_timestamp, t(5));
+    assert_eq!(got.deletion_timestamp, None);
+    let parsed = uuid::Uuid::parse_str(&got.uid).unwrap();
+    assert_eq!(parsed.get_version_num(), 4);
+    assert_ne!(got.uid, ns.record.uid);
+
+    // Cluster-scoped kinds live under the empty namespace.
+    let node = one(&store, create(Kind::Node, "", "node-1"), t(6)).await;
+    assert_eq!(
+        store.get(Kind::Node, "", "node-1").await.unwrap(),
+        node.record
+    );
+    assert_eq!(store.current_revision().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn timestamps_keep_microseconds() {
+    let (_db, store) = setup().await;
+    let now = t(0) + Duration::from_micros(123_456);
+    one(&store, create_ns("a"), now).await;
+    let got = store.get(Kind::Namespace, "", "a").await.unwrap();
+    assert_eq!(got.creation_timestamp, now);
+}
+
+#[tokio::test]
+async fn get_of_a_missing_object_is_not_found() {
+    let (_db, store) = setup().await;
+    let err = store
+        .get(Kind::ServiceAccount, "default", "x")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::NotFound(r#"serviceaccounts "x" not found"#.into())
+    );
+}
+
+#[tokio::test]
+async fn names_are_unique_per_kind_and_namespace() {
+    let (_db, store) = setup().await;
+    store
+        .apply(vec![create_ns("a"), create_ns("b")], t(0))
+        .await
+        .unwrap();
+    one(&store, create(Kind::ServiceAccount, "a", "x"), t(1)).await;
+    let err = store
+        .apply(vec![create(Kind::ServiceAccount, "a", "x")], t(2))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::AlreadyExists(r#"serviceaccounts "x" already exists"#.into())
+    );
+    // Same name, other namespace or other kind: fine.
+    one(&store, create(Kind::ServiceAccount, "b", "x"), t(3)).await;
+    one(&store, create(Kind::Secret, "a", "x"), t(4)).await;
+    let err = store.apply(vec![create_ns("a")], t(5)).await.unwrap_err();
+    assert_eq!(
+        err,
+        Error::AlreadyExists(r#"namespaces "a" already exists"#.into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_of_one_name_leave_one_winner() {
+    let (db, store) = setup().await;
+    let other = db.store().await;
+    one(&store, create_ns("a"), t(0)).await;
+    for round in 0..5 {
+        let name = format!("x{round}");
+        let (r1, r2) = tokio::join!(
+            store.apply(vec![create(Kind::Secret, "a", &name)], t(1)),
+            other.apply(vec![create(Kind::Secret, "a", &name)], t(1)),
+        );
+        let oks = [&r1, &r2].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(oks, 1, "{r1:?} {r2:?}");
+        let err = if r1.is_err() { r1 } else { r2 }.unwrap_err();
+        assert_eq!(
+            err,
+            Error::AlreadyExists(format!(r#"secrets "{name}" already exists"#))
+        );
+    }
+}
+
+#[tokio::test]
+async fn namespaced_objects_need_their_namespace() {
+    let (_db, store) = setup().await;
+    let err = store
+        .apply(vec![create(Kind::ServiceAccount, "nope", "x")], t(0))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::NotFound(r#"namespaces "nope" not found"#.into())
+    );
+    // In the same batch, after the namespace: fine.
+    let changes = store
+        .apply(
+            vec![create_ns("nope"), create(Kind::ServiceAccount, "nope", "x")],
+            t(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changes.len(), 2);
+}
+
+#[tokio::test]
+async fn scope_mismatches_are_invalid() {
+    let (_db, store) = setup().await;
+    let err = store
+        .apply(vec![create(Kind::Node, "a", "n")], t(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Invalid(v) if v[0].field == "metadata.namespace"),
+        "{err:?}"
+    );
+    let err = store
+        .apply(vec![create(Kind::Pod, "", "p")], t(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Invalid(v) if v[0].field == "metadata.namespace"),
+        "{err:?}"
+    );
+    let err = store
+        .apply(vec![create(Kind::Node, "", "")], t(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Invalid(v) if v[0].field == "metadata.name"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn update_replaces_content_and_keeps_identity() {
+    let (_db, store) = setup().await;
+    one(&store, create_ns("a"), t(0)).await;
+    let created = one(
+        &store,
+        create_labelled(Kind::Pod, "a", "p", &[("x", "1")]),
+        t(1),
+    )
+    .await;
+    let changed = one(
+        &store,
+        Op::Update {
+            kind: Kind::Pod,
+            namespace: "a".into(),
+            name: "p".into(),
+            precondition: Precondition {
+                resource_version: Some(created.record.resource_version),
+                uid: Some(created.record.uid.clone()),
+            },
+            labels: labels(&[("y", "2")]),
+            data: b"v2".to_vec(),
+            deletion_timestamp: Some(t(30)),
+        },
+        t(2),
+    )
+    .await;
+    assert_eq!(changed.event, EventType::Modified);
+    assert_eq!(changed.revision, 3);
+    let got = store.get(Kind::Pod, "a", "p").await.unwrap();
+    assert_eq!(got, changed.record);
+    assert_eq!(got.uid, created.record.uid);
+    assert_eq!(got.creation_timestamp, t(1));
+    assert_eq!(got.resource_version, 3);
+    assert_eq!(got.labels, labels(&[("y", "2")]));
+    assert_eq!(got.data, b"v2");
+    assert_eq!(got.deletion_timestamp, Some(t(30)));
+
+    // No precondition: unconditional.
+    let again = one(
+        &store,
+        update(Kind::Pod, "a", "p", Precondition::default(), b"v3"),
+        t(3),
+    )
+    .await;
+    assert_eq!(again.record.resource_version, 4);
+    assert_eq!(again.record.deletion_timestamp, None);
+}
+
+#[tokio::test]
+async fn update_and_delete_of_missing_objects_are_not_found() {
+    let (_db, store) = setup().await;
+    one(&store, create_ns("a"), t(0)).await;
+    let err = store
+        .apply(
+            vec![update(Kind::ServiceAccount, "a", "x", rv(1), b"")],
+            t(1),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::NotFound(r#"serviceaccounts "x" not found"#.into())
+    );
+    let err = store
+        .apply(
+            vec![delete(
+                Kind::ServiceAccount,
+                "a",
+                "x",
+                Precondition::default(),
+            )],
+            t(1),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::NotFound(r#"serviceaccounts "x" not found"#.into())
+    );
+}
+
+#[tokio::test]
+async fn stale_resource_version_and_wrong_uid_conflict() {
+    let (_db, store) = setup().await;
+    one(&store, create_ns("a"), t(0)).await;
+    let c = one(&store, create(Kind::ServiceAccount, "a", "x"), t(1)).await; // rv 2
+    one(
+        &store,
+        update(Kind::ServiceAccount, "a", "x", rv(2), b"v2"),
+        t(2),
+    )
+    .await; // rv 3
+
+    for op in [
+        update(Kind::ServiceAccount, "a", "x", rv(2), b"v3"),
+        delete(Kind::ServiceAccount, "a", "x", rv(2)),
+    ] {
+        let err = store.apply(vec![op], t(3)).await.unwrap_err();
+        assert_eq!(
+            err,
+            Error::Conflict(
+                "operation cannot be fulfilled on serviceaccounts \"x\": the object has been \
+                 modified: resource_version 2 is stale, current is 3"
+                    .into()
+            )
+        );
+    }
+    for op in [
+        update(Kind::ServiceAccount, "a", "x", uid("other-uid"), b"v3"),
+        delete(Kind::ServiceAccount, "a", "x", uid("other-uid")),
+    ] {
+        let err = store.apply(vec![op], t(3)).await.unwrap_err();
+        assert_eq!(
+            err,
+            Error::Conflict(format!(
+                "precondition failed: uid in precondition: other-uid, uid in object: {}",
+                c.record.uid
+            ))
+        );
+    }
+    // Nothing of the refused writes happened.
+    let got = store.get(Kind::ServiceAccount, "a", "x").await.unwrap();
+    assert_eq!((got.resource_version, got.data.as_slice()), (3, &b"v2"[..]));
+    assert_eq!(store.current_revision().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn delete_removes_the_object_and_reports_its_last_state() {
+    let (_db, store) = setup().await;
+    one(&store, create_ns("a"), t(0)).await;
+    let c = one(
+        &store,
+        create_labelled(Kind::Secret, "a", "s", &[("k", "v")]),
+        t(1),
+    )
+    .await;
+    let d = one(
+        &store,
+        delete(
+            Kind::Secret,
+            "a",
+            "s",
+            Precondition {
+                resource_version: Some(2),
+                uid: Some(c.record.uid.clone()),
+            },
+        ),
+        t(2),
+    )
+    .await;
+    assert_eq!(d.event, EventType::Deleted);
+    assert_eq!(d.revision, 3);
+    assert_eq!(
+        d.record,
+        Record {
+            resource_version: 3,
+            ..c.record.clone()
+        }
+    );
+    assert!(matches!(
+        store.get(Kind::Secret, "a", "s").await,
+        Err(Error::NotFound(_))
+    ));
+    // The name is free again; a new object gets a new uid.
+    let again = one(&store, create(Kind::Secret, "a", "s"), t(3)).await;
+    assert_ne!(again.record.uid, c.record.uid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_with_one_resource_version_have_exactly_one_winner() {
+    let (db, store) = setup().await;
+    // A second, separately connected store: the guarantee comes from the database.
+    let other = db.store().await;
+    one(&store, create_ns("a"), t(0)).await;
+    let mut current = one(&store, create(Kind::ServiceAccount, "a", "x"), t(1))
+        .await
+        .record
+        .resource_version;
+    for round in 0..10 {
+        let (r1, r2) = tokio::join!(
+            store.apply(
+                vec![update(
+                    Kind::ServiceAccount,
+                    "a",
+                    "x",
+                    rv(current),
+                    b"first"
+                )],
+                t(2 + round),
+            ),
+            other.apply(
+                vec![update(
+                    Kind::ServiceAccount,
+                    "a",
+                    "x",
+                    rv(current),
+                    b"second"
+                )],
+                t(2 + round),
+            ),
+        );
+        let (winner, loser) = match (r1, r2) {
+            (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+            (r1, r2) => panic!("round {round}: expected exactly one winner: {r1:?} / {r2:?}"),
+        };
+        assert!(
+            matches!(&loser, Error::Conflict(m) if m.contains(&format!("resource_version {current} is stale"))),
+            "{loser:?}"
+        );
+        let got = store.get(Kind::ServiceAccount, "a", "x").await.unwrap();
+        assert_eq!(got, winner[0].record);
+        assert_eq!(got.resource_version, current + 1);
+        current = got.resource_version;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_op_undoes_the_whole_batch() {
+    let (_db, store) = setup().await;
+    one(&store, create_ns("a"), t(0)).await;
+    one(&store, create(Kind::ServiceAccount, "a", "taken"), t(1)).await;
+    let before = store.current_revision().await.unwrap();
+    let mut rx = store.subscribe();
+    rx.borrow_and_update();
+
+    let err = store
+        .apply(
+            vec![
+                create_ns("b"),
+                create(Kind::ServiceAccount, "b", "fresh"),
+                update(
+                    Kind::ServiceAccount,
+                    "a",
+                    "taken",
+                    Precondition::default(),
+                    b"changed",
+                ),
+                create(Kind::ServiceAccount, "a", "taken"),
+            ],
+            t(2),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+
+    assert!(matches!(
+        store.get(Kind::Namespace, "", "b").await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        store.get(Kind::ServiceAccount, "b", "fresh").await,
+        Err(Error::NotFound(_))
+    ));
+    let taken = store.get(Kind::ServiceAccount, "a", "taken").await.unwrap();
+    assert_eq!(taken.resource_version, 2);
+    assert_ne!(taken.data, b"changed");
+    assert_eq!(store.current_revision().await.unwrap(), before);
+    assert_eq!(store.changes_since(before, 0).await.unwrap(), vec![]);
+    assert_eq!(store.changes_since(0, 0).await.unwrap().len(), 2);
+    assert!(!rx.has_changed().unwrap());
+
+    // The next successful write continues the revision sequence with no gap.
+    let next = one(&store, create_ns("b"), t(3)).await;
+    assert_eq!(next.revision, before + 1);
+}
+
+#[tokio::test]
+async fn empty_batches_and_empty_namespaces_change_nothing() {
+    let (_db, store) = setup().await;
+    assert_eq!(store.apply(vec![], t(0)).await.unwrap(), vec![]);
+    one(&store, create_ns("a"), t(0)).await;
+    let changes = store
+        .apply(
+            vec![Op::DeleteNamespaceContents {
+                namespace: "a".into(),
+            }],
+            t(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changes, vec![]);
+    assert_eq!(store.current_revision().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_with_its_contents() {
+    let (_db, store) = setup().await;
+    store
+        .apply(
+            vec![
+                create_ns("a"),
+                create_ns("b"),
+                create(Kind::ServiceAccount, "a", "default"),
+                create(Kind::Secret, "a", "tok"),
+                create(Kind::Pod, "a", "web"),
+                create(Kind::Pod, "a", "db"),
+                create(Kind::ServiceAccount, "b", "default"),
+                create(Kind::Node, "", "n1"),
+            ],
+            t(0),
+        )
+        .await
+        .unwrap();
+
+    // Deleting only the namespace does not cascade.
+    let lone = store
+        .apply(
+            vec![delete(Kind::Namespace, "", "b", Precondition::default())],
+            t(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lone.len(), 1);
+    assert!(
+        store
+            .get(Kind::ServiceAccount, "b", "default")
+            .await
+            .is_ok()
+    );
+
+    let changes = store
+        .apply(
+            vec![
+                Op::DeleteNamespaceContents {
+                    namespace: "a".into(),
+                },
+                delete(Kind::Namespace, "", "a", Precondition::default()),
+            ],
+            t(2),
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(EventType, Kind, String, String)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c.event,
+                c.record.kind,
+                c.record.namespace.clone(),
+                c.record.name.clone(),
+            )
+        })
+        .collect();
+    let d = EventType::Deleted;
+    assert_eq!(
+        seen,
+        vec![
+            (d, Kind::Pod, "a".into(), "db".into()),
+            (d, Kind::Pod, "a".into(), "web".into()),
+            (d, Kind::Secret, "a".into(), "tok".into()),
+            (d, Kind::ServiceAccount, "a".into(), "default".into()),
+            (d, Kind::Namespace, String::new(), "a".into()),
+        ]
+    );
+    let revisions: Vec<i64> = changes.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, vec![10, 11, 12, 13, 14]);
+    for c in &changes {
+        assert_eq!(c.record.resource_version, c.revision);
+        assert_eq!(
+            c.record.data,
+            if c.record.kind == Kind::Namespace {
+                b"ns:a".to_vec()
+            } else {
+                format!("{}:a/{}", c.record.kind.as_str(), c.record.name).into_bytes()
+            }
+        );
+    }
+    for kind in [Kind::ServiceAccount, Kind::Secret, Kind::Pod] {
+        assert!(list_all(&store, kind, Some("a")).await.items.is_empty());
+    }
+    // Other namespaces and cluster-scoped objects are untouched.
+    assert!(
+        store
+            .get(Kind::ServiceAccount, "b", "default")
+            .await
+            .is_ok()
+    );
+    assert!(store.get(Kind::Node, "", "n1").await.is_ok());
+    assert_eq!(store.changes_since(9, 0).await.unwrap(), changes);
+}
+
+// ---------------------------------------------------------------------------
+// list
+
+#[tokio::test]
+async fn list_orders_by_namespace_and_name_and_scopes_to_a_namespace() {
+    let (_db, store) = setup().await;
+    store
+        .apply(
+            vec![
+                create_ns("b"),
+                create_ns("a"),
+                create(Kind::ServiceAccount, "b", "x"),
+                create(Kind::ServiceAccount, "a", "y"),
+                create(Kind::ServiceAccount, "a", "x-2"),
+                create(Kind::ServiceAccount, "a", "x"),
+                create(Kind::Secret, "a", "x"),
+                create(Kind::Node, "", "n2"),
+                create(Kind::Node, "", "n1"),
+            ],
+            t(0),
+        )
+        .await
+        .unwrap();
+    let page = list_all(&store, Kind::ServiceAccount, None).await;
+    assert_eq!(names(&page.items), ["a/x", "a/x-2", "a/y", "b/x"]);
+    assert!(!page.more);
+    assert_eq!(page.revision, 9);
+    let page = list_all(&store, Kind::ServiceAccount, Some("a")).await;
+    assert_eq!(names(&page.items), ["a/x", "a/x-2", "a/y"]);
+    let page = list_all(&store, Kind::Node, None).await;
+    assert_eq!(names(&page.items), ["/n1", "/n2"]);
+    let page = list_all(&store, Kind::Namespace, None).await;
+    assert_eq!(names(&page.items), ["/a", "/b"]);
+    let page = list_all(&store, Kind::Pod, Some("zzz")).await;
+    assert!(page.items.is_empty() && !page.more);
+}
+
+/// Pages through everything matching `filter`, checking each page.
+async fn page_through(
+    store: &Store,
+    ns: Option<&str>,
+    limit: usize,
+    filter: &(dyn Fn(&Record) -> bool + Send + Sync),
+) -> (Vec<String>, usize) {
+    let mut after = None;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list(ListQuery {
+                kind: Kind::ServiceAccount,
+                namespace: ns,
+                after: after.clone(),
+                limit,
+                filter,
+            })
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.items.len() <= limit);
+        assert!(page.items.iter().all(filter));
+        seen.extend(names(&page.items));
+        if !page.more {
+            break;
+        }
+        assert_eq!(page.items.len(), limit, "a page with more is full");
+        let last = page.items.last().unwrap();
+        after = Some((last.namespace.clone(), last.name.clone()));
+        assert!(pages < 1000);
+    }
+    (seen, pages)
+}
+
+#[tokio::test]
+async fn list_pages_with_a_filter_and_more() {
+    let (_db, store) = setup().await;
+    let mut ops = vec![create_ns("a"), create_ns("b")];
+    for i in 0..10 {
+        let colour = if i % 3 == 0 { "red" } else { "blue" };
+        ops.push(create_labelled(
+            Kind::ServiceAccount,
+            if i < 5 { "a" } else { "b" },
+            &format!("sa-{i:02}"),
+            &[("colour", colour)],
+        ));
+    }
+    store.apply(ops, t(0)).await.unwrap();
+    let red = |r: &Record| r.labels.get("colour").map(String::as_str) == Some("red");
+
+    // red: a/sa-00, a/sa-03, b/sa-06, b/sa-09
+    let (seen, pages) = page_through(&store, None, 2, &red).await;
+    assert_eq!(seen, ["a/sa-00", "a/sa-03", "b/sa-06", "b/sa-09"]);
+    // Two full pages; the second knows nothing matches after it.
+    assert_eq!(pages, 2);
+
+    let (seen, pages) = page_through(&store, None, 3, &red).await;
+    assert_eq!(seen, ["a/sa-00", "a/sa-03", "b/sa-06", "b/sa-09"]);
+    assert_eq!(pages, 2);
+
+    let (seen, _) = page_through(&store, Some("b"), 1, &red).await;
+    assert_eq!(seen, ["b/sa-06", "b/sa-09"]);
+
+    let (seen, _) = page_through(&store, None, 4, &all).await;
+    assert_eq!(seen.len(), 10);
+
+    // An exclusive cursor in the middle of a namespace.
+    let page = store
+        .list(ListQuery {
+            kind: Kind::ServiceAccount,
+            namespace: None,
+            after: Some(("a".into(), "sa-03".into())),
+            limit: 2,
+            filter: &all,
+        })
+        .await
+        .unwrap();
+    assert_eq!(names(&page.items), ["a/sa-04", "b/sa-05"]);
+    assert!(page.more);
+
+    // A page that ends exactly at the last match does not claim more.
+    let page = store
+        .list(ListQuery {
+            kind: Kind::ServiceAccount,
+            namespace: None,
+            after: None,
+            limit: 4,
+            filter: &red,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 4);
+    assert!(!page.more);
+}
+
+#[tokio::test]
+async fn list_pages_across_fetch_batches() {
+    let (_db, store) = setup().await;
+    let mut ops = vec![create_ns("a")];
+    for i in 0..700 {
+        ops.push(create_labelled(
+            Kind::ServiceAccount,
+            "a",
+            &format!("sa-{i:04}"),
+            &[("n", &i.to_string())],
+        ));
+    }
+    store.apply(ops, t(0)).await.unwrap();
+    // A selective filter: 1 in 97 rows matches, so pages span several batches.
+    let rare = |r: &Record| r.labels["n"].parse::<u32>().unwrap() % 97 == 0;
+    let (seen, _) = page_through(&store, None, 3, &rare).await;
+    let expected: Vec<String> = (0..700)
+        .filter(|i| i % 97 == 0)
+        .map(|i| format!("a/sa-{i:04}"))
+        .collect();
+    assert_eq!(seen, expected);
+    let (seen, pages) = page_through(&store, None, 250, &all).await;
+    assert_eq!(seen.len(), 700);
+    assert_eq!(pages, 3);
+    let page = list_all(&store, Kind::ServiceAccount, Some("a")).await;
+    assert_eq!(page.items.len(), 700);
+    assert!(!page.more);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_revision_is_exactly_the_state_listed() {
+    let (db, store) = setup().await;
+    one(&store, create_ns("a"), t(0)).await;
+    // A second process writes continuously while we list.
+    let writer = db.store().await;
+    let writing = tokio::spawn(async move {
+        for i in 0..120 {
+            let mut ops = vec![create(Kind::Secret, "a", &format!("s-{i:03}"))];
+            if i % 4 == 3 {
+                ops.push(delete(
+                    Kind::Secret,
+                    "a",
+                    &format!("s-{:03}", i - 2),
+                    Precondition::default(),
+                ));
+            }
+            writer.apply(ops, t(1)).await.unwrap();
+        }
+    });
+    let mut listed = 0;
+    while !writing.is_finished() || listed == 0 {
+        let page = store
+            .list(ListQuery {
+                kind: Kind::Secret,
+                namespace: Some("a"),
+                after: None,
+                limit: 0,
+                filter: &all,
+            })
+            .await
+            .unwrap();
+        // Replay the feed up to the page's revision: it must give exactly the page.
+        let mut state = BTreeMap::new();
+        for c in store.changes_since(0, page.revision).await.unwrap() {
+            assert!(c.revision <= page.revision);
+            if c.record.kind != Kind::Secret {
+                continue;
+            }
+            match c.event {
+                EventType::Deleted => {
+                    state.remove(&c.record.name);
+                }
+                _ => {
+                    state.insert(c.record.name.clone(), c.record.resource_version);
+                }
+            }
+        }
+        let got: BTreeMap<String, i64> = page
+            .items
+            .iter()
+            .map(|r| (r.name.clone(), r.resource_version))
+            .collect();
+        assert_eq!(got, state, "list at revision {}", page.revision);
+        listed += 1;
+    }
+    writing.await.unwrap();
+    assert!(listed > 1);
+}
+
+// ---------------------------------------------------------------------------
+// the change feed
+
+#[tokio::test]
+async fn the_feed_is_ordered_and_resumable() {
+    let (_db, store) = setup().await;
+    let mut expected = store
+        .apply(
+            vec![create_ns("a"), create(Kind::ServiceAccount, "a", "x")],
+            t(0),
+        )
+        .await
+        .unwrap();
+    expected.push(
+        one(
+            &store,
+            update(Kind::ServiceAccount, "a", "x", rv(2), b"v2"),
+            t(1),
+        )
+        .await,
+    );
+    expected.push(one(&store, create(Kind::Node, "", "n"), t(2)).await);
+    expected.push(
+        one(
+            &store,
+            delete(Kind::ServiceAccount, "a", "x", Precondition::default()),
+            t(3),
+        )
+        .await,
+    );
+    let feed = store.changes_since(0, 0).await.unwrap();
+    assert_eq!(feed, expected);
+    assert_eq!(
+        feed.iter().map(|c| c.revision).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(
+        feed.iter().map(|c| c.event).collect::<Vec<_>>(),
+        vec![
+            EventType::Added,
+            EventType::Added,
+            EventType::Modified,
+            EventType::Added,
+            EventType::Deleted
+        ]
+    );
+    for c in &feed {
+        assert_eq!(c.record.resource_version, c.revision);
+    }
+    // Resume from the middle, with and without a limit.
+    assert_eq!(store.changes_since(2, 0).await.unwrap(), expected[2..]);
+    assert_eq!(store.changes_since(2, 2).await.unwrap(), expected[2..4]);
+    assert_eq!(store.changes_since(4, 100).await.unwrap(), expected[4..]);
+    assert_eq!(store.changes_since(5, 0).await.unwrap(), vec![]);
+    assert_eq!(store.changes_since(99, 0).await.unwrap(), vec![]);
+    assert_eq!(store.current_revision().await.unwrap(), 5);
+}
+
+#[tokio::test]
+async fn compaction_makes_old_revisions_out_of_range_but_not_current_ones() {
+    let (_db, store) = setup().await;
+    one(&store, create_ns("a"), t(0)).await; // 1
+    one(&store, create(Kind::Secret, "a", "s1"), t(10)).await; // 2
+    one(&store, create(Kind::Secret, "a", "s2"), t(20)).await; // 3
+    one(&store, create(Kind::Secret, "a", "s3"), t(30)).await; // 4
+
+    assert_eq!(store.compact(t(0)).await.unwrap(), 0);
+    assert_eq!(store.changes_since(0, 0).await.unwrap().len(), 4);
+
+    // Entries committed before t(15): revisions 1 and 2.
+    assert_eq!(store.compact(t(15)).await.unwrap(), 2);
+    let err = store.changes_since(1, 0).await.unwrap_err();
+    assert_eq!(
+        err,
+        Error::OutOfRange(
+            "resource_version 1 is too old: history before 3 was compacted; relist".into()
+        )
+    );
+    assert!(matches!(
+        store.changes_since(0, 0).await,
+        Err(Error::OutOfRange(_))
+    ));
+    let rest = store.changes_since(2, 0).await.unwrap();
+    assert_eq!(rest.iter().map(|c| c.revision).collect::<Vec<_>>(), [3, 4]);
+    // Compacting again with the same cut removes nothing.
+    assert_eq!(store.compact(t(15)).await.unwrap(), 0);
+
+    // Compact the whole feed: a watcher at the current revision is still fine.
+    assert_eq!(store.compact(t(1000)).await.unwrap(), 2);
+    let current = store.current_revision().await.unwrap();
+    assert_eq!(current, 4);
+    assert_eq!(store.changes_since(current, 0).await.unwrap(), vec![]);
+    assert!(matches!(
+        store.changes_since(current - 1, 0).await,
+        Err(Error::OutOfRange(_))
+    ));
+    // Objects are untouched by compaction and new writes continue the feed.
+    assert_eq!(
+        list_all(&store, Kind::Secret, Some("a")).await.items.len(),
+        3
+    );
+    let next = one(&store, create(Kind::Secret, "a", "s4"), t(1001)).await;
+    assert_eq!(store.changes_since(current, 0).await.unwrap(), vec![next]);
+}
+
+#[tokio::test]
+async fn subscribe_sees_own_commits_immediately() {
+    let (_db, store) = setup().await;
+    let rx = store.subscribe();
+    let c = one(&store, create_ns("a"), t(0)).await;
+    assert!(*rx.borrow() >= c.revision);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_wakes_on_a_commit_from_another_store() {
+    let db = fresh_database().await;
+    let watcher = db.store().await;
+    let writer = db.store().await;
+    let mut rx = watcher.subscribe();
+    for i in 0..5 {
+        let c = one(&writer, create_ns(&format!("ns-{i}")), t(i)).await;
+        // Nothing but NOTIFY (or the post-LISTEN catch-up read) can move this.
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|seen| *seen >= c.revision),
+        )
+        .await
+        .expect("the other store's commit was not announced within 10s")
+        .unwrap();
+    }
+}
+
+async fn listeners(admin: &mut sqlx::PgConnection, database: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = $1 AND application_name = 'badge-store-listener'",
+    )
+    .bind(database)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_listener_stops_with_the_last_store_clone() {
+    let db = fresh_database().await;
+    let store = db.store().await;
+    let clone = store.clone();
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listeners(&mut admin, db.name()).await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listener never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        listeners(&mut admin, db.name()).await,
+        1,
+        "a clone still lives"
+    );
+    drop(clone);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listeners(&mut admin, db.name()).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listener outlived the store"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnected_listener_catches_up_on_missed_commits() {
+    let db = fresh_database().await;
+    let watcher = db.store().await;
+    let writer = db.store().await;
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listeners(&mut admin, db.name()).await != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listener never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut rx = watcher.subscribe();
+    // Cut the LISTEN connections (both stores'), and commit while they are down.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND application_name = 'badge-store-listener'",
+    )
+    .bind(db.name())
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let c = one(&writer, create_ns("while-down"), t(0)).await;
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        rx.wait_for(|seen| *seen >= c.revision),
+    )
+    .await
+    .expect("the commit made while the listener was down was never published")
+    .unwrap();
+    // And it listens again afterwards.
+    let c = one(&writer, create_ns("after"), t(1)).await;
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        rx.wait_for(|seen| *seen >= c.revision),
+    )
+    .await
+    .expect("the listener did not resume")
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// schema, health, errors
+
+#[tokio::test]
+async fn check_schema_refuses_an_unmigrated_database_until_migrated() {
+    let db = fresh_database().await;
+    let store = db.unmigrated_store().await;
+    assert_eq!(
+        store.check_schema().await,
+        Err(Error::precondition(
+            "database schema is not migrated: run `badge migrate`"
+        ))
+    );
+    store.migrate().await.unwrap();
+    store.check_schema().await.unwrap();
+    // Migrating again is a no-op.
+    store.migrate().await.unwrap();
+    store.check_schema().await.unwrap();
+}
+
+#[tokio::test]
+async fn check_schema_refuses_newer_and_dirty_databases() {
+    let (db, store) = setup().await;
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', true, '\\x00', 0)",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let known: i64 = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.split('_').next()?.parse::<i64>().ok()
+        })
+        .max()
+        .unwrap();
+    let newer = Error::precondition(format!(
+        "database schema version 9999 is newer than this binary ({known}): upgrade badge"
+    ));
+    assert_eq!(store.check_schema().await, Err(newer.clone()));
+    assert_eq!(store.migrate().await, Err(newer));
+
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 9999")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    store.check_schema().await.unwrap();
+    sqlx::query("UPDATE _sqlx_migrations SET success = false WHERE version = 1")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let err = store.check_schema().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::FailedPrecondition { message, .. } if message.contains("migration 1 is dirty")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn ping_answers_and_an_unreachable_server_is_unavailable() {
+    let (_db, store) = setup().await;
+    store.ping().await.unwrap();
+
+    let down = Store::connect(
+        "postgres://postgres@127.0.0.1:1/nothing",
+        StoreOptions {
+            max_connections: 2,
+            connect_timeout: Duration::from_millis(500),
+        },
+    )
+    .await
+    .unwrap();
+    for err in [
+        down.ping().await.unwrap_err(),
+        down.get(Kind::Node, "", "n").await.unwrap_err(),
+        down.apply(vec![create_ns("a")], t(0)).await.unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, Error::Unavailable(m) if m.starts_with("store unavailable: ")),
+            "{err:?}"
+        );
+    }
+    assert!(matches!(
+        Store::connect("not a url", StoreOptions::default()).await,
+        Err(Error::Invalid(_))
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// graceful deletion
+
+#[tokio::test]
+async fn next_deletion_and_expired_deletions() {
+    let (_db, store) = setup().await;
+    store
+        .apply(
+            vec![
+                create_ns("a"),
+                create_ns("b"),
+                create(Kind::Pod, "a", "later"),
+                create(Kind::Pod, "b", "sooner"),
+                create(Kind::Pod, "a", "alive"),
+                create(Kind::Secret, "a", "s"),
+            ],
+            t(0),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.next_deletion(Kind::Pod).await.unwrap(), None);
+    assert_eq!(
+        store.expired_deletions(Kind::Pod, t(1000)).await.unwrap(),
+        vec![]
+    );
+
+    let mark = |ns: &str, name: &str, kind: Kind, at: SystemTime| Op::Update {
+        kind,
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        precondition: Precondition::default(),
+        labels: BTreeMap::new(),
+        data: b"terminating".to_vec(),
+        deletion_timestamp: Some(at),
+    };
+    store
+        .apply(
+            vec![
+                mark("a", "later", Kind::Pod, t(100)),
+                mark("b", "sooner", Kind::Pod, t(50)),
+                mark("a", "s", Kind::Secret, t(10)),
+            ],
+            t(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.next_deletion(Kind::Pod).await.unwrap(), Some(t(50)));
+    assert_eq!(
+        store.next_deletion(Kind::Secret).await.unwrap(),
+        Some(t(10))
+    );
+    assert_eq!(store.next_deletion(Kind::Node).await.unwrap(), None);
+
+    let due = |v: Vec<Record>| names(&v);
+    assert!(due(store.expired_deletions(Kind::Pod, t(49)).await.unwrap()).is_empty());
+    assert_eq!(
+        due(store.expired_deletions(Kind::Pod, t(50)).await.unwrap()),
+        ["b/sooner"]
+    );
+    assert_eq!(
+        due(store.expired_deletions(Kind::Pod, t(500)).await.unwrap()),
+        ["b/sooner", "a/later"]
+    );
+    let expired = store.expired_deletions(Kind::Pod, t(500)).await.unwrap();
+    assert_eq!(expired[0].deletion_timestamp, Some(t(50)));
+
+    // The reaper deletes with the uid it saw.
+    store
+        .apply(
+            vec![delete(Kind::Pod, "b", "sooner", uid(&expired[0].uid))],
+            t(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.next_deletion(Kind::Pod).await.unwrap(), Some(t(100)));
+}
+
+/// Compile-time: every Store future can run on a multi-threaded runtime (tonic
+/// handlers and spawned tasks need `Send`).
+#[allow(dead_code)]
+fn store_futures_are_send(store: &Store) {
+    fn is_send<T: Send>(_: &T) {}
+    is_send(&store.migrate());
+    is_send(&store.check_schema());
+    is_send(&store.ping());
+    is_send(&store.apply(vec![], t(0)));
+    is_send(&store.get(Kind::Pod, "a", "b"));
+    is_send(&store.list(ListQuery {
+        kind: Kind::Pod,
+        namespace: None,
+        after: None,
+        limit: 1,
+        filter: &all,
+    }));
+    is_send(&store.current_revision());
+    is_send(&store.changes_since(0, 0));
+    is_send(&store.compact(t(0)));
+    is_send(&store.next_deletion(Kind::Pod));
+    is_send(&store.expired_deletions(Kind::Pod, t(0)));
+    is_send(&Store::connect("", StoreOptions::default()));
+    is_send(&fresh_database());
+}

@@ -1,0 +1,1105 @@
+//! The identity service end to end: real server, real mTLS, real Postgres,
+//! generated tonic clients.
+
+use std::time::Duration;
+
+use badge_proto::meta::{LocalObjectReference, ObjectMeta, ObjectReference};
+use badge_tests::{IdentityServer, meta, pb};
+use pb::namespace_service_client::NamespaceServiceClient;
+use pb::node_service_client::NodeServiceClient;
+use pb::pod_service_client::PodServiceClient;
+use pb::secret_service_client::SecretServiceClient;
+use pb::service_account_service_client::ServiceAccountServiceClient;
+use pb::watch_service_client::WatchServiceClient;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+struct Clients {
+    ns: NamespaceServiceClient<Channel>,
+    sa: ServiceAccountServiceClient<Channel>,
+    secrets: SecretServiceClient<Channel>,
+    pods: PodServiceClient<Channel>,
+    nodes: NodeServiceClient<Channel>,
+    watch: WatchServiceClient<Channel>,
+}
+
+fn clients(ch: Channel) -> Clients {
+    Clients {
+        ns: NamespaceServiceClient::new(ch.clone()),
+        sa: ServiceAccountServiceClient::new(ch.clone()),
+        secrets: SecretServiceClient::new(ch.clone()),
+        pods: PodServiceClient::new(ch.clone()),
+        nodes: NodeServiceClient::new(ch.clone()),
+        watch: WatchServiceClient::new(ch),
+    }
+}
+
+async fn create_ns(c: &mut Clients, name: &str) -> pb::Namespace {
+    c.ns.create_namespace(pb::CreateNamespaceRequest {
+        namespace: Some(pb::Namespace {
+            metadata: meta("", name),
+            status: None,
+        }),
+    })
+    .await
+    .expect("create namespace")
+    .into_inner()
+}
+
+fn sa(ns: &str, name: &str) -> pb::ServiceAccount {
+    pb::ServiceAccount {
+        metadata: meta(ns, name),
+        ..Default::default()
+    }
+}
+
+fn pod(ns: &str, name: &str, sa: &str) -> pb::Pod {
+    pb::Pod {
+        metadata: meta(ns, name),
+        spec: Some(pb::PodSpec {
+            service_account_name: sa.into(),
+            containers: vec![pb::Container {
+                name: "app".into(),
+                image: "example/app:1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn namespace_lifecycle_creates_default_sa_and_cascades() {
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    let ns = create_ns(&mut c, "team-a").await;
+    let m = ns.metadata.expect("metadata");
+    assert_eq!(m.name, "team-a");
+    assert!(!m.uid.is_empty());
+    assert!(m.creation_timestamp.is_some());
+    assert_eq!(ns.status.expect("status").phase, "Active");
+
+    // The namespace comes with its default ServiceAccount.
+    let d =
+        c.sa.get_service_account(pb::GetServiceAccountRequest {
+            namespace: "team-a".into(),
+            name: "default".into(),
+        })
+        .await
+        .expect("default sa")
+        .into_inner();
+    assert_eq!(d.metadata.expect("m").name, "default");
+
+    c.sa.create_service_account(pb::CreateServiceAccountRequest {
+        service_account: Some(sa("team-a", "builder")),
+    })
+    .await
+    .expect("create sa");
+    c.secrets
+        .create_secret(pb::CreateSecretRequest {
+            secret: Some(pb::Secret {
+                metadata: meta("team-a", "db"),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create secret");
+
+    let list =
+        c.ns.list_namespaces(pb::ListNamespacesRequest::default())
+            .await
+            .expect("list")
+            .into_inner();
+    let names: Vec<_> = list
+        .namespaces
+        .iter()
+        .map(|n| n.metadata.as_ref().expect("m").name.clone())
+        .collect();
+    assert_eq!(names, vec!["default", "team-a"]);
+
+    // Deleting the namespace deletes everything in it.
+    c.ns.delete_namespace(pb::DeleteNamespaceRequest {
+        name: "team-a".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("delete ns");
+    for name in ["default", "builder"] {
+        let err =
+            c.sa.get_service_account(pb::GetServiceAccountRequest {
+                namespace: "team-a".into(),
+                name: name.into(),
+            })
+            .await
+            .expect_err("gone");
+        assert_eq!(err.code(), Code::NotFound);
+    }
+    let err = c
+        .secrets
+        .get_secret(pb::GetSecretRequest {
+            namespace: "team-a".into(),
+            name: "db".into(),
+        })
+        .await
+        .expect_err("gone");
+    assert_eq!(err.code(), Code::NotFound);
+    // Creating in a namespace that does not exist names it.
+    let err =
+        c.sa.create_service_account(pb::CreateServiceAccountRequest {
+            service_account: Some(sa("team-a", "late")),
+        })
+        .await
+        .expect_err("no namespace");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("team-a"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn service_account_crud_trims_secrets_and_enforces_versions() {
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    create_ns(&mut c, "apps").await;
+    let mut input = sa("apps", "web");
+    input.secrets = vec![ObjectReference {
+        name: "tls".into(),
+        namespace: "elsewhere".into(),
+        kind: "Secret".into(),
+        uid: "x".into(),
+        ..Default::default()
+    }];
+    input.image_pull_secrets = vec![LocalObjectReference {
+        name: "registry".into(),
+    }];
+    input.automount_service_account_token = Some(false);
+    input
+        .metadata
+        .as_mut()
+        .expect("m")
+        .labels
+        .insert("app".into(), "web".into());
+    let created =
+        c.sa.create_service_account(pb::CreateServiceAccountRequest {
+            service_account: Some(input),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    // secrets[] entries are trimmed to their name.
+    assert_eq!(
+        created.secrets,
+        vec![ObjectReference {
+            name: "tls".into(),
+            ..Default::default()
+        }]
+    );
+    assert_eq!(created.automount_service_account_token, Some(false));
+    let rv1 = created
+        .metadata
+        .as_ref()
+        .expect("m")
+        .resource_version
+        .clone();
+
+    // Duplicate create.
+    let err =
+        c.sa.create_service_account(pb::CreateServiceAccountRequest {
+            service_account: Some(sa("apps", "web")),
+        })
+        .await
+        .expect_err("dup");
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    // Update with the current version wins; the same version again is stale.
+    let mut upd = created.clone();
+    upd.automount_service_account_token = Some(true);
+    let updated =
+        c.sa.update_service_account(pb::UpdateServiceAccountRequest {
+            service_account: Some(upd.clone()),
+        })
+        .await
+        .expect("update")
+        .into_inner();
+    let rv2 = updated
+        .metadata
+        .as_ref()
+        .expect("m")
+        .resource_version
+        .clone();
+    assert!(rv2.parse::<i64>().expect("rv") > rv1.parse::<i64>().expect("rv"));
+    assert_eq!(updated.automount_service_account_token, Some(true));
+    let err =
+        c.sa.update_service_account(pb::UpdateServiceAccountRequest {
+            service_account: Some(upd),
+        })
+        .await
+        .expect_err("stale");
+    assert_eq!(err.code(), Code::Aborted);
+    assert!(
+        err.message().contains(&rv1) && err.message().contains(&rv2),
+        "names both versions: {}",
+        err.message()
+    );
+
+    // List by label selector across namespaces.
+    let list =
+        c.sa.list_service_accounts(pb::ListServiceAccountsRequest {
+            label_selector: "app=web".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.service_accounts.len(), 1);
+
+    // Delete with a stale version is refused, then deleting works, then NOT_FOUND.
+    let err =
+        c.sa.delete_service_account(pb::DeleteServiceAccountRequest {
+            namespace: "apps".into(),
+            name: "web".into(),
+            resource_version: rv1.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("stale delete");
+    assert_eq!(err.code(), Code::Aborted);
+    c.sa.delete_service_account(pb::DeleteServiceAccountRequest {
+        namespace: "apps".into(),
+        name: "web".into(),
+        resource_version: rv2,
+        ..Default::default()
+    })
+    .await
+    .expect("delete");
+    let err =
+        c.sa.delete_service_account(pb::DeleteServiceAccountRequest {
+            namespace: "apps".into(),
+            name: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("gone");
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn bad_input_is_named() {
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    create_ns(&mut c, "apps").await;
+
+    let err =
+        c.ns.create_namespace(pb::CreateNamespaceRequest {
+            namespace: Some(pb::Namespace {
+                metadata: meta("", "Bad_Name"),
+                status: None,
+            }),
+        })
+        .await
+        .expect_err("bad name");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let br = err.get_details_bad_request().expect("BadRequest details");
+    assert_eq!(br.field_violations[0].field, "namespace.metadata.name");
+    assert!(br.field_violations[0].description.contains("Bad_Name"));
+
+    let mut bad = sa("apps", "ok");
+    bad.metadata
+        .as_mut()
+        .expect("m")
+        .labels
+        .insert("bad key!".into(), "v".into());
+    bad.metadata
+        .as_mut()
+        .expect("m")
+        .annotations
+        .insert("big".into(), "x".repeat(300 * 1024));
+    let err =
+        c.sa.create_service_account(pb::CreateServiceAccountRequest {
+            service_account: Some(bad),
+        })
+        .await
+        .expect_err("bad labels");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<_> = err
+        .get_details_bad_request()
+        .expect("details")
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    assert!(fields.iter().any(|f| f.contains("labels")), "{fields:?}");
+    assert!(
+        fields.iter().any(|f| f.contains("annotations")),
+        "{fields:?}"
+    );
+
+    // Missing object.
+    let err =
+        c.sa.create_service_account(pb::CreateServiceAccountRequest {
+            service_account: None,
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Forged page token.
+    let err =
+        c.sa.list_service_accounts(pb::ListServiceAccountsRequest {
+            page_token: "bm90LWEtdG9rZW4".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("forged token");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("page_token"), "{}", err.message());
+
+    // Bad selector.
+    let err =
+        c.sa.list_service_accounts(pb::ListServiceAccountsRequest {
+            label_selector: "a in (".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad selector");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Unknown enum value in Watch.
+    let err = c
+        .watch
+        .watch(pb::WatchRequest {
+            kinds: vec![42],
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown kind");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("kinds[0]"), "{}", err.message());
+
+    // Stale/garbage resource version.
+    let err =
+        c.sa.delete_service_account(pb::DeleteServiceAccountRequest {
+            namespace: "apps".into(),
+            name: "default".into(),
+            resource_version: "abc".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad rv");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn paging_walks_every_item_once() {
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    create_ns(&mut c, "many").await;
+    for i in 0..7 {
+        c.secrets
+            .create_secret(pb::CreateSecretRequest {
+                secret: Some(pb::Secret {
+                    metadata: meta("many", &format!("s{i}")),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("create");
+    }
+    let mut token = String::new();
+    let mut seen = Vec::new();
+    loop {
+        let page = c
+            .secrets
+            .list_secrets(pb::ListSecretsRequest {
+                namespace: "many".into(),
+                page_size: 3,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.secrets.len() <= 3);
+        seen.extend(
+            page.secrets
+                .iter()
+                .map(|s| s.metadata.as_ref().expect("m").name.clone()),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, (0..7).map(|i| format!("s{i}")).collect::<Vec<_>>());
+
+    // A token from one list used for another list is refused.
+    let page = c
+        .secrets
+        .list_secrets(pb::ListSecretsRequest {
+            namespace: "many".into(),
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    let err =
+        c.sa.list_service_accounts(pb::ListServiceAccountsRequest {
+            namespace: "many".into(),
+            page_token: page.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .expect_err("foreign token");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn secrets_round_trip_bytes() {
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    create_ns(&mut c, "apps").await;
+    let mut secret = pb::Secret {
+        metadata: meta("apps", "creds"),
+        ..Default::default()
+    };
+    secret.data.insert("bin".into(), vec![0, 159, 146, 150]);
+    secret.string_data.insert("user".into(), "admin".into());
+    let got = c
+        .secrets
+        .create_secret(pb::CreateSecretRequest {
+            secret: Some(secret),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(got.r#type, "Opaque");
+    assert_eq!(got.data["bin"], vec![0, 159, 146, 150]);
+    assert_eq!(got.data["user"], b"admin".to_vec());
+    assert!(got.string_data.is_empty());
+    let mut upd = got.clone();
+    upd.r#type = "kubernetes.io/tls".into();
+    let err = c
+        .secrets
+        .update_secret(pb::UpdateSecretRequest { secret: Some(upd) })
+        .await
+        .expect_err("type immutable");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn pod_admission_mounts_token_and_copies_pull_secrets() {
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    create_ns(&mut c, "apps").await;
+    let mut account = sa("apps", "web");
+    account.image_pull_secrets = vec![LocalObjectReference {
+        name: "registry".into(),
+    }];
+    c.sa.create_service_account(pb::CreateServiceAccountRequest {
+        service_account: Some(account),
+    })
+    .await
+    .expect("sa");
+
+    let created = c
+        .pods
+        .create_pod(pb::CreatePodRequest {
+            pod: Some(pod("apps", "web-1", "web")),
+        })
+        .await
+        .expect("pod")
+        .into_inner();
+    let spec = created.spec.expect("spec");
+    assert_eq!(spec.image_pull_secrets[0].name, "registry");
+    let vol = spec
+        .volumes
+        .iter()
+        .find(|v| v.name.starts_with("kube-api-access-"))
+        .expect("token volume");
+    let Some(pb::volume::Source::Projected(p)) = &vol.source else {
+        panic!("projected volume expected");
+    };
+    let Some(pb::volume_projection::Projection::ServiceAccountToken(t)) = &p.sources[0].projection
+    else {
+        panic!("token source first");
+    };
+    assert_eq!(t.expiration_seconds, Some(3607));
+    assert_eq!(t.path, "token");
+    let mount = &spec.containers[0].volume_mounts[0];
+    assert_eq!(
+        mount.mount_path,
+        "/var/run/secrets/kubernetes.io/serviceaccount"
+    );
+    assert!(mount.read_only);
+
+    // No service account named → default.
+    let created = c
+        .pods
+        .create_pod(pb::CreatePodRequest {
+            pod: Some(pod("apps", "plain", "")),
+        })
+        .await
+        .expect("pod")
+        .into_inner();
+    assert_eq!(created.spec.expect("spec").service_account_name, "default");
+
+    // Missing service account.
+    let err = c
+        .pods
+        .create_pod(pb::CreatePodRequest {
+            pod: Some(pod("apps", "orphan", "ghost")),
+        })
+        .await
+        .expect_err("missing sa");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("apps/ghost"), "{}", err.message());
+
+    // The spec is immutable; labels may change.
+    let got = c
+        .pods
+        .get_pod(pb::GetPodRequest {
+            namespace: "apps".into(),
+            name: "web-1".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    let mut relabel = got.clone();
+    relabel
+        .metadata
+        .as_mut()
+        .expect("m")
+        .labels
+        .insert("tier".into(), "front".into());
+    c.pods
+        .update_pod(pb::UpdatePodRequest { pod: Some(relabel) })
+        .await
+        .expect("relabel");
+    let mut respec = got;
+    respec
+        .metadata
+        .as_mut()
+        .expect("m")
+        .resource_version
+        .clear();
+    respec.spec.as_mut().expect("spec").node_name = "other".into();
+    let err = c
+        .pods
+        .update_pod(pb::UpdatePodRequest { pod: Some(respec) })
+        .await
+        .expect_err("spec immutable");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn enforce_mountable_secrets_names_every_violation() {
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    create_ns(&mut c, "apps").await;
+    let mut account = sa("apps", "locked");
+    account.metadata.as_mut().expect("m").annotations.insert(
+        "kubernetes.io/enforce-mountable-secrets".into(),
+        "true".into(),
+    );
+    account.secrets = vec![ObjectReference {
+        name: "allowed".into(),
+        ..Default::default()
+    }];
+    let resp =
+        c.sa.create_service_account(pb::CreateServiceAccountRequest {
+            service_account: Some(account),
+        })
+        .await
+        .expect("sa");
+    assert!(
+        resp.metadata().get("warning").is_some(),
+        "deprecation warning expected"
+    );
+
+    let mut p = pod("apps", "sneaky", "locked");
+    let spec = p.spec.as_mut().expect("spec");
+    spec.volumes.push(pb::Volume {
+        name: "v".into(),
+        source: Some(pb::volume::Source::Secret(pb::SecretVolumeSource {
+            secret_name: "forbidden-vol".into(),
+            ..Default::default()
+        })),
+    });
+    spec.containers[0].env_from.push(pb::EnvFromSource {
+        secret_ref: Some(pb::SecretEnvSource {
+            name: "forbidden-envfrom".into(),
+            optional: None,
+        }),
+        ..Default::default()
+    });
+    spec.init_containers.push(pb::Container {
+        name: "init".into(),
+        env: vec![pb::EnvVar {
+            name: "PW".into(),
+            value_from: Some(pb::EnvVarSource {
+                secret_key_ref: Some(pb::SecretKeySelector {
+                    name: "forbidden-env".into(),
+                    key: "pw".into(),
+                    optional: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let err = c
+        .pods
+        .create_pod(pb::CreatePodRequest { pod: Some(p) })
+        .await
+        .expect_err("enforced");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    for name in ["forbidden-vol", "forbidden-envfrom", "forbidden-env"] {
+        assert!(err.message().contains(name), "{name} in {}", err.message());
+    }
+    // Nothing half-written.
+    let err = c
+        .pods
+        .get_pod(pb::GetPodRequest {
+            namespace: "apps".into(),
+            name: "sneaky".into(),
+        })
+        .await
+        .expect_err("not stored");
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Referencing only the allowed secret passes.
+    let mut ok = pod("apps", "fine", "locked");
+    ok.spec.as_mut().expect("spec").containers[0]
+        .env_from
+        .push(pb::EnvFromSource {
+            secret_ref: Some(pb::SecretEnvSource {
+                name: "allowed".into(),
+                optional: None,
+            }),
+            ..Default::default()
+        });
+    c.pods
+        .create_pod(pb::CreatePodRequest { pod: Some(ok) })
+        .await
+        .expect("allowed");
+}
+
+#[tokio::test]
+async fn nodes_are_cluster_scoped() {
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    let n = c
+        .nodes
+        .create_node(pb::CreateNodeRequest {
+            node: Some(pb::Node {
+                metadata: meta("", "worker-1"),
+            }),
+        })
+        .await
+        .expect("node")
+        .into_inner();
+    assert!(!n.metadata.as_ref().expect("m").uid.is_empty());
+    let err = c
+        .nodes
+        .create_node(pb::CreateNodeRequest {
+            node: Some(pb::Node {
+                metadata: meta("apps", "worker-2"),
+            }),
+        })
+        .await
+        .expect_err("namespaced node");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let list = c
+        .nodes
+        .list_nodes(pb::ListNodesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.nodes.len(), 1);
+    let mut upd = n.clone();
+    upd.metadata
+        .as_mut()
+        .expect("m")
+        .labels
+        .insert("zone".into(), "a".into());
+    c.nodes
+        .update_node(pb::UpdateNodeRequest { node: Some(upd) })
+        .await
+        .expect("update");
+    c.nodes
+        .get_node(pb::GetNodeRequest {
+            name: "worker-1".into(),
+        })
+        .await
+        .expect("get");
+    // A uid precondition that does not match is refused.
+    let err = c
+        .nodes
+        .delete_node(pb::DeleteNodeRequest {
+            name: "worker-1".into(),
+            uid: "00000000-0000-0000-0000-000000000000".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("uid precondition");
+    assert_eq!(err.code(), Code::Aborted);
+    c.nodes
+        .delete_node(pb::DeleteNodeRequest {
+            name: "worker-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+}
+
+#[tokio::test]
+async fn graceful_pod_delete_sets_deletion_timestamp_then_removes() {
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    create_ns(&mut c, "apps").await;
+    c.pods
+        .create_pod(pb::CreatePodRequest {
+            pod: Some(pod("apps", "p", "")),
+        })
+        .await
+        .expect("pod");
+    let p = c
+        .pods
+        .delete_pod(pb::DeletePodRequest {
+            namespace: "apps".into(),
+            name: "p".into(),
+            grace_period_seconds: Some(1),
+            ..Default::default()
+        })
+        .await
+        .expect("graceful")
+        .into_inner();
+    assert!(p.metadata.expect("m").deletion_timestamp.is_some());
+    // Still there during the grace period.
+    c.pods
+        .get_pod(pb::GetPodRequest {
+            namespace: "apps".into(),
+            name: "p".into(),
+        })
+        .await
+        .expect("still there");
+    let mut gone = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if c.pods
+            .get_pod(pb::GetPodRequest {
+                namespace: "apps".into(),
+                name: "p".into(),
+            })
+            .await
+            .is_err_and(|e| e.code() == Code::NotFound)
+        {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "pod removed once its grace period passed");
+    let err = c
+        .pods
+        .delete_pod(pb::DeletePodRequest {
+            namespace: "apps".into(),
+            name: "p".into(),
+            grace_period_seconds: Some(-1),
+            ..Default::default()
+        })
+        .await
+        .expect_err("negative grace");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn default_service_account_comes_back_with_a_new_uid() {
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    create_ns(&mut c, "apps").await;
+    let get = pb::GetServiceAccountRequest {
+        namespace: "apps".into(),
+        name: "default".into(),
+    };
+    let before =
+        c.sa.get_service_account(get.clone())
+            .await
+            .expect("default")
+            .into_inner();
+    c.sa.delete_service_account(pb::DeleteServiceAccountRequest {
+        namespace: "apps".into(),
+        name: "default".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("delete");
+    let mut after = None;
+    for _ in 0..50 {
+        if let Ok(sa) = c.sa.get_service_account(get.clone()).await {
+            after = Some(sa.into_inner());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = after.expect("default recreated within 2.5 s");
+    assert_ne!(
+        before.metadata.expect("m").uid,
+        after.metadata.expect("m").uid
+    );
+}
+
+fn event_name(e: &pb::WatchEvent) -> (i32, String) {
+    use pb::watch_event::Object;
+    let name = match &e.object {
+        Some(Object::Namespace(o)) => o.metadata.as_ref().map(|m| m.name.clone()),
+        Some(Object::ServiceAccount(o)) => o.metadata.as_ref().map(|m| m.name.clone()),
+        Some(Object::Secret(o)) => o.metadata.as_ref().map(|m| m.name.clone()),
+        Some(Object::Pod(o)) => o.metadata.as_ref().map(|m| m.name.clone()),
+        Some(Object::Node(o)) => o.metadata.as_ref().map(|m| m.name.clone()),
+        None => None,
+    };
+    (e.r#type, name.unwrap_or_default())
+}
+
+async fn next(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("event within 5 s")
+        .expect("stream open")
+        .expect("event")
+}
+
+#[tokio::test]
+async fn watch_lists_then_follows_in_order_and_resumes() {
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    create_ns(&mut c, "w").await;
+    c.sa.create_service_account(pb::CreateServiceAccountRequest {
+        service_account: Some(sa("w", "first")),
+    })
+    .await
+    .expect("sa");
+
+    let mut stream = c
+        .watch
+        .watch(pb::WatchRequest {
+            kinds: vec![pb::Kind::ServiceAccount as i32],
+            namespace: "w".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    // The list: default and first, then a bookmark.
+    let mut listed = vec![
+        event_name(&next(&mut stream).await),
+        event_name(&next(&mut stream).await),
+    ];
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![
+            (pb::EventType::Added as i32, "default".to_string()),
+            (pb::EventType::Added as i32, "first".to_string())
+        ]
+    );
+    let bookmark = next(&mut stream).await;
+    assert_eq!(bookmark.r#type, pb::EventType::Bookmark as i32);
+
+    // Then every change, in commit order.
+    let created =
+        c.sa.create_service_account(pb::CreateServiceAccountRequest {
+            service_account: Some(sa("w", "second")),
+        })
+        .await
+        .expect("sa")
+        .into_inner();
+    let mut upd = created.clone();
+    upd.automount_service_account_token = Some(false);
+    c.sa.update_service_account(pb::UpdateServiceAccountRequest {
+        service_account: Some(upd),
+    })
+    .await
+    .expect("update");
+    c.sa.delete_service_account(pb::DeleteServiceAccountRequest {
+        namespace: "w".into(),
+        name: "second".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("delete");
+    let a = next(&mut stream).await;
+    let m = next(&mut stream).await;
+    let d = next(&mut stream).await;
+    assert_eq!(
+        event_name(&a),
+        (pb::EventType::Added as i32, "second".into())
+    );
+    assert_eq!(
+        event_name(&m),
+        (pb::EventType::Modified as i32, "second".into())
+    );
+    assert_eq!(
+        event_name(&d),
+        (pb::EventType::Deleted as i32, "second".into())
+    );
+    let rv = |e: &pb::WatchEvent| e.resource_version.parse::<i64>().expect("rv");
+    assert!(rv(&a) < rv(&m) && rv(&m) < rv(&d));
+    drop(stream);
+
+    // Resume after the ADDED: MODIFIED and DELETED come again, nothing else.
+    let mut resumed = c
+        .watch
+        .watch(pb::WatchRequest {
+            kinds: vec![pb::Kind::ServiceAccount as i32],
+            namespace: "w".into(),
+            resource_version: a.resource_version.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("resume")
+        .into_inner();
+    assert_eq!(
+        event_name(&next(&mut resumed).await).0,
+        pb::EventType::Modified as i32
+    );
+    assert_eq!(
+        event_name(&next(&mut resumed).await).0,
+        pb::EventType::Deleted as i32
+    );
+}
+
+#[tokio::test]
+async fn health_serves_once_the_store_answers() {
+    let s = IdentityServer::start().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(s.admin().await);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "badge.identity.v1.PodService".into(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status;
+        if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn callers_without_a_valid_certificate_are_refused() {
+    let s = IdentityServer::start().await;
+    let get = pb::GetNamespaceRequest {
+        name: "default".into(),
+    };
+
+    // No client certificate: the TLS handshake itself fails.
+    let ca = badge_tests::read(&s.pki.ca);
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name("localhost");
+    let ch = Channel::from_shared(s.url())
+        .expect("url")
+        .tls_config(tls)
+        .expect("tls")
+        .connect_lazy();
+    let err = NamespaceServiceClient::new(ch)
+        .get_namespace(get.clone())
+        .await
+        .expect_err("no client cert");
+    assert!(
+        matches!(
+            err.code(),
+            Code::Unavailable | Code::Unknown | Code::Unauthenticated
+        ),
+        "{err:?}"
+    );
+
+    // A certificate from another CA.
+    let other = tempfile::tempdir().expect("tmp");
+    let foreign = badge_runtime::pki::generate(other.path(), &[]).expect("pki");
+    let err = NamespaceServiceClient::new(s.channel_as(&foreign.admin).await)
+        .get_namespace(get.clone())
+        .await
+        .expect_err("foreign CA");
+    assert!(
+        matches!(
+            err.code(),
+            Code::Unavailable | Code::Unknown | Code::Unauthenticated
+        ),
+        "{err:?}"
+    );
+
+    // A valid certificate outside system:masters is authenticated but not allowed.
+    let user = s.issue("alice", "alice", &["developers"]);
+    let err = NamespaceServiceClient::new(s.channel_as(&user).await)
+        .get_namespace(get)
+        .await
+        .expect_err("not allowed");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("alice"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn every_identity_method_has_an_authorization_rule() {
+    use prost::Message;
+    let fds = prost_types::FileDescriptorSet::decode(badge_proto::FILE_DESCRIPTOR_SET)
+        .expect("descriptor set");
+    let rules: std::collections::HashSet<&str> = badge_identity::METHOD_TABLES
+        .iter()
+        .flat_map(|t| t.iter().map(|(m, _)| *m))
+        .collect();
+    let mut count = 0;
+    for file in fds
+        .file
+        .iter()
+        .filter(|f| f.package() == "badge.identity.v1")
+    {
+        for svc in &file.service {
+            for m in &svc.method {
+                let path = format!("/{}.{}/{}", file.package(), svc.name(), m.name());
+                assert!(rules.contains(path.as_str()), "{path} has no rule");
+                count += 1;
+            }
+        }
+    }
+    assert_eq!(
+        count,
+        rules.len(),
+        "a rule names a method that does not exist"
+    );
+}
+
+#[tokio::test]
+async fn refuses_to_serve_an_unmigrated_schema() {
+    let db = badge_store::testing::fresh_database().await;
+    let store = badge_store::Store::connect(&db.url, badge_store::StoreOptions::default())
+        .await
+        .expect("connect");
+    let s = IdentityServer::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let err = badge_identity::serve(
+        &s.config,
+        store,
+        std::sync::Arc::new(badge_core::SystemClock),
+        listener,
+        std::sync::Arc::new(badge_runtime::MastersOnly),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("unmigrated");
+    assert!(err.to_string().contains("migrat"), "{err}");
+    let _ = ObjectMeta::default();
+}
