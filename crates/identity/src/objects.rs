@@ -253,10 +253,10 @@ impl Objects {
         page_token: &str,
         label_selector: &str,
     ) -> Result<Page<T>> {
-        if !namespace.is_empty() {
-            for e in names::validate_dns_label(namespace) {
-                return Err(Error::invalid("namespace", e));
-            }
+        if !namespace.is_empty()
+            && let Some(e) = names::validate_dns_label(namespace).into_iter().next()
+        {
+            return Err(Error::invalid("namespace", e));
         }
         let limit = page_token::page_size(page_size)?;
         let selector = LabelSelector::parse_field("label_selector", label_selector)?;

@@ -79,7 +79,7 @@ fn parse(r: &pb::WatchRequest) -> Result<(Filter, Option<i64>)> {
         if let Some(e) = names::validate_dns_label(&r.namespace).into_iter().next() {
             return Err(Error::invalid("namespace", e));
         }
-        // Cluster-scoped kinds have no namespace: watching them in one is empty.
+        // Cluster-scoped kinds have no namespace: watching them in one shows nothing.
         kinds.retain(|k| k.namespaced());
     }
     let selector = LabelSelector::parse_field("label_selector", &r.label_selector)?;
