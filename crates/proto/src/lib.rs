@@ -14,10 +14,27 @@ pub mod badge {
             include!(concat!(env!("OUT_DIR"), "/badge.identity.v1.rs"));
         }
     }
+    pub mod token {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/badge.token.v1.rs"));
+        }
+    }
+}
+
+/// Kubernetes' ExternalJWTSigner API, packages `v1` and `v1alpha1` exactly as
+/// upstream names them (the gRPC service is `v1.ExternalJWTSigner`).
+pub mod externaljwt {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/v1.rs"));
+    }
+    pub mod v1alpha1 {
+        include!(concat!(env!("OUT_DIR"), "/v1alpha1.rs"));
+    }
 }
 
 pub use badge::identity::v1 as identity;
 pub use badge::meta::v1 as meta;
+pub use badge::token::v1 as token;
 
 /// Encoded `FileDescriptorSet` of every Badge `.proto` file and its imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
