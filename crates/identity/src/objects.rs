@@ -167,7 +167,10 @@ pub fn check_key(kind: Kind, namespace: &str, name: &str) -> Result<()> {
             ));
         } else {
             for e in names::validate_dns_label(namespace) {
-                v.push(badge_core::FieldViolation::new("namespace", e));
+                v.push(badge_core::FieldViolation::new(
+                    "namespace",
+                    names::invalid_value(namespace, &e),
+                ));
             }
         }
     }
@@ -180,7 +183,10 @@ pub fn check_key(kind: Kind, namespace: &str, name: &str) -> Result<()> {
             names::validate_dns_subdomain(name)
         };
         for e in errs {
-            v.push(badge_core::FieldViolation::new("name", e));
+            v.push(badge_core::FieldViolation::new(
+                "name",
+                names::invalid_value(name, &e),
+            ));
         }
     }
     Error::check(v)
@@ -256,7 +262,10 @@ impl Objects {
         if !namespace.is_empty()
             && let Some(e) = names::validate_dns_label(namespace).into_iter().next()
         {
-            return Err(Error::invalid("namespace", e));
+            return Err(Error::invalid(
+                "namespace",
+                names::invalid_value(namespace, &e),
+            ));
         }
         let limit = page_token::page_size(page_size)?;
         let selector = LabelSelector::parse_field("label_selector", label_selector)?;

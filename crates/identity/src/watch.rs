@@ -77,7 +77,10 @@ fn parse(r: &pb::WatchRequest) -> Result<(Filter, Option<i64>)> {
     }
     if !r.namespace.is_empty() {
         if let Some(e) = names::validate_dns_label(&r.namespace).into_iter().next() {
-            return Err(Error::invalid("namespace", e));
+            return Err(Error::invalid(
+                "namespace",
+                names::invalid_value(&r.namespace, &e),
+            ));
         }
         // Cluster-scoped kinds have no namespace: watching them in one shows nothing.
         kinds.retain(|k| k.namespaced());

@@ -93,10 +93,22 @@ impl GrpcServer {
     ) -> Result<(), ServeError> {
         let auth = self.auth_layer(authorizer);
         let mut routes = self.routes;
+        // Reflection lists only what this listener serves (the descriptor set holds
+        // every Badge API).
+        let names = self.names.clone();
         let reflection = || {
-            tonic_reflection::server::Builder::configure()
+            let mut b = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(badge_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc.BadRequest etc., so grpcurl can print error details.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health")
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+            for n in &names {
+                b = b.with_service_name(*n);
+            }
+            b
         };
         routes.add_service(
             reflection()

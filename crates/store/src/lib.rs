@@ -233,6 +233,27 @@ impl Store {
         })
     }
 
+    /// Creates the database named in `url` when it does not exist yet (so
+    /// `badge migrate` works on a fresh server). Returns whether it created it.
+    pub async fn create_database_if_missing(url: &str) -> Result<bool> {
+        use sqlx::migrate::MigrateDatabase;
+        if Postgres::database_exists(url)
+            .await
+            .map_err(|e| db_error(e, None))?
+        {
+            return Ok(false);
+        }
+        match Postgres::create_database(url).await {
+            Ok(()) => Ok(true),
+            // Another process created it first.
+            Err(e) if Postgres::database_exists(url).await.unwrap_or(false) => {
+                tracing::debug!(error = %e, "database appeared concurrently");
+                Ok(false)
+            }
+            Err(e) => Err(db_error(e, None)),
+        }
+    }
+
     /// Runs the embedded migrations (`migrations/`).
     pub async fn migrate(&self) -> Result<()> {
         schema::migrate(&self.inner.pool).await

@@ -40,7 +40,7 @@ enum Command {
         #[arg(long = "group")]
         groups: Vec<String>,
     },
-    /// Apply pending migrations to the Postgres store, then exit.
+    /// Create the database if needed and apply pending migrations, then exit.
     Migrate {
         #[arg(long, env = "BADGE_DATABASE__URL")]
         database_url: String,
@@ -83,6 +83,9 @@ async fn main() -> anyhow::Result<()> {
             println!("{} / {}", p.cert.display(), p.key.display());
         }
         Command::Migrate { database_url } => {
+            if Store::create_database_if_missing(&database_url).await? {
+                println!("created database");
+            }
             let store = Store::connect(&database_url, StoreOptions::default()).await?;
             store.migrate().await?;
             println!("migrations applied");
