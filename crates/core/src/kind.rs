@@ -10,10 +10,24 @@ pub enum Kind {
     Secret,
     Pod,
     Node,
+    /// A token-issuer signing key (public part, encrypted private part). Owned by
+    /// the token-issuer; travels through the change feed so every verifier learns
+    /// new keys, but is never served by the identity service.
+    SigningKey,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
+        Kind::Namespace,
+        Kind::ServiceAccount,
+        Kind::Secret,
+        Kind::Pod,
+        Kind::Node,
+        Kind::SigningKey,
+    ];
+
+    /// The kinds the identity service serves (and its Watch streams).
+    pub const IDENTITY: [Kind; 5] = [
         Kind::Namespace,
         Kind::ServiceAccount,
         Kind::Secret,
@@ -29,6 +43,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::Pod => "Pod",
             Kind::Node => "Node",
+            Kind::SigningKey => "SigningKey",
         }
     }
 
@@ -40,13 +55,14 @@ impl Kind {
             Kind::Secret => "secrets",
             Kind::Pod => "pods",
             Kind::Node => "nodes",
+            Kind::SigningKey => "signingkeys",
         }
     }
 
     /// Namespaced kinds live in a namespace that must exist; cluster-scoped kinds
     /// have an empty namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::SigningKey)
     }
 }
 

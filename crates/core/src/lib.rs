@@ -6,9 +6,11 @@ pub mod clock;
 pub mod error;
 pub mod kind;
 pub mod names;
+pub mod oidc;
 pub mod page_token;
 pub mod secret_refs;
 pub mod selector;
+pub mod token;
 pub mod user;
 pub mod validation;
 

@@ -43,6 +43,9 @@ pub fn event_object(record: &Record) -> Result<watch_event::Object> {
         Kind::Secret => one::<Secret>(record),
         Kind::Pod => one::<Pod>(record),
         Kind::Node => one::<Node>(record),
+        Kind::SigningKey => Err(Error::Internal(
+            "signing keys are not served by the identity service".into(),
+        )),
     }
 }
 
@@ -73,7 +76,7 @@ fn parse(r: &pb::WatchRequest) -> Result<(Filter, Option<i64>)> {
         kinds.push(kind);
     }
     if kinds.is_empty() {
-        kinds = Kind::ALL.to_vec();
+        kinds = Kind::IDENTITY.to_vec();
     }
     if !r.namespace.is_empty() {
         if let Some(e) = names::validate_dns_label(&r.namespace).into_iter().next() {

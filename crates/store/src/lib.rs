@@ -254,6 +254,42 @@ impl Store {
         }
     }
 
+    /// Runs `f` while this process holds the Postgres session advisory lock `key`,
+    /// so only one replica does it at a time (key rotation). Returns `None` without
+    /// running `f` when another session holds the lock. The connection is closed,
+    /// not returned to the pool, unless the unlock succeeded — a lock can never be
+    /// left behind on a pooled connection, even if `f` is cancelled.
+    pub async fn try_locked<F, Fut, T>(&self, key: i64, f: F) -> Result<Option<T>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let mut conn = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| db_error(e, None))?;
+        conn.close_on_drop();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        if !got {
+            return Ok(None);
+        }
+        let out = f().await;
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(key)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error(e, None))?;
+        // sqlx cannot undo close_on_drop, so this connection closes even after a
+        // clean unlock: one reconnect per rotation is cheap.
+        Ok(Some(out))
+    }
+
     /// Runs the embedded migrations (`migrations/`).
     pub async fn migrate(&self) -> Result<()> {
         schema::migrate(&self.inner.pool).await

@@ -1307,3 +1307,29 @@ fn store_futures_are_send(store: &Store) {
     is_send(&Store::connect("", StoreOptions::default()));
     is_send(&fresh_database());
 }
+
+#[tokio::test]
+async fn advisory_lock_admits_one_holder_at_a_time() {
+    let db = badge_store::testing::fresh_database().await;
+    let a = db.store().await;
+    let b = badge_store::Store::connect(&db.url, badge_store::StoreOptions::default())
+        .await
+        .expect("connect");
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = tokio::spawn(async move {
+        a.try_locked(42, || async move {
+            let _ = entered_tx.send(());
+            let _ = release_rx.await;
+            "a"
+        })
+        .await
+    });
+    entered_rx.await.expect("a holds the lock");
+    let blocked = b.try_locked(42, || async { "b" }).await.expect("try");
+    assert_eq!(blocked, None, "a second holder must be refused");
+    let _ = release_tx.send(());
+    assert_eq!(holder.await.expect("join").expect("lock"), Some("a"));
+    let after = b.try_locked(42, || async { "b" }).await.expect("try");
+    assert_eq!(after, Some("b"), "free again once released");
+}

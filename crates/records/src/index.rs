@@ -1,0 +1,225 @@
+//! An in-memory copy of the objects of some kinds, kept current by following the
+//! change feed (list, then watch from the listed revision). The token services look
+//! objects up here instead of in the database; a miss reads through to the store,
+//! so an object created a moment ago is never reported missing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use badge_core::{Error, Kind, Result};
+use badge_store::{EventType, ListQuery, Record, Store};
+use tokio::sync::watch;
+
+type Key = (Kind, String, String);
+
+struct Inner {
+    store: Store,
+    objects: RwLock<HashMap<Key, Record>>,
+    /// The feed revision applied so far; 0 until the first list completes.
+    revision: watch::Sender<i64>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.task.lock()
+            && let Some(t) = t.take()
+        {
+            t.abort();
+        }
+    }
+}
+
+/// See the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct Index {
+    inner: Arc<Inner>,
+}
+
+fn key(r: &Record) -> Key {
+    (r.kind, r.namespace.clone(), r.name.clone())
+}
+
+impl Index {
+    /// Starts following the feed for `kinds`. Call [`Index::ready`] before relying
+    /// on [`Index::get`] alone.
+    pub fn start(store: Store, kinds: &[Kind]) -> Index {
+        let (revision, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            store,
+            objects: RwLock::new(HashMap::new()),
+            revision,
+            task: std::sync::Mutex::new(None),
+        });
+        let kinds: Vec<Kind> = kinds.to_vec();
+        let weak = Arc::downgrade(&inner);
+        let task = tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                match follow(&inner, &kinds).await {
+                    Ok(()) => return,
+                    Err(Error::OutOfRange(m)) => {
+                        tracing::info!(reason = %m, "index fell behind the feed: relisting");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "index: retrying");
+                        drop(inner);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        if let Ok(mut t) = inner.task.lock() {
+            *t = Some(task);
+        }
+        Index { inner }
+    }
+
+    /// Resolves once the initial list has been loaded.
+    pub async fn ready(&self) {
+        let mut rx = self.inner.revision.subscribe();
+        let _ = rx.wait_for(|r| *r > 0).await;
+    }
+
+    /// The feed revision applied so far.
+    pub fn revision(&self) -> i64 {
+        *self.inner.revision.borrow()
+    }
+
+    /// Changes whenever a batch of feed entries has been applied.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.inner.revision.subscribe()
+    }
+
+    /// From memory only.
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Record> {
+        let map = self.inner.objects.read().ok()?;
+        map.get(&(kind, namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// From memory; on a miss, from the store (an object may be newer than the
+    /// feed entries applied so far). `None` when it does not exist.
+    pub async fn lookup(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Record>> {
+        if let Some(r) = self.get(kind, namespace, name) {
+            return Ok(Some(r));
+        }
+        match self.inner.store.get(kind, namespace, name).await {
+            Ok(r) => Ok(Some(r)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads the object from the store, bypassing memory (to confirm a surprising
+    /// answer, e.g. a uid mismatch, before refusing a request).
+    pub async fn fresh(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Record>> {
+        match self.inner.store.get(kind, namespace, name).await {
+            Ok(r) => Ok(Some(r)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every object of `kind` in memory.
+    pub fn list(&self, kind: Kind) -> Vec<Record> {
+        self.inner
+            .objects
+            .read()
+            .map(|m| m.values().filter(|r| r.kind == kind).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of objects held.
+    pub fn len(&self) -> usize {
+        self.inner.objects.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// List every kind, then apply the feed from the oldest listed revision, skipping
+/// entries a kind's own snapshot already contained. Returns only on error (or when
+/// the store is gone).
+async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
+    let store = &inner.store;
+    let mut wake = store.subscribe();
+    let mut fresh = HashMap::new();
+    let mut listed_at = HashMap::new();
+    let all = |_: &Record| true;
+    for kind in kinds {
+        let page = store
+            .list(ListQuery {
+                kind: *kind,
+                namespace: None,
+                after: None,
+                limit: 0,
+                filter: &all,
+            })
+            .await?;
+        for r in page.items {
+            fresh.insert(key(&r), r);
+        }
+        listed_at.insert(*kind, page.revision);
+    }
+    let wanted: HashSet<Kind> = kinds.iter().copied().collect();
+    let mut cursor = listed_at.values().copied().min().unwrap_or(0);
+    if let Ok(mut map) = inner.objects.write() {
+        *map = fresh;
+    }
+    loop {
+        let batch = store.changes_since(cursor, 1000).await?;
+        if batch.is_empty() {
+            // Publish progress (at least 1 so `ready` resolves on an empty store).
+            let high = listed_at
+                .values()
+                .copied()
+                .max()
+                .unwrap_or(0)
+                .max(cursor)
+                .max(1);
+            inner.revision.send_if_modified(|r| {
+                let changed = *r < high;
+                if changed {
+                    *r = high;
+                }
+                changed
+            });
+            if wake.changed().await.is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        if let Ok(mut map) = inner.objects.write() {
+            for ch in &batch {
+                let kind = ch.record.kind;
+                if !wanted.contains(&kind)
+                    || ch.revision <= listed_at.get(&kind).copied().unwrap_or(0)
+                {
+                    continue;
+                }
+                match ch.event {
+                    EventType::Added | EventType::Modified => {
+                        map.insert(key(&ch.record), ch.record.clone());
+                    }
+                    EventType::Deleted => {
+                        map.remove(&key(&ch.record));
+                    }
+                }
+            }
+        }
+        if let Some(last) = batch.last() {
+            cursor = last.revision;
+        }
+        inner.revision.send_if_modified(|r| {
+            let changed = *r < cursor;
+            if changed {
+                *r = cursor;
+            }
+            changed
+        });
+    }
+}
