@@ -63,7 +63,7 @@ impl IdentityServer {
                 store,
                 Arc::new(badge_core::SystemClock),
                 listener,
-                Arc::new(badge_runtime::MastersOnly),
+                Arc::new(badge_runtime::BootstrapPolicy),
                 async {
                     let _ = stopped.await;
                 },
@@ -163,4 +163,251 @@ pub fn meta(namespace: &str, name: &str) -> Option<badge_proto::meta::ObjectMeta
         namespace: namespace.into(),
         ..Default::default()
     })
+}
+
+/// Options for [`IssuerServer::start`].
+#[derive(Debug, Clone)]
+pub struct IssuerOptions {
+    pub algorithm: &'static str,
+    pub propagation_delay_seconds: u64,
+    pub max_expiration_seconds: i64,
+    pub socket: bool,
+    pub legacy_tokens: bool,
+}
+
+impl Default for IssuerOptions {
+    fn default() -> Self {
+        IssuerOptions {
+            algorithm: "ES256",
+            propagation_delay_seconds: 1,
+            max_expiration_seconds: 0,
+            socket: true,
+            legacy_tokens: true,
+        }
+    }
+}
+
+/// A running token-issuer next to an [`IdentityServer`], on the same database.
+pub struct IssuerServer {
+    pub grpc: SocketAddr,
+    pub oidc: SocketAddr,
+    pub issuer: String,
+    pub socket: Option<std::path::PathBuf>,
+    pub config: badge_token_issuer::IssuerConfig,
+    pub dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for IssuerServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl IssuerServer {
+    /// The issuer's config for `identity`'s database and PKI, listening on the given
+    /// (already bound) addresses.
+    pub fn config(
+        identity: &IdentityServer,
+        dir: &Path,
+        oidc: SocketAddr,
+        opts: &IssuerOptions,
+    ) -> badge_token_issuer::IssuerConfig {
+        use badge_token_issuer::config::*;
+        let kek = dir.join("kek");
+        if !kek.exists() {
+            let (_, b64) = badge_keys::Kek::generate().expect("kek");
+            std::fs::write(&kek, b64.as_bytes()).expect("write kek");
+        }
+        let server = identity.pki.server("token-issuer");
+        let client = identity.pki.client("token-issuer");
+        IssuerConfig {
+            server: ListenConfig {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                tls: TlsFiles {
+                    ca: identity.pki.ca.clone(),
+                    cert: server.cert.clone(),
+                    key: server.key.clone(),
+                },
+            },
+            database: identity.config.database.clone(),
+            log: LogConfig::default(),
+            token: TokenConfig {
+                issuers: vec![format!("https://127.0.0.1:{}", oidc.port())],
+                api_audiences: vec![],
+                max_expiration_seconds: opts.max_expiration_seconds,
+                extend_expiration: true,
+                max_extended_expiration_seconds: badge_core::token::EXTENDED_EXPIRATION_SECONDS,
+            },
+            keys: KeysConfig {
+                algorithm: opts.algorithm.into(),
+                kek_file: Some(kek),
+                kek: None,
+                rotation_period_seconds: 3600,
+                propagation_delay_seconds: opts.propagation_delay_seconds,
+                check_interval_seconds: 1,
+                signing_key_file: None,
+                verification_key_files: vec![],
+            },
+            oidc: OidcConfig {
+                listen: oidc,
+                cert: server.cert,
+                key: server.key,
+                jwks_uri: None,
+                external_address: None,
+            },
+            external_signer: ExternalSignerConfig {
+                socket: opts.socket.then(|| dir.join("signer.sock")),
+                refresh_hint_seconds: Some(30),
+            },
+            identity: opts.legacy_tokens.then(|| PeerConfig {
+                endpoint: identity.url(),
+                server_name: "localhost".into(),
+                tls: TlsFiles {
+                    ca: identity.pki.ca.clone(),
+                    cert: client.cert,
+                    key: client.key,
+                },
+            }),
+        }
+    }
+
+    pub async fn start(identity: &IdentityServer, opts: IssuerOptions) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let oidc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (grpc_addr, oidc_addr) = (grpc.local_addr().expect("a"), oidc.local_addr().expect("a"));
+        let config = Self::config(identity, dir.path(), oidc_addr, &opts);
+        let store = badge_store::Store::connect(&identity.db.url, badge_store::StoreOptions::default())
+            .await
+            .expect("store");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let cfg = config.clone();
+        let task = tokio::spawn(async move {
+            badge_token_issuer::serve(
+                &cfg,
+                store,
+                Arc::new(badge_core::SystemClock),
+                badge_token_issuer::Listeners { grpc, oidc },
+                Arc::new(badge_runtime::BootstrapPolicy),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
+        let s = IssuerServer {
+            grpc: grpc_addr,
+            oidc: oidc_addr,
+            issuer: config.token.issuers[0].clone(),
+            socket: config.external_signer.socket.clone(),
+            config,
+            dir,
+            task,
+            stop: Some(stop),
+        };
+        // Ready when ListKeys shows an active key.
+        let mut keys = badge_proto::token::key_service_client::KeyServiceClient::new(
+            s.channel(identity, &identity.pki.admin),
+        );
+        for _ in 0..200 {
+            if let Ok(r) = keys.list_keys(badge_proto::token::ListKeysRequest {}).await
+                && r.get_ref()
+                    .keys
+                    .iter()
+                    .any(|k| k.state == badge_proto::token::KeyState::Active as i32)
+            {
+                return s;
+            }
+            assert!(!s.task.is_finished(), "token-issuer exited during start-up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("token-issuer did not become ready");
+    }
+
+    /// An mTLS channel to the issuer's gRPC port as `cert`.
+    pub fn channel(&self, identity: &IdentityServer, cert: &CertPaths) -> Channel {
+        let ca = std::fs::read(&identity.pki.ca).expect("ca");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(self::identity(cert))
+            .domain_name("localhost");
+        Channel::from_shared(format!("https://{}", self.grpc))
+            .expect("url")
+            .tls_config(tls)
+            .expect("tls")
+            .connect_lazy()
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        (&mut self.task).await?
+    }
+}
+
+/// A plain HTTPS GET trusting `ca` (HTTP/1.1, `Connection: close`): status line,
+/// headers (lowercased names) and body.
+pub async fn https_get(addr: SocketAddr, path: &str, ca: &Path) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(c.expect("cert")).expect("add");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("tls");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
 }

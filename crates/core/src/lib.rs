@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod clock;
 pub mod error;
+pub mod key_lifecycle;
 pub mod kind;
 pub mod names;
 pub mod oidc;

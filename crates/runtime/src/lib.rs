@@ -10,6 +10,6 @@ pub mod status;
 pub mod telemetry;
 pub mod tls;
 
-pub use auth::{Authorizer, Caller, MastersOnly, MethodRule, MethodTable};
+pub use auth::{Authorizer, BootstrapPolicy, Caller, MastersOnly, MethodRule, MethodTable};
 pub use server::GrpcServer;
 pub use status::status;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use badge_identity::IdentityConfig;
-use badge_runtime::{MastersOnly, config};
+use badge_runtime::{BootstrapPolicy, config};
 use badge_store::{Store, StoreOptions};
 use clap::{Parser, Subcommand};
 
@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
                 store,
                 Arc::new(badge_core::SystemClock),
                 listener,
-                Arc::new(MastersOnly),
+                Arc::new(BootstrapPolicy),
                 badge_runtime::server::shutdown_signal(),
             )
             .await?;

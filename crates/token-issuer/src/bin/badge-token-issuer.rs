@@ -1,0 +1,63 @@
+//! `badge-token-issuer`: serve TokenRequest, key management, OIDC discovery and the
+//! ExternalJWTSigner; or generate a key-encryption key.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use badge_runtime::{BootstrapPolicy, config};
+use badge_store::{Store, StoreOptions};
+use badge_token_issuer::{IssuerConfig, Listeners};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "badge-token-issuer", version, about = "Badge token issuer")]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, env = "BADGE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Override a setting: `--set token.max_expiration_seconds=86400` (repeatable).
+    #[arg(long = "set", global = true)]
+    set: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC (mTLS), OIDC discovery (HTTPS) and, if configured, the
+    /// ExternalJWTSigner socket.
+    Serve,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg: IssuerConfig = config::load(cli.config.as_deref(), std::env::vars(), &cli.set)?;
+    badge_runtime::telemetry::init(&cfg.log);
+    match cli.command {
+        Command::Serve => {
+            let store = Store::connect(
+                &cfg.database.url,
+                StoreOptions {
+                    max_connections: cfg.database.max_connections,
+                    ..StoreOptions::default()
+                },
+            )
+            .await?;
+            let listeners = Listeners {
+                grpc: tokio::net::TcpListener::bind(cfg.server.listen).await?,
+                oidc: tokio::net::TcpListener::bind(cfg.oidc.listen).await?,
+            };
+            badge_token_issuer::serve(
+                &cfg,
+                store,
+                Arc::new(badge_core::SystemClock),
+                listeners,
+                Arc::new(BootstrapPolicy),
+                badge_runtime::server::shutdown_signal(),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The token-issuer: Kubernetes-compatible TokenRequest, a signing-key lifecycle
+//! with rotation, OIDC discovery, legacy Secret tokens, and Kubernetes'
+//! ExternalJWTSigner.
+
+pub mod config;
+pub mod external;
+pub mod keyring;
+pub mod legacy;
+pub mod oidc;
+pub mod rotation;
+pub mod tokens;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use badge_core::key_lifecycle::Policy;
+use badge_core::token::MAX_EXPIRATION_SECONDS;
+use badge_core::{Clock, Kind};
+use badge_keys::{Algorithm, Kek, PublicKey, SigningKey};
+use badge_proto::externaljwt::{v1, v1alpha1};
+use badge_proto::identity::secret_service_client::SecretServiceClient;
+use badge_proto::token::{key_service_server::KeyServiceServer, token_service_server::TokenServiceServer};
+use badge_records::Index;
+use badge_runtime::tls::TlsMaterial;
+use badge_runtime::{Authorizer, GrpcServer};
+use badge_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::IssuerConfig;
+pub use external::ExternalSigner;
+pub use keyring::KeyRing;
+pub use tokens::Issuer;
+
+/// The sockets the issuer serves on (injected so tests use ephemeral ports).
+pub struct Listeners {
+    /// gRPC over mTLS.
+    pub grpc: TcpListener,
+    /// OIDC discovery over HTTPS.
+    pub oidc: TcpListener,
+}
+
+/// Aborts background tasks when dropped.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+fn load_kek(config: &IssuerConfig) -> anyhow::Result<Option<Kek>> {
+    if !config.stored_keys() {
+        return Ok(None);
+    }
+    let kek = match (&config.keys.kek_file, &config.keys.kek) {
+        (Some(path), _) => Kek::from_file(path).with_context(|| "keys.kek_file".to_string())?,
+        (None, Some(b64)) => Kek::from_base64(b64).context("keys.kek")?,
+        (None, None) => anyhow::bail!("keys.kek_file: a key-encryption key is required"),
+    };
+    Ok(Some(kek))
+}
+
+/// The longest lifetime a token may have, for how long retired keys stay published.
+fn max_token_lifetime(config: &IssuerConfig) -> Duration {
+    let cap = if config.token.max_expiration_seconds > 0 {
+        config.token.max_expiration_seconds
+    } else {
+        MAX_EXPIRATION_SECONDS
+    };
+    let extended = if config.token.extend_expiration {
+        config.token.max_extended_expiration_seconds
+    } else {
+        0
+    };
+    Duration::from_secs(u64::try_from(cap.max(extended)).unwrap_or(u64::MAX / 4))
+}
+
+/// Runs the token-issuer until `shutdown`. Refuses to start on an unknown schema, a
+/// wrong key-encryption key or unreadable key files.
+pub async fn serve(
+    config: &IssuerConfig,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    listeners: Listeners,
+    authorizer: Arc<dyn Authorizer>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let tls = TlsMaterial::load(&config.server.tls)?;
+    store.check_schema().await?;
+    let settings = Arc::new(config.token.settings());
+    let algorithm: Algorithm = config
+        .keys
+        .algorithm
+        .parse()
+        .map_err(|e| anyhow::anyhow!("keys.algorithm: {e}"))?;
+    let kek = load_kek(config)?;
+    let policy = Policy {
+        rotation_period: Duration::from_secs(config.keys.rotation_period_seconds),
+        propagation_delay: Duration::from_secs(config.keys.propagation_delay_seconds),
+        max_token_lifetime: max_token_lifetime(config),
+    };
+    let oidc_addr = listeners.oidc.local_addr()?;
+    let issuer = settings.signing_issuer().unwrap_or_default().to_string();
+    let ring = Arc::new(KeyRing::new(issuer, config.jwks_uri(oidc_addr), policy, kek));
+
+    let index = Index::start(
+        store.clone(),
+        &[Kind::ServiceAccount, Kind::Pod, Kind::Secret, Kind::Node, Kind::SigningKey],
+    );
+    tokio::time::timeout(Duration::from_secs(30), index.ready())
+        .await
+        .context("loading objects from the store")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = Vec::new();
+    let rotator = if config.stored_keys() {
+        ring.rebuild(rotation::stored_keys(&index), clock.now())
+            .context("keys: the configured key-encryption key cannot unseal the stored signing keys")?;
+        let rotator = rotation::Rotator {
+            store: store.clone(),
+            ring: ring.clone(),
+            clock: clock.clone(),
+            algorithm,
+        };
+        tasks.push(tokio::spawn(rotation::follow_keys(index.clone(), ring.clone(), clock.clone())));
+        rotator.tick().await.context("key rotation")?;
+        tasks.push(tokio::spawn(
+            rotator.clone().run(Duration::from_secs(config.keys.check_interval_seconds)),
+        ));
+        Some(rotator)
+    } else {
+        let path = config.keys.signing_key_file.clone().unwrap_or_default();
+        let pem = std::fs::read_to_string(&path)
+            .with_context(|| format!("keys.signing_key_file {}", path.display()))?;
+        let signing = SigningKey::from_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("keys.signing_key_file {}: {e}", path.display()))?;
+        let mut verification = Vec::new();
+        for (i, p) in config.keys.verification_key_files.iter().enumerate() {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("keys.verification_key_files[{i}] {}", p.display()))?;
+            verification.extend(PublicKey::from_pem(&text).map_err(|e| {
+                anyhow::anyhow!("keys.verification_key_files[{i}] {}: {e}", p.display())
+            })?);
+        }
+        ring.install_files(signing, verification, clock.now());
+        None
+    };
+    // Wait until a key signs (another replica may be generating the first one).
+    for _ in 0..200 {
+        if ring.active(clock.now()).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let issuer_svc = Issuer {
+        settings: settings.clone(),
+        index: index.clone(),
+        ring: ring.clone(),
+        clock: clock.clone(),
+        rotator,
+        default_algorithm: algorithm,
+    };
+    let signer = ExternalSigner {
+        ring: ring.clone(),
+        clock: clock.clone(),
+        refresh_hint_seconds: config.external_signer.refresh_hint_seconds.unwrap_or(60),
+        max_expiration_seconds: config.token.max_expiration_seconds,
+    };
+
+    if let Some(peer) = &config.identity {
+        let peer_tls = TlsMaterial::load(&peer.tls)?;
+        let channel = tonic::transport::Endpoint::from_shared(peer.endpoint.clone())
+            .context("identity.endpoint")?
+            .tls_config(peer_tls.client_config(&peer.server_name))?
+            .connect_lazy();
+        let controller = legacy::LegacyTokens {
+            store: store.clone(),
+            index: index.clone(),
+            ring: ring.clone(),
+            clock: clock.clone(),
+            secrets: SecretServiceClient::new(channel),
+            ca_pem: tls.ca_pem().to_vec(),
+        };
+        tasks.push(tokio::spawn(controller.run()));
+    }
+
+    let acceptor = oidc::tls_acceptor(&config.oidc.cert, &config.oidc.key)?;
+    tracing::info!(addr = %oidc_addr, "OIDC discovery serving (https)");
+    tasks.push(tokio::spawn(oidc::serve(
+        listeners.oidc,
+        acceptor,
+        ring.clone(),
+        badge_core::oidc::DEFAULT_CACHE_MAX_AGE_SECONDS,
+        stopped(),
+    )));
+
+    if let Some(path) = &config.external_signer.socket {
+        tasks.push(serve_external_socket(path, signer.clone(), stopped())?);
+    }
+
+    let server = GrpcServer::new()
+        .add_service(TokenServiceServer::new(issuer_svc.clone()), tokens::METHODS)
+        .add_service(KeyServiceServer::new(issuer_svc), &[])
+        .add_service(
+            v1::external_jwt_signer_server::ExternalJwtSignerServer::new(signer.clone()),
+            external::METHODS,
+        )
+        .add_service(
+            v1alpha1::external_jwt_signer_server::ExternalJwtSignerServer::new(signer),
+            &[],
+        );
+    let names = server.service_names().to_vec();
+    let probe_store = store.clone();
+    let probe_ring = ring.clone();
+    let probe_clock = clock.clone();
+    tasks.push(badge_runtime::server::spawn_readiness(
+        server.health(),
+        names,
+        Duration::from_secs(2),
+        move || {
+            let s = probe_store.clone();
+            let ready = probe_ring.active(probe_clock.now()).is_some();
+            async move { ready && s.ping().await.is_ok() }
+        },
+    ));
+    let _tasks = Tasks(tasks);
+    tracing::info!(addr = %listeners.grpc.local_addr()?, "token-issuer serving (mTLS gRPC)");
+    let stop = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    server.serve(listeners.grpc, &tls, authorizer, stop).await?;
+    tracing::info!("token-issuer stopped");
+    Ok(())
+}
+
+/// ExternalJWTSigner on a Unix socket (mode 0600: only the apiserver's user).
+fn serve_external_socket(
+    path: &std::path::Path,
+    signer: ExternalSigner,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    // A socket left by a previous run would make bind fail.
+    if path.exists() {
+        std::fs::remove_file(path)
+            .with_context(|| format!("external_signer.socket {}: removing stale socket", path.display()))?;
+    }
+    let uds = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("external_signer.socket {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    tracing::info!(socket = %path.display(), "ExternalJWTSigner serving (unix socket)");
+    Ok(tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(v1::external_jwt_signer_server::ExternalJwtSignerServer::new(signer.clone()))
+            .add_service(v1alpha1::external_jwt_signer_server::ExternalJwtSignerServer::new(signer))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(uds), stop)
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "ExternalJWTSigner socket");
+        }
+    }))
+}
