@@ -275,13 +275,18 @@ impl IssuerServer {
 
     pub async fn start(identity: &IdentityServer, opts: IssuerOptions) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let oidc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let oidc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let (grpc_addr, oidc_addr) = (grpc.local_addr().expect("a"), oidc.local_addr().expect("a"));
         let config = Self::config(identity, dir.path(), oidc_addr, &opts);
-        let store = badge_store::Store::connect(&identity.db.url, badge_store::StoreOptions::default())
-            .await
-            .expect("store");
+        let store =
+            badge_store::Store::connect(&identity.db.url, badge_store::StoreOptions::default())
+                .await
+                .expect("store");
         let (stop, stopped) = oneshot::channel::<()>();
         let cfg = config.clone();
         let task = tokio::spawn(async move {
@@ -350,7 +355,11 @@ impl IssuerServer {
 
 /// A plain HTTPS GET trusting `ca` (HTTP/1.1, `Connection: close`): status line,
 /// headers (lowercased names) and body.
-pub async fn https_get(addr: SocketAddr, path: &str, ca: &Path) -> (u16, Vec<(String, String)>, Vec<u8>) {
+pub async fn https_get(
+    addr: SocketAddr,
+    path: &str,
+    ca: &Path,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::rustls;
@@ -403,7 +412,8 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
             return out;
         };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
             return out;
         }

@@ -198,12 +198,18 @@ mod tests {
         // Boundary: at activates_at - 1 the new key only publishes.
         assert_eq!(
             state_of(&keys, 1059),
-            vec![("a".into(), KeyState::Active), ("b".into(), KeyState::Published)]
+            vec![
+                ("a".into(), KeyState::Active),
+                ("b".into(), KeyState::Published)
+            ]
         );
         // At exactly activates_at it signs and its predecessor retires.
         assert_eq!(
             state_of(&keys, 1060),
-            vec![("a".into(), KeyState::Retired), ("b".into(), KeyState::Active)]
+            vec![
+                ("a".into(), KeyState::Retired),
+                ("b".into(), KeyState::Active)
+            ]
         );
         assert_eq!(active(&keys, at(1059)), Some("a"));
         assert_eq!(active(&keys, at(1060)), Some("b"));
@@ -215,25 +221,36 @@ mod tests {
     #[test]
     fn rotation_is_due_after_the_period_and_waits_for_pending_keys() {
         let one = vec![key("a", 0, 0)];
-        let cases = [
-            (999, None),
-            (1000, Some(at(1060))),
-            (5000, Some(at(5060))),
-        ];
+        let cases = [(999, None), (1000, Some(at(1060))), (5000, Some(at(5060)))];
         for (now, want) in cases {
-            assert_eq!(plan(&one, &policy(), at(now)).generate_activating_at, want, "now={now}");
+            assert_eq!(
+                plan(&one, &policy(), at(now)).generate_activating_at,
+                want,
+                "now={now}"
+            );
         }
         let pending = vec![key("a", 0, 0), key("b", 1000, 1060)];
-        assert_eq!(plan(&pending, &policy(), at(1030)).generate_activating_at, None);
+        assert_eq!(
+            plan(&pending, &policy(), at(1030)).generate_activating_at,
+            None
+        );
     }
 
     #[test]
     fn retired_keys_are_removed_once_their_tokens_expired() {
         let keys = vec![key("a", 0, 0), key("b", 1000, 1060)];
         assert!(plan(&keys, &policy(), at(1060 + 3599)).remove.is_empty());
-        assert_eq!(plan(&keys, &policy(), at(1060 + 3600)).remove, vec!["a".to_string()]);
+        assert_eq!(
+            plan(&keys, &policy(), at(1060 + 3600)).remove,
+            vec!["a".to_string()]
+        );
         // The active key is never removed, however old.
-        assert!(plan(&keys, &policy(), at(1_000_000)).remove.iter().all(|k| k != "b"));
+        assert!(
+            plan(&keys, &policy(), at(1_000_000))
+                .remove
+                .iter()
+                .all(|k| k != "b")
+        );
     }
 
     #[test]

@@ -248,7 +248,10 @@ impl Validate for IssuerConfig {
         } else if let Some(p) = &self.keys.signing_key_file
             && !p.is_file()
         {
-            errors.push(format!("keys.signing_key_file: file {} does not exist", p.display()));
+            errors.push(format!(
+                "keys.signing_key_file: file {} does not exist",
+                p.display()
+            ));
         }
         for (i, p) in self.keys.verification_key_files.iter().enumerate() {
             if !p.is_file() {

@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use badge_core::token::MAX_EXPIRATION_SECONDS;
 use badge_core::{Clock, Error, Result};
 use badge_proto::externaljwt::{v1, v1alpha1};
 use badge_runtime::{MethodRule, MethodTable, status};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::{Request, Response, Status};
 
 use crate::keyring::KeyRing;
@@ -22,12 +22,30 @@ const MAX_CLAIMS_LEN: usize = 64 * 1024;
 /// The same service on the mTLS gRPC listener (the Unix socket has no auth layer:
 /// its file permissions are the guard, as in Kubernetes).
 pub const METHODS: MethodTable = &[
-    ("/v1.ExternalJWTSigner/Sign", MethodRule::new("sign", "badge.dev", "signingkeys")),
-    ("/v1.ExternalJWTSigner/FetchKeys", MethodRule::new("list", "badge.dev", "signingkeys")),
-    ("/v1.ExternalJWTSigner/Metadata", MethodRule::new("get", "badge.dev", "signingkeys")),
-    ("/v1alpha1.ExternalJWTSigner/Sign", MethodRule::new("sign", "badge.dev", "signingkeys")),
-    ("/v1alpha1.ExternalJWTSigner/FetchKeys", MethodRule::new("list", "badge.dev", "signingkeys")),
-    ("/v1alpha1.ExternalJWTSigner/Metadata", MethodRule::new("get", "badge.dev", "signingkeys")),
+    (
+        "/v1.ExternalJWTSigner/Sign",
+        MethodRule::new("sign", "badge.dev", "signingkeys"),
+    ),
+    (
+        "/v1.ExternalJWTSigner/FetchKeys",
+        MethodRule::new("list", "badge.dev", "signingkeys"),
+    ),
+    (
+        "/v1.ExternalJWTSigner/Metadata",
+        MethodRule::new("get", "badge.dev", "signingkeys"),
+    ),
+    (
+        "/v1alpha1.ExternalJWTSigner/Sign",
+        MethodRule::new("sign", "badge.dev", "signingkeys"),
+    ),
+    (
+        "/v1alpha1.ExternalJWTSigner/FetchKeys",
+        MethodRule::new("list", "badge.dev", "signingkeys"),
+    ),
+    (
+        "/v1alpha1.ExternalJWTSigner/Metadata",
+        MethodRule::new("get", "badge.dev", "signingkeys"),
+    ),
 ];
 
 #[derive(Clone)]

@@ -113,9 +113,9 @@ impl KeyRing {
         let mut keys = Vec::with_capacity(stored.len());
         let mut first_error = None;
         for s in stored {
-            let public = s.public_key().map_err(|e| {
-                Error::Internal(format!("stored signing key {}: {e}", s.kid))
-            })?;
+            let public = s
+                .public_key()
+                .map_err(|e| Error::Internal(format!("stored signing key {}: {e}", s.kid)))?;
             let signer = if let Some(k) = previous.get(&s.kid) {
                 Some(k.clone())
             } else if s.has_private_key() {
@@ -155,7 +155,12 @@ impl KeyRing {
 
     /// Installs keys read from PEM files (Kubernetes mode): the signing key signs
     /// from the epoch on; verification keys are published only.
-    pub fn install_files(&self, signing: SigningKey, verification: Vec<PublicKey>, now: SystemTime) {
+    pub fn install_files(
+        &self,
+        signing: SigningKey,
+        verification: Vec<PublicKey>,
+        now: SystemTime,
+    ) {
         let mut keys = vec![RingKey {
             stored: StoredKey::verify_only(signing.public_key(), 0, 0, KeySource::File),
             public: signing.public_key().clone(),
@@ -212,7 +217,11 @@ impl KeyRing {
     }
 
     pub fn stored_times(&self) -> Vec<KeyTimes> {
-        self.snapshot().keys.iter().map(|k| times(&k.stored)).collect()
+        self.snapshot()
+            .keys
+            .iter()
+            .map(|k| times(&k.stored))
+            .collect()
     }
 }
 

@@ -10,13 +10,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use badge_core::token::legacy_claims;
 use badge_core::{Clock, Error, Kind, Result};
 use badge_proto::identity::{self as pb, Secret, secret_service_client::SecretServiceClient};
 use badge_records::{Index, decode};
 use badge_store::{EventType, ListQuery, Record, Store};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -65,13 +65,23 @@ impl LegacyTokens {
         if meta.deletion_timestamp.is_some() {
             return Ok(());
         }
-        let Some(sa_name) = meta.annotations.get(SA_NAME_ANNOTATION).filter(|s| !s.is_empty()) else {
+        let Some(sa_name) = meta
+            .annotations
+            .get(SA_NAME_ANNOTATION)
+            .filter(|s| !s.is_empty())
+        else {
             return Ok(());
         };
-        let want_uid = meta.annotations.get(SA_UID_ANNOTATION).cloned().unwrap_or_default();
+        let want_uid = meta
+            .annotations
+            .get(SA_UID_ANNOTATION)
+            .cloned()
+            .unwrap_or_default();
+        // Read from the store, not the index: this reacts to feed entries the index
+        // may not have applied yet, and deleting a Secret on stale data is not undoable.
         let sa = self
             .index
-            .lookup(Kind::ServiceAccount, &meta.namespace, sa_name)
+            .fresh(Kind::ServiceAccount, &meta.namespace, sa_name)
             .await?;
         let sa = match sa {
             Some(sa) if want_uid.is_empty() || sa.uid == want_uid => sa,
@@ -87,7 +97,10 @@ impl LegacyTokens {
             .and_then(|t| token_kid(t))
             // A token whose key was removed no longer verifies: mint a new one.
             .is_some_and(|kid| self.ring.publishes(&kid));
-        let ns_ok = secret.data.get("namespace").is_some_and(|n| n == meta.namespace.as_bytes());
+        let ns_ok = secret
+            .data
+            .get("namespace")
+            .is_some_and(|n| n == meta.namespace.as_bytes());
         let ca_ok = secret.data.get("ca.crt").is_some_and(|c| *c == self.ca_pem);
         if token_ok && ns_ok && ca_ok && want_uid == sa.uid {
             return Ok(());
@@ -115,17 +128,22 @@ impl LegacyTokens {
                 "minted legacy service account token"
             );
         }
-        updated.data.insert("namespace".into(), meta.namespace.clone().into_bytes());
+        updated
+            .data
+            .insert("namespace".into(), meta.namespace.clone().into_bytes());
         updated.data.insert("ca.crt".into(), self.ca_pem.clone());
         let m = updated.metadata.get_or_insert_with(Default::default);
-        m.annotations.insert(SA_UID_ANNOTATION.into(), sa.uid.clone());
+        m.annotations
+            .insert(SA_UID_ANNOTATION.into(), sa.uid.clone());
         // Guarded by the version we read: a concurrent change wins and we retry on
         // its feed entry.
         m.resource_version = record.resource_version.to_string();
         match self
             .secrets
             .clone()
-            .update_secret(pb::UpdateSecretRequest { secret: Some(updated) })
+            .update_secret(pb::UpdateSecretRequest {
+                secret: Some(updated),
+            })
             .await
         {
             Ok(_) => Ok(()),
@@ -147,7 +165,11 @@ impl LegacyTokens {
             .await;
         match r {
             Ok(_) => {
-                tracing::info!(namespace, secret = name, "deleted token secret of a missing service account");
+                tracing::info!(
+                    namespace,
+                    secret = name,
+                    "deleted token secret of a missing service account"
+                );
                 Ok(())
             }
             Err(e) if matches!(e.code(), Code::Aborted | Code::NotFound) => Ok(()),

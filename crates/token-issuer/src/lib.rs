@@ -21,7 +21,9 @@ use badge_core::{Clock, Kind};
 use badge_keys::{Algorithm, Kek, PublicKey, SigningKey};
 use badge_proto::externaljwt::{v1, v1alpha1};
 use badge_proto::identity::secret_service_client::SecretServiceClient;
-use badge_proto::token::{key_service_server::KeyServiceServer, token_service_server::TokenServiceServer};
+use badge_proto::token::{
+    key_service_server::KeyServiceServer, token_service_server::TokenServiceServer,
+};
 use badge_records::Index;
 use badge_runtime::tls::TlsMaterial;
 use badge_runtime::{Authorizer, GrpcServer};
@@ -105,11 +107,22 @@ pub async fn serve(
     };
     let oidc_addr = listeners.oidc.local_addr()?;
     let issuer = settings.signing_issuer().unwrap_or_default().to_string();
-    let ring = Arc::new(KeyRing::new(issuer, config.jwks_uri(oidc_addr), policy, kek));
+    let ring = Arc::new(KeyRing::new(
+        issuer,
+        config.jwks_uri(oidc_addr),
+        policy,
+        kek,
+    ));
 
     let index = Index::start(
         store.clone(),
-        &[Kind::ServiceAccount, Kind::Pod, Kind::Secret, Kind::Node, Kind::SigningKey],
+        &[
+            Kind::ServiceAccount,
+            Kind::Pod,
+            Kind::Secret,
+            Kind::Node,
+            Kind::SigningKey,
+        ],
     );
     tokio::time::timeout(Duration::from_secs(30), index.ready())
         .await
@@ -125,17 +138,25 @@ pub async fn serve(
     let mut tasks = Vec::new();
     let rotator = if config.stored_keys() {
         ring.rebuild(rotation::stored_keys(&index), clock.now())
-            .context("keys: the configured key-encryption key cannot unseal the stored signing keys")?;
+            .context(
+                "keys: the configured key-encryption key cannot unseal the stored signing keys",
+            )?;
         let rotator = rotation::Rotator {
             store: store.clone(),
             ring: ring.clone(),
             clock: clock.clone(),
             algorithm,
         };
-        tasks.push(tokio::spawn(rotation::follow_keys(index.clone(), ring.clone(), clock.clone())));
+        tasks.push(tokio::spawn(rotation::follow_keys(
+            index.clone(),
+            ring.clone(),
+            clock.clone(),
+        )));
         rotator.tick().await.context("key rotation")?;
         tasks.push(tokio::spawn(
-            rotator.clone().run(Duration::from_secs(config.keys.check_interval_seconds)),
+            rotator
+                .clone()
+                .run(Duration::from_secs(config.keys.check_interval_seconds)),
         ));
         Some(rotator)
     } else {
@@ -253,8 +274,12 @@ fn serve_external_socket(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     // A socket left by a previous run would make bind fail.
     if path.exists() {
-        std::fs::remove_file(path)
-            .with_context(|| format!("external_signer.socket {}: removing stale socket", path.display()))?;
+        std::fs::remove_file(path).with_context(|| {
+            format!(
+                "external_signer.socket {}: removing stale socket",
+                path.display()
+            )
+        })?;
     }
     let uds = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("external_signer.socket {}", path.display()))?;
@@ -266,9 +291,14 @@ fn serve_external_socket(
     tracing::info!(socket = %path.display(), "ExternalJWTSigner serving (unix socket)");
     Ok(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
-            .add_service(v1::external_jwt_signer_server::ExternalJwtSignerServer::new(signer.clone()))
+            .add_service(
+                v1::external_jwt_signer_server::ExternalJwtSignerServer::new(signer.clone()),
+            )
             .add_service(v1alpha1::external_jwt_signer_server::ExternalJwtSignerServer::new(signer))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(uds), stop)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(uds),
+                stop,
+            )
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "ExternalJWTSigner socket");

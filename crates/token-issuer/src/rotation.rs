@@ -32,7 +32,11 @@ pub fn stored_keys(index: &Index) -> Vec<StoredKey> {
             }
         })
         .collect();
-    keys.sort_by(|a, b| a.activates_at_unix.cmp(&b.activates_at_unix).then(a.kid.cmp(&b.kid)));
+    keys.sort_by(|a, b| {
+        a.activates_at_unix
+            .cmp(&b.activates_at_unix)
+            .then(a.kid.cmp(&b.kid))
+    });
     keys
 }
 
@@ -72,7 +76,11 @@ impl Rotator {
             .collect()
     }
 
-    async fn generate(&self, algorithm: Algorithm, activates_at: std::time::SystemTime) -> Result<StoredKey> {
+    async fn generate(
+        &self,
+        algorithm: Algorithm,
+        activates_at: std::time::SystemTime,
+    ) -> Result<StoredKey> {
         let kek = self
             .ring
             .kek()

@@ -10,7 +10,9 @@ use badge_core::token::{
 use badge_core::{Clock, Error, Kind, Result, names};
 use badge_keys::Algorithm;
 use badge_proto::identity::{Pod, ServiceAccount};
-use badge_proto::token::{self as pb, key_service_server::KeyService, token_service_server::TokenService};
+use badge_proto::token::{
+    self as pb, key_service_server::KeyService, token_service_server::TokenService,
+};
 use badge_records::{Index, decode};
 use badge_runtime::{Caller, MethodRule, MethodTable, status};
 use badge_store::Record;
@@ -76,20 +78,33 @@ impl Issuer {
     }
 
     /// Everything CreateToken does, in Kubernetes' order.
-    pub async fn create_token(&self, caller: Option<&Caller>, r: pb::CreateTokenRequest) -> Result<pb::CreateTokenResponse> {
+    pub async fn create_token(
+        &self,
+        caller: Option<&Caller>,
+        r: pb::CreateTokenRequest,
+    ) -> Result<pb::CreateTokenResponse> {
         let mut v = Vec::new();
         if r.namespace.is_empty() {
-            v.push(badge_core::FieldViolation::new("namespace", "namespace is required"));
+            v.push(badge_core::FieldViolation::new(
+                "namespace",
+                "namespace is required",
+            ));
         } else {
             for e in names::validate_dns_label(&r.namespace) {
-                v.push(badge_core::FieldViolation::new("namespace", names::invalid_value(&r.namespace, &e)));
+                v.push(badge_core::FieldViolation::new(
+                    "namespace",
+                    names::invalid_value(&r.namespace, &e),
+                ));
             }
         }
         if r.name.is_empty() {
             v.push(badge_core::FieldViolation::new("name", "name is required"));
         } else {
             for e in names::validate_dns_subdomain(&r.name) {
-                v.push(badge_core::FieldViolation::new("name", names::invalid_value(&r.name, &e)));
+                v.push(badge_core::FieldViolation::new(
+                    "name",
+                    names::invalid_value(&r.name, &e),
+                ));
             }
         }
         Error::check(v)?;
@@ -122,13 +137,19 @@ impl Issuer {
             }
         }
         let sa: ServiceAccount = decode(&sa_rec)?;
-        let sa_name = sa.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let sa_name = sa
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
 
         let bref = spec.bound_object_ref.clone().unwrap_or_default();
         let binding = match bound_kind {
             None => Binding::None,
             Some(BoundKind::Pod) => {
-                let rec = self.bound(Kind::Pod, &r.namespace, &bref.name, &bref.uid).await?;
+                let rec = self
+                    .bound(Kind::Pod, &r.namespace, &bref.name, &bref.uid)
+                    .await?;
                 let pod: Pod = decode(&rec)?;
                 let spec = pod.spec.unwrap_or_default();
                 if spec.service_account_name != sa_name {
@@ -153,7 +174,9 @@ impl Issuer {
                 }
             }
             Some(BoundKind::Secret) => {
-                let rec = self.bound(Kind::Secret, &r.namespace, &bref.name, &bref.uid).await?;
+                let rec = self
+                    .bound(Kind::Secret, &r.namespace, &bref.name, &bref.uid)
+                    .await?;
                 Binding::Secret(ObjectRef::new(rec.name, rec.uid))
             }
             Some(BoundKind::Node) => {
@@ -169,7 +192,11 @@ impl Issuer {
             .active(now)
             .ok_or_else(|| Error::Unavailable("no signing key is active yet".into()))?;
         let jti = uuid::Uuid::new_v4().to_string();
-        let issuer = self.settings.signing_issuer().unwrap_or_default().to_string();
+        let issuer = self
+            .settings
+            .signing_issuer()
+            .unwrap_or_default()
+            .to_string();
         let claims = token::bound_claims_json(&ClaimsInput {
             issuer: &issuer,
             namespace: &r.namespace,
@@ -218,7 +245,10 @@ impl Issuer {
 
 #[tonic::async_trait]
 impl TokenService for Issuer {
-    async fn create_token(&self, req: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let caller = req.extensions().get::<Caller>().cloned();
         let resp = Issuer::create_token(self, caller.as_ref(), req.into_inner())
             .await
@@ -235,7 +265,10 @@ impl TokenService for Issuer {
 
 #[tonic::async_trait]
 impl KeyService for Issuer {
-    async fn rotate_keys(&self, req: Request<pb::RotateKeysRequest>) -> Result<Response<pb::RotateKeysResponse>, Status> {
+    async fn rotate_keys(
+        &self,
+        req: Request<pb::RotateKeysRequest>,
+    ) -> Result<Response<pb::RotateKeysResponse>, Status> {
         let r = req.into_inner();
         let Some(rotator) = &self.rotator else {
             return Err(status(Error::precondition(
@@ -287,7 +320,10 @@ impl KeyService for Issuer {
         Ok(Response::new(pb::RotateKeysResponse { key: Some(key) }))
     }
 
-    async fn list_keys(&self, _req: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+    async fn list_keys(
+        &self,
+        _req: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
         Ok(Response::new(pb::ListKeysResponse {
             keys: self.ring.describe(self.clock.now()),
         }))

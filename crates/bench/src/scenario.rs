@@ -1,0 +1,71 @@
+//! What one request of a run is. Adding a scenario is one variant here (its
+//! prepared request) plus one arm in [`Scenario::call`], and one subcommand in
+//! [`crate::cli`].
+
+use badge_proto::identity::GetServiceAccountRequest;
+use badge_proto::identity::service_account_service_client::ServiceAccountServiceClient;
+use badge_proto::token::CreateTokenRequest;
+use badge_proto::token::token_service_client::TokenServiceClient;
+use prost::bytes::Bytes;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::proto::EchoRequest;
+use crate::proto::echo_service_client::EchoServiceClient;
+
+/// A prepared request, sent again and again.
+#[derive(Debug, Clone)]
+pub enum Scenario {
+    /// `badge.bench.v1.EchoService/Echo`; the answer must carry the same payload.
+    Echo { payload: Bytes },
+    /// `badge.token.v1.TokenService/CreateToken`.
+    CreateToken(CreateTokenRequest),
+    /// `badge.identity.v1.ServiceAccountService/GetServiceAccount`.
+    GetServiceAccount(GetServiceAccountRequest),
+}
+
+impl Scenario {
+    /// An echo of `bytes` bytes.
+    pub fn echo(bytes: usize) -> Scenario {
+        Scenario::Echo {
+            payload: Bytes::from(vec![0x5a; bytes]),
+        }
+    }
+
+    /// The name reports use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Echo { .. } => "echo",
+            Scenario::CreateToken(_) => "create-token",
+            Scenario::GetServiceAccount(_) => "get-service-account",
+        }
+    }
+
+    /// Sends one request on `channel`; any non-OK status is the error.
+    pub async fn call(&self, channel: &Channel) -> Result<(), Status> {
+        let channel = channel.clone();
+        match self {
+            Scenario::Echo { payload } => {
+                let reply = EchoServiceClient::new(channel)
+                    .echo(EchoRequest {
+                        payload: payload.clone(),
+                    })
+                    .await?;
+                if reply.get_ref().payload != *payload {
+                    return Err(Status::data_loss("echo returned a different payload"));
+                }
+            }
+            Scenario::CreateToken(request) => {
+                TokenServiceClient::new(channel)
+                    .create_token(request.clone())
+                    .await?;
+            }
+            Scenario::GetServiceAccount(request) => {
+                ServiceAccountServiceClient::new(channel)
+                    .get_service_account(request.clone())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
