@@ -173,6 +173,8 @@ pub struct IssuerOptions {
     pub max_expiration_seconds: i64,
     pub socket: bool,
     pub legacy_tokens: bool,
+    /// Overrides the database URL (e.g. through a proxy that simulates outages).
+    pub database_url: Option<String>,
 }
 
 impl Default for IssuerOptions {
@@ -183,6 +185,7 @@ impl Default for IssuerOptions {
             max_expiration_seconds: 0,
             socket: true,
             legacy_tokens: true,
+            database_url: None,
         }
     }
 }
@@ -282,11 +285,19 @@ impl IssuerServer {
             .await
             .expect("bind");
         let (grpc_addr, oidc_addr) = (grpc.local_addr().expect("a"), oidc.local_addr().expect("a"));
-        let config = Self::config(identity, dir.path(), oidc_addr, &opts);
-        let store =
-            badge_store::Store::connect(&identity.db.url, badge_store::StoreOptions::default())
-                .await
-                .expect("store");
+        let mut config = Self::config(identity, dir.path(), oidc_addr, &opts);
+        if let Some(url) = &opts.database_url {
+            config.database.url = url.clone();
+        }
+        let store = badge_store::Store::connect(
+            &config.database.url,
+            badge_store::StoreOptions {
+                connect_timeout: Duration::from_secs(2),
+                ..badge_store::StoreOptions::default()
+            },
+        )
+        .await
+        .expect("store");
         let (stop, stopped) = oneshot::channel::<()>();
         let cfg = config.clone();
         let task = tokio::spawn(async move {
@@ -419,5 +430,75 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
         b = &b[eol + 2 + size + 2..];
+    }
+}
+
+/// A TCP proxy in front of Postgres that can be cut and restored, to simulate a
+/// store outage.
+pub struct PgProxy {
+    pub addr: SocketAddr,
+    alive: tokio::sync::watch::Sender<bool>,
+}
+
+impl PgProxy {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (alive, _) = tokio::sync::watch::channel(true);
+        let p = PgProxy { addr, alive };
+        p.serve(listener);
+        p
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let mut stop = self.alive.subscribe();
+        let alive = self.alive.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => return },
+                    _ = stop.wait_for(|a| !*a) => return,
+                };
+                let mut conn_stop = alive.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {},
+                        _ = conn_stop.wait_for(|a| !*a) => {},
+                    }
+                });
+            }
+        });
+    }
+
+    /// Drops every connection and stops listening.
+    pub fn cut(&self) {
+        // send_replace: plain send does nothing when no receiver is alive.
+        self.alive.send_replace(false);
+    }
+
+    /// Listens again on the same port.
+    pub async fn restore(&self) {
+        self.alive.send_replace(true);
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("rebind");
+        self.serve(listener);
+    }
+
+    /// `url` with its host:port replaced by the proxy's.
+    pub fn url_for(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").expect("url");
+        let (auth_host, path) = rest.split_once('/').expect("path");
+        let auth = auth_host
+            .rsplit_once('@')
+            .map(|(a, _)| format!("{a}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{auth}{}/{path}", self.addr)
     }
 }

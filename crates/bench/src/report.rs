@@ -88,13 +88,14 @@ impl Report {
             "cut_off": self.cut_off,
             "rate_rps": round(self.rate()),
             "ok_rps": round(self.ok_rate()),
-            "latency_ms": {
+            // null when no request succeeded.
+            "latency_ms": (!self.latency_us.is_empty()).then(|| serde_json::json!({
                 "p50": self.quantile_ms(0.5),
                 "p99": self.quantile_ms(0.99),
                 "p999": self.quantile_ms(0.999),
                 "max": self.max_ms(),
                 "mean": round(self.mean_ms()),
-            },
+            })),
         })
     }
 }
@@ -130,6 +131,9 @@ impl std::fmt::Display for Report {
             self.ok_rate(),
             self.elapsed.as_secs_f64()
         )?;
+        if self.latency_us.is_empty() {
+            return write!(f, "latency ms   - (no successful requests)");
+        }
         write!(
             f,
             "latency ms   p50 {:.3}  p99 {:.3}  p999 {:.3}  max {:.3}  (mean {:.3}, ok requests)",

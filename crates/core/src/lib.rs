@@ -9,6 +9,7 @@ pub mod kind;
 pub mod names;
 pub mod oidc;
 pub mod page_token;
+pub mod review;
 pub mod secret_refs;
 pub mod selector;
 pub mod token;

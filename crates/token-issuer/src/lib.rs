@@ -184,7 +184,9 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    let store_ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let issuer_svc = Issuer {
+        store_ok: store_ok.clone(),
         settings: settings.clone(),
         index: index.clone(),
         ring: ring.clone(),
@@ -252,7 +254,12 @@ pub async fn serve(
         move || {
             let s = probe_store.clone();
             let ready = probe_ring.active(probe_clock.now()).is_some();
-            async move { ready && s.ping().await.is_ok() }
+            let ok = store_ok.clone();
+            async move {
+                let reachable = s.ping().await.is_ok();
+                ok.store(reachable, std::sync::atomic::Ordering::Relaxed);
+                ready && reachable
+            }
         },
     ));
     let _tasks = Tasks(tasks);

@@ -47,6 +47,11 @@ pub struct Issuer {
     /// None in file mode (no rotation).
     pub rotator: Option<Rotator>,
     pub default_algorithm: Algorithm,
+    /// Whether the store answered the last health probe. The index serves lookups
+    /// from memory, but while the store is unreachable it cannot learn of
+    /// deletions, so tokens are refused (UNAVAILABLE) rather than issued on stale
+    /// data; it recovers by itself when the probe succeeds again.
+    pub store_ok: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn not_found(kind: Kind, name: &str) -> Error {
@@ -83,6 +88,11 @@ impl Issuer {
         caller: Option<&Caller>,
         r: pb::CreateTokenRequest,
     ) -> Result<pb::CreateTokenResponse> {
+        if !self.store_ok.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Unavailable(
+                "the store is unreachable: cannot confirm that the service account and bound object still exist".into(),
+            ));
+        }
         let mut v = Vec::new();
         if r.namespace.is_empty() {
             v.push(badge_core::FieldViolation::new(
