@@ -1,1 +1,3 @@
-//! See src/bin/badge.rs.
+//! The `badge` command: operator tasks and `badge up`.
+
+pub mod up;

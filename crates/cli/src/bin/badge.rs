@@ -15,6 +15,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run identity and token-issuer together on Postgres, creating the database,
+    /// the dev PKI and the key-encryption key on first run.
+    Up(badge_cli::up::UpArgs),
     /// Create a development PKI: a CA, server and client certificates for each
     /// service, and an admin client certificate (O=system:masters).
     DevPki {
@@ -50,6 +53,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Up(args) => {
+            badge_runtime::telemetry::init(&badge_runtime::config::LogConfig::default());
+            badge_cli::up::run(args).await?;
+        }
         Command::DevPki { dir, names, force } => {
             let existing = pki::DevPki::at(&dir);
             if existing.exists() && !force {

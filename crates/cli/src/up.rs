@@ -1,0 +1,266 @@
+//! `badge up`: the whole stack in one process for development — identity and
+//! token-issuer on one Postgres, with a dev PKI and key-encryption key created on
+//! first run under the data directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use badge_identity::{FeedConfig, IdentityConfig};
+use badge_runtime::config::{DatabaseConfig, ListenConfig, LogConfig};
+use badge_runtime::pki::{self, DevPki};
+use badge_runtime::tls::TlsFiles;
+use badge_store::{Store, StoreOptions};
+use badge_token_issuer::config::{
+    ExternalSignerConfig, IssuerConfig, KeysConfig, OidcConfig, PeerConfig, TokenConfig,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Where the PKI, key-encryption key and env file live.
+    #[arg(long, default_value = "badge-data")]
+    pub data_dir: PathBuf,
+    /// Postgres database (created if missing).
+    #[arg(
+        long,
+        env = "BADGE_DATABASE__URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/badge"
+    )]
+    pub database_url: String,
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub identity_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    pub issuer_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8445")]
+    pub oidc_listen: SocketAddr,
+    /// Token issuer URL (https, no query); default https://<oidc listen address>.
+    #[arg(long)]
+    pub issuer_url: Option<String>,
+    /// Algorithm of generated signing keys.
+    #[arg(long, default_value = "ES256")]
+    pub algorithm: String,
+}
+
+fn ensure_kek(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let (_, b64) = badge_keys::Kek::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(b64.as_bytes())?;
+    Ok(())
+}
+
+pub async fn run(a: UpArgs) -> anyhow::Result<()> {
+    let pki_dir = a.data_dir.join("pki");
+    let pki = if DevPki::at(&pki_dir).exists() {
+        DevPki::at(&pki_dir)
+    } else {
+        pki::generate(&pki_dir, &[]).context("creating the dev PKI")?
+    };
+    let kek = a.data_dir.join("kek");
+    ensure_kek(&kek)?;
+
+    if Store::create_database_if_missing(&a.database_url).await? {
+        println!("created database");
+    }
+    let store = Store::connect(&a.database_url, StoreOptions::default()).await?;
+    store.migrate().await?;
+
+    let database = DatabaseConfig {
+        url: a.database_url.clone(),
+        max_connections: 16,
+    };
+    let id_server = pki.server("identity");
+    let identity = IdentityConfig {
+        server: ListenConfig {
+            listen: a.identity_listen,
+            tls: TlsFiles {
+                ca: pki.ca.clone(),
+                cert: id_server.cert,
+                key: id_server.key,
+            },
+        },
+        database: database.clone(),
+        log: LogConfig::default(),
+        feed: FeedConfig::default(),
+    };
+    let issuer_url = a
+        .issuer_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{}", a.oidc_listen));
+    let is_server = pki.server("token-issuer");
+    let is_client = pki.client("token-issuer");
+    let issuer = IssuerConfig {
+        server: ListenConfig {
+            listen: a.issuer_listen,
+            tls: TlsFiles {
+                ca: pki.ca.clone(),
+                cert: is_server.cert.clone(),
+                key: is_server.key.clone(),
+            },
+        },
+        database,
+        log: LogConfig::default(),
+        token: TokenConfig {
+            issuers: vec![issuer_url.clone()],
+            api_audiences: vec![],
+            max_expiration_seconds: 0,
+            extend_expiration: true,
+            max_extended_expiration_seconds: badge_core::token::EXTENDED_EXPIRATION_SECONDS,
+        },
+        keys: KeysConfig {
+            algorithm: a.algorithm.clone(),
+            kek_file: Some(kek),
+            ..KeysConfig::default()
+        },
+        oidc: OidcConfig {
+            listen: a.oidc_listen,
+            cert: is_server.cert,
+            key: is_server.key,
+            jwks_uri: None,
+            external_address: None,
+        },
+        external_signer: ExternalSignerConfig {
+            socket: Some(a.data_dir.join("signer.sock")),
+            refresh_hint_seconds: None,
+        },
+        identity: Some(PeerConfig {
+            endpoint: format!("https://{}", a.identity_listen),
+            server_name: "localhost".into(),
+            tls: TlsFiles {
+                ca: pki.ca.clone(),
+                cert: is_client.cert,
+                key: is_client.key,
+            },
+        }),
+    };
+    let mut errors = Vec::new();
+    badge_runtime::config::Validate::validate(&issuer, &mut errors);
+    badge_runtime::config::Validate::validate(&identity, &mut errors);
+    if !errors.is_empty() {
+        anyhow::bail!("invalid configuration:\n  - {}", errors.join("\n  - "));
+    }
+
+    let id_listener = tokio::net::TcpListener::bind(a.identity_listen)
+        .await
+        .with_context(|| format!("binding {}", a.identity_listen))?;
+    let listeners = badge_token_issuer::Listeners {
+        grpc: tokio::net::TcpListener::bind(a.issuer_listen)
+            .await
+            .with_context(|| format!("binding {}", a.issuer_listen))?,
+        oidc: tokio::net::TcpListener::bind(a.oidc_listen)
+            .await
+            .with_context(|| format!("binding {}", a.oidc_listen))?,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let clock: Arc<dyn badge_core::Clock> = Arc::new(badge_core::SystemClock);
+    let policy = Arc::new(badge_runtime::BootstrapPolicy);
+    let id_task = {
+        let (cfg, store, clock, policy, stop) = (
+            identity.clone(),
+            store.clone(),
+            clock.clone(),
+            policy.clone(),
+            stopped(),
+        );
+        tokio::spawn(async move {
+            badge_identity::serve(&cfg, store, clock, id_listener, policy, stop).await
+        })
+    };
+    let is_task = {
+        let (cfg, store, clock, policy, stop) = (
+            issuer.clone(),
+            store.clone(),
+            clock.clone(),
+            policy.clone(),
+            stopped(),
+        );
+        tokio::spawn(async move {
+            badge_token_issuer::serve(&cfg, store, clock, listeners, policy, stop).await
+        })
+    };
+
+    let env = env_file(&a, &pki, &issuer_url);
+    std::fs::write(a.data_dir.join("badge.env"), &env)?;
+    print_banner(&a, &pki, &issuer_url);
+
+    let (mut id_task, mut is_task) = (id_task, is_task);
+    // Run until Ctrl-C / SIGTERM, or until either service stops on its own (an
+    // error): then stop the other one too.
+    let early = tokio::select! {
+        () = badge_runtime::server::shutdown_signal() => None,
+        r = &mut id_task => Some(("identity", r)),
+        r = &mut is_task => Some(("token-issuer", r)),
+    };
+    let _ = stop_tx.send(true);
+    if let Some((name, r)) = early {
+        id_task.abort();
+        is_task.abort();
+        r.with_context(|| format!("{name} task"))?
+            .with_context(|| format!("{name} stopped"))?;
+        return Ok(());
+    }
+    let (a, b) = tokio::join!(id_task, is_task);
+    a??;
+    b??;
+    Ok(())
+}
+
+fn env_file(a: &UpArgs, pki: &DevPki, issuer_url: &str) -> String {
+    format!(
+        "BADGE_IDENTITY_ENDPOINT=https://{}\nBADGE_ISSUER_ENDPOINT=https://{}\nBADGE_ISSUER_URL={issuer_url}\nBADGE_OIDC_DISCOVERY={issuer_url}/.well-known/openid-configuration\nBADGE_CA={}\nBADGE_CLIENT_CERT={}\nBADGE_CLIENT_KEY={}\nBADGE_SIGNER_SOCKET={}\n",
+        a.identity_listen,
+        a.issuer_listen,
+        pki.ca.display(),
+        pki.admin.cert.display(),
+        pki.admin.key.display(),
+        a.data_dir.join("signer.sock").display(),
+    )
+}
+
+fn print_banner(a: &UpArgs, pki: &DevPki, issuer_url: &str) {
+    let g = format!(
+        "grpcurl -cacert {} -cert {} -key {}",
+        pki.ca.display(),
+        pki.admin.cert.display(),
+        pki.admin.key.display()
+    );
+    println!(
+        "\nBadge is up.\n\
+         \n  identity      https://{id}   (gRPC, mTLS)\
+         \n  token-issuer  https://{is}   (gRPC, mTLS)\
+         \n  OIDC          {issuer_url}/.well-known/openid-configuration\
+         \n  signer        {sock} (Kubernetes ExternalJWTSigner)\
+         \n  admin cert    {cert} (O=system:masters), CA {ca}\
+         \n  env file      {env}\
+         \n\nTry:\
+         \n  {g} {id} list\
+         \n  {g} -d '{{\"service_account\":{{\"metadata\":{{\"name\":\"demo\",\"namespace\":\"default\"}}}}}}' {id} badge.identity.v1.ServiceAccountService/CreateServiceAccount\
+         \n  {g} -d '{{\"namespace\":\"default\",\"name\":\"demo\",\"audiences\":[\"my-api\"]}}' {is} badge.token.v1.TokenService/CreateToken\
+         \n  curl --cacert {ca} {issuer_url}/openid/v1/jwks\n",
+        id = a.identity_listen,
+        is = a.issuer_listen,
+        sock = a.data_dir.join("signer.sock").display(),
+        cert = pki.admin.cert.display(),
+        ca = pki.ca.display(),
+        env = a.data_dir.join("badge.env").display(),
+    );
+}
