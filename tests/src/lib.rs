@@ -31,9 +31,22 @@ impl IdentityServer {
     /// Fresh database, fresh dev PKI, server on 127.0.0.1:0.
     pub async fn start() -> Self {
         let db = fresh_database().await;
-        let store = db.store().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = pki::generate(dir.path(), &[]).expect("dev pki");
+        // Secrets are sealed at rest with a key-encryption key, as in production.
+        let kek_file = dir.path().join("kek");
+        let (kek, b64) = badge_keys::Kek::generate().expect("kek");
+        std::fs::write(&kek_file, b64.as_bytes()).expect("write kek");
+        db.store().await; // migrate
+        let store = badge_store::Store::connect(
+            &db.url,
+            badge_store::StoreOptions {
+                sealer: Some(Arc::new(kek)),
+                ..badge_store::StoreOptions::default()
+            },
+        )
+        .await
+        .expect("store");
         let server = pki.server("identity");
         let config = IdentityConfig {
             server: ListenConfig {
@@ -50,6 +63,10 @@ impl IdentityServer {
             },
             log: LogConfig::default(),
             feed: FeedConfig::default(),
+            encryption: badge_identity::EncryptionConfig {
+                kek_file: Some(kek_file),
+                kek: None,
+            },
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -218,11 +235,13 @@ impl IssuerServer {
         opts: &IssuerOptions,
     ) -> badge_token_issuer::IssuerConfig {
         use badge_token_issuer::config::*;
-        let kek = dir.join("kek");
-        if !kek.exists() {
-            let (_, b64) = badge_keys::Kek::generate().expect("kek");
-            std::fs::write(&kek, b64.as_bytes()).expect("write kek");
-        }
+        // The issuer shares identity's key-encryption key (it reads sealed Secrets).
+        let kek = identity
+            .config
+            .encryption
+            .kek_file
+            .clone()
+            .expect("identity kek");
         let server = identity.pki.server("token-issuer");
         let client = identity.pki.client("token-issuer");
         IssuerConfig {
@@ -293,6 +312,7 @@ impl IssuerServer {
             &config.database.url,
             badge_store::StoreOptions {
                 connect_timeout: Duration::from_secs(2),
+                sealer: identity.config.encryption.sealer().expect("kek"),
                 ..badge_store::StoreOptions::default()
             },
         )

@@ -104,12 +104,16 @@ async fn a_wrong_key_encryption_key_refuses_to_start() {
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let config = IssuerServer::config(
+    let mut config = IssuerServer::config(
         &identity,
         dir.path(),
         oidc.local_addr().expect("addr"),
         &IssuerOptions::default(),
     );
+    let other_kek = dir.path().join("other-kek");
+    let (_, b64) = badge_keys::Kek::generate().expect("kek");
+    std::fs::write(&other_kek, b64.as_bytes()).expect("write");
+    config.keys.kek_file = Some(other_kek);
     let store = identity.db.store().await;
     let err = badge_token_issuer::serve(
         &config,

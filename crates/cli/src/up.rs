@@ -75,7 +75,17 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     if Store::create_database_if_missing(&a.database_url).await? {
         println!("created database");
     }
-    let store = Store::connect(&a.database_url, StoreOptions::default()).await?;
+    // Secret data is sealed with the same key-encryption key as the signing keys.
+    let sealer =
+        badge_keys::Kek::from_file(&kek).map_err(|e| anyhow::anyhow!("{}: {e}", kek.display()))?;
+    let store = Store::connect(
+        &a.database_url,
+        StoreOptions {
+            sealer: Some(Arc::new(sealer)),
+            ..StoreOptions::default()
+        },
+    )
+    .await?;
     store.migrate().await?;
 
     let database = DatabaseConfig {
@@ -95,6 +105,10 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         database: database.clone(),
         log: LogConfig::default(),
         feed: FeedConfig::default(),
+        encryption: badge_identity::EncryptionConfig {
+            kek_file: Some(kek.clone()),
+            kek: None,
+        },
     };
     let issuer_url = a
         .issuer_url
@@ -122,7 +136,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         },
         keys: KeysConfig {
             algorithm: a.algorithm.clone(),
-            kek_file: Some(kek),
+            kek_file: Some(kek.clone()),
             ..KeysConfig::default()
         },
         oidc: OidcConfig {

@@ -224,11 +224,14 @@ pub struct Authenticated {
     pub expires_at: Option<i64>,
 }
 
+/// The result of a review: the user, or Kubernetes' `status.error` text.
+pub type ReviewOutcome = Result<Authenticated, String>;
+
 /// Everything [`review_with_report`] learned, for callers that audit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewReport {
     /// Kubernetes' `status.error` text on failure.
-    pub outcome: Result<Authenticated, String>,
+    pub outcome: ReviewOutcome,
     /// The audit annotations Kubernetes adds, in order (key, value).
     pub audit_annotations: Vec<(String, String)>,
     /// As [`Authenticated::legacy_secret`], but also set when the review failed because
@@ -1212,4 +1215,2129 @@ impl Context<'_> {
 enum Private {
     Legacy(LegacyClaims),
     Bound(BoundClaims),
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::collections::{HashMap, HashSet};
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use crate::token::{
+        Binding, ClaimsInput, ObjectRef, TokenPlan, bound_claims_json, legacy_claims,
+    };
+
+    const NOW: i64 = 1_700_000_000;
+    const ISSUER: &str = "https://issuer.example";
+    const OLD_ISSUER: &str = "https://old.example";
+    const KID: &str = "key-1";
+    const SECRET: &[u8] = b"key-1-secret";
+    const KID2: &str = "key-2";
+    const SECRET2: &[u8] = b"key-2-secret";
+    const HEADER: &str = r#"{"alg":"RS256","kid":"key-1"}"#;
+    const JTI: &str = "0f8e6a2c-1d3b-4c5e-9f7a-8b6c4d2e0f1a";
+    const LEGACY_SECRET: &str = "sa-token-abcde";
+    const USERNAME: &str = "system:serviceaccount:ns:sa";
+
+    fn at(secs: i64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap())
+    }
+
+    fn now() -> SystemTime {
+        at(NOW)
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn settings() -> ReviewSettings {
+        ReviewSettings::new(
+            strings(&[ISSUER, OLD_ISSUER]),
+            strings(&[ISSUER, OLD_ISSUER]),
+        )
+    }
+
+    // ---- a verifier with the semantics of badge_keys::KeySet, over a keyed hash
+
+    struct TestKey {
+        kid: &'static str,
+        alg: &'static str,
+        secret: &'static [u8],
+    }
+
+    struct TestVerifier {
+        keys: Vec<TestKey>,
+        calls: Cell<usize>,
+    }
+
+    impl TestVerifier {
+        fn new() -> Self {
+            TestVerifier {
+                keys: vec![
+                    TestKey {
+                        kid: KID,
+                        alg: "RS256",
+                        secret: SECRET,
+                    },
+                    TestKey {
+                        kid: KID2,
+                        alg: "ES256",
+                        secret: SECRET2,
+                    },
+                ],
+                calls: Cell::new(0),
+            }
+        }
+    }
+
+    fn mac(secret: &[u8], input: &[u8]) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(secret);
+        h.update([0]);
+        h.update(input);
+        h.finalize().to_vec()
+    }
+
+    impl SignatureVerifier for TestVerifier {
+        fn verify(
+            &self,
+            kid: &str,
+            alg: &str,
+            signing_input: &[u8],
+            signature: &[u8],
+        ) -> Result<(), String> {
+            self.calls.set(self.calls.get() + 1);
+            let candidates: Vec<&TestKey> = self
+                .keys
+                .iter()
+                .filter(|k| kid.is_empty() || k.kid == kid)
+                .collect();
+            if candidates.is_empty() {
+                return Err(NO_KEYS_FOUND.to_owned());
+            }
+            let mut errors = Vec::new();
+            for k in candidates {
+                if k.alg != alg {
+                    errors.push(UNSUPPORTED_ALGORITHM.to_owned());
+                } else if mac(k.secret, signing_input) == signature {
+                    return Ok(());
+                } else {
+                    errors.push(INVALID_SIGNATURE.to_owned());
+                }
+            }
+            Err(aggregate_errors(&errors))
+        }
+    }
+
+    // ---- tokens
+
+    fn b64e(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn sign_with(header: &str, payload: &[u8], secret: &[u8]) -> String {
+        let mut t = format!("{}.{}", b64e(header.as_bytes()), b64e(payload));
+        let sig = mac(secret, t.as_bytes());
+        t.push('.');
+        t.push_str(&b64e(&sig));
+        t
+    }
+
+    fn sign(payload: &[u8]) -> String {
+        sign_with(HEADER, payload, SECRET)
+    }
+
+    fn segments(token: &str) -> (String, String, String) {
+        let p: Vec<&str> = token.split('.').collect();
+        (p[0].to_owned(), p[1].to_owned(), p[2].to_owned())
+    }
+
+    fn plan(auds: &[&str], iat: i64, exp: i64, warn_after: Option<i64>) -> TokenPlan {
+        TokenPlan {
+            audiences: strings(auds),
+            issued_at: iat,
+            expires_at: exp,
+            status_expiration: exp,
+            warn_after,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn pod_binding() -> Binding {
+        Binding::Pod {
+            pod: ObjectRef::new("web-0", "pod-uid"),
+            node: Some(ObjectRef::new("node-a", "node-uid")),
+        }
+    }
+
+    fn claims_with(binding: Binding, plan: &TokenPlan, jti: &str) -> Vec<u8> {
+        bound_claims_json(&ClaimsInput {
+            issuer: ISSUER,
+            namespace: "ns",
+            service_account: ObjectRef::new("sa", "sa-uid"),
+            binding,
+            plan,
+            jti,
+        })
+    }
+
+    fn bound_token_with(binding: Binding, plan: &TokenPlan) -> String {
+        sign(&claims_with(binding, plan, JTI))
+    }
+
+    fn bound_token(binding: Binding) -> String {
+        bound_token_with(binding, &plan(&[ISSUER], NOW, NOW + 3600, None))
+    }
+
+    fn pod_token() -> String {
+        bound_token(pod_binding())
+    }
+
+    fn timed_token(iat: i64, exp: i64) -> String {
+        bound_token_with(Binding::None, &plan(&[ISSUER], iat, exp, None))
+    }
+
+    fn aud_token(auds: &[&str]) -> String {
+        bound_token_with(Binding::None, &plan(auds, NOW, NOW + 3600, None))
+    }
+
+    /// A signed payload of exactly this JSON.
+    fn payload_token(json: &str) -> String {
+        sign(json.as_bytes())
+    }
+
+    fn legacy_payload() -> serde_json::Value {
+        legacy_claims("ns", "sa", "sa-uid", LEGACY_SECRET)
+    }
+
+    fn legacy_token() -> String {
+        sign(legacy_payload().to_string().as_bytes())
+    }
+
+    // ---- objects
+
+    #[derive(Default, Clone)]
+    struct World {
+        sas: HashMap<(String, String), ObjectState>,
+        sa_secrets: HashMap<(String, String), Vec<String>>,
+        pods: HashMap<(String, String), ObjectState>,
+        secrets: HashMap<(String, String), SecretState>,
+        nodes: HashMap<String, ObjectState>,
+        revoked: HashSet<String>,
+    }
+
+    fn k(ns: &str, name: &str) -> (String, String) {
+        (ns.to_owned(), name.to_owned())
+    }
+
+    fn live(uid: &str) -> ObjectState {
+        ObjectState {
+            uid: uid.to_owned(),
+            deletion_timestamp: None,
+        }
+    }
+
+    fn legacy_secret_state(token: &str) -> SecretState {
+        SecretState {
+            uid: "legacy-secret-uid".into(),
+            deletion_timestamp: None,
+            token_sha256: Some(token_sha256(token.as_bytes())),
+            invalid_since: false,
+            last_used: None,
+        }
+    }
+
+    fn world() -> World {
+        let mut w = World::default();
+        w.sas.insert(k("ns", "sa"), live("sa-uid"));
+        w.pods.insert(k("ns", "web-0"), live("pod-uid"));
+        w.nodes.insert("node-a".into(), live("node-uid"));
+        w.secrets.insert(
+            k("ns", "s"),
+            SecretState {
+                uid: "secret-uid".into(),
+                ..SecretState::default()
+            },
+        );
+        w.secrets
+            .insert(k("ns", LEGACY_SECRET), legacy_secret_state(&legacy_token()));
+        w
+    }
+
+    impl ObjectLookup for World {
+        fn service_account(&self, ns: &str, name: &str) -> Option<ObjectState> {
+            self.sas.get(&k(ns, name)).cloned()
+        }
+        fn service_account_secrets(&self, ns: &str, name: &str) -> Vec<String> {
+            self.sa_secrets
+                .get(&k(ns, name))
+                .cloned()
+                .unwrap_or_default()
+        }
+        fn pod(&self, ns: &str, name: &str) -> Option<ObjectState> {
+            self.pods.get(&k(ns, name)).cloned()
+        }
+        fn secret(&self, ns: &str, name: &str) -> Option<SecretState> {
+            self.secrets.get(&k(ns, name)).cloned()
+        }
+        fn node(&self, name: &str) -> Option<ObjectState> {
+            self.nodes.get(name).cloned()
+        }
+        fn revoked(&self, jti: &str) -> bool {
+            self.revoked.contains(jti)
+        }
+    }
+
+    struct Env {
+        settings: ReviewSettings,
+        world: World,
+        verifier: TestVerifier,
+        now: SystemTime,
+        requested: Vec<String>,
+    }
+
+    impl Env {
+        fn new() -> Self {
+            Env {
+                settings: settings(),
+                world: world(),
+                verifier: TestVerifier::new(),
+                now: now(),
+                requested: Vec::new(),
+            }
+        }
+
+        fn report(&self, token: &str) -> ReviewReport {
+            review_with_report(
+                token,
+                &self.requested,
+                &self.settings,
+                &self.verifier,
+                &self.world,
+                self.now,
+            )
+        }
+
+        fn review(&self, token: &str) -> Result<Authenticated, String> {
+            self.report(token).outcome
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        token: String,
+        edit: fn(&mut Env),
+        want: Result<(), String>,
+    }
+
+    fn keep(_: &mut Env) {}
+
+    fn err(s: &str) -> Result<(), String> {
+        Err(s.to_owned())
+    }
+
+    fn check(cases: Vec<Case>) {
+        for c in cases {
+            let mut env = Env::new();
+            (c.edit)(&mut env);
+            let got = env.review(&c.token).map(|_| ());
+            assert_eq!(got, c.want, "case {:?}", c.name);
+        }
+    }
+
+    fn case(name: &'static str, token: String, want: Result<(), String>) -> Case {
+        Case {
+            name,
+            token,
+            edit: keep,
+            want,
+        }
+    }
+
+    fn extra(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), vec![(*v).to_owned()]))
+            .collect()
+    }
+
+    fn groups() -> Vec<String> {
+        strings(&[
+            "system:serviceaccounts",
+            "system:serviceaccounts:ns",
+            "system:authenticated",
+        ])
+    }
+
+    // ---- success
+
+    #[test]
+    fn pod_bound_token_user_info() {
+        let env = Env::new();
+        let report = env.report(&pod_token());
+        let a = report.outcome.unwrap();
+        assert_eq!(
+            a.user,
+            UserInfo {
+                username: USERNAME.into(),
+                uid: "sa-uid".into(),
+                groups: groups(),
+                extra: extra(&[
+                    (
+                        EXTRA_CREDENTIAL_ID,
+                        "JTI=0f8e6a2c-1d3b-4c5e-9f7a-8b6c4d2e0f1a"
+                    ),
+                    (EXTRA_NODE_NAME, "node-a"),
+                    (EXTRA_NODE_UID, "node-uid"),
+                    (EXTRA_POD_NAME, "web-0"),
+                    (EXTRA_POD_UID, "pod-uid"),
+                ]),
+            }
+        );
+        assert_eq!(
+            a.user.extra.keys().collect::<Vec<_>>(),
+            [
+                "authentication.kubernetes.io/credential-id",
+                "authentication.kubernetes.io/node-name",
+                "authentication.kubernetes.io/node-uid",
+                "authentication.kubernetes.io/pod-name",
+                "authentication.kubernetes.io/pod-uid",
+            ]
+        );
+        assert_eq!(a.audiences, strings(&[ISSUER]));
+        assert!(!a.stale);
+        assert!(!a.legacy);
+        assert!(a.warnings.is_empty());
+        assert_eq!(a.legacy_secret, None);
+        assert_eq!(a.credential_id, format!("JTI={JTI}"));
+        assert_eq!(a.expires_at, Some(NOW + 3600));
+        assert!(report.audit_annotations.is_empty());
+        assert_eq!(report.legacy_secret, None);
+        assert_eq!(env.verifier.calls.get(), 1);
+    }
+
+    #[test]
+    fn bindings_and_extras() {
+        let env = Env::new();
+
+        // Unbound, no jti: no extras at all.
+        let t = sign(&claims_with(
+            Binding::None,
+            &plan(&[ISSUER], NOW, NOW + 3600, None),
+            "",
+        ));
+        let a = env.review(&t).unwrap();
+        assert_eq!(a.user.extra, BTreeMap::new());
+        assert_eq!(a.credential_id, "");
+        assert_eq!(a.user.username, USERNAME);
+        assert_eq!(a.user.groups, groups());
+
+        // Secret-bound.
+        let a = env
+            .review(&bound_token(Binding::Secret(ObjectRef::new(
+                "s",
+                "secret-uid",
+            ))))
+            .unwrap();
+        assert_eq!(
+            a.user.extra,
+            extra(&[(
+                EXTRA_CREDENTIAL_ID,
+                "JTI=0f8e6a2c-1d3b-4c5e-9f7a-8b6c4d2e0f1a"
+            )])
+        );
+
+        // Node-bound: node extras, no pod extras.
+        let a = env
+            .review(&bound_token(Binding::Node(ObjectRef::new(
+                "node-a", "node-uid",
+            ))))
+            .unwrap();
+        assert_eq!(
+            a.user.extra,
+            extra(&[
+                (
+                    EXTRA_CREDENTIAL_ID,
+                    "JTI=0f8e6a2c-1d3b-4c5e-9f7a-8b6c4d2e0f1a"
+                ),
+                (EXTRA_NODE_NAME, "node-a"),
+                (EXTRA_NODE_UID, "node-uid"),
+            ])
+        );
+
+        // Pod-bound, pod not scheduled: pod extras only.
+        let a = env
+            .review(&bound_token(Binding::Pod {
+                pod: ObjectRef::new("web-0", "pod-uid"),
+                node: None,
+            }))
+            .unwrap();
+        assert!(a.user.extra.contains_key(EXTRA_POD_NAME));
+        assert!(!a.user.extra.contains_key(EXTRA_NODE_NAME));
+
+        // Pod-bound whose node stub has no uid: node-name only.
+        let a = env
+            .review(&bound_token(Binding::Pod {
+                pod: ObjectRef::new("web-0", "pod-uid"),
+                node: Some(ObjectRef::new("node-gone", "")),
+            }))
+            .unwrap();
+        assert_eq!(a.user.extra[EXTRA_NODE_NAME], strings(&["node-gone"]));
+        assert!(!a.user.extra.contains_key(EXTRA_NODE_UID));
+    }
+
+    #[test]
+    fn pod_bound_token_survives_its_node() {
+        // §12: for pod-bound tokens the node is informational; it is never looked up.
+        let mut env = Env::new();
+        env.world.nodes.clear();
+        let a = env.review(&pod_token()).unwrap();
+        assert_eq!(a.user.extra[EXTRA_NODE_NAME], strings(&["node-a"]));
+        assert_eq!(a.user.extra[EXTRA_NODE_UID], strings(&["node-uid"]));
+
+        // Even a node uid mismatch does not matter.
+        env.world
+            .nodes
+            .insert("node-a".into(), live("another-node-uid"));
+        assert!(env.review(&pod_token()).is_ok());
+    }
+
+    #[test]
+    fn claim_shapes_go_jose_accepts() {
+        let env = Env::new();
+        let sa =
+            r#""kubernetes.io":{"namespace":"ns","serviceaccount":{"name":"sa","uid":"sa-uid"}}"#;
+        let cases = [
+            (
+                "aud string",
+                format!(r#"{{"iss":"{ISSUER}","aud":"{ISSUER}",{sa}}}"#),
+            ),
+            (
+                "float dates",
+                format!(
+                    r#"{{"iss":"{ISSUER}","aud":["{ISSUER}"],"exp":1700003600.9,"iat":1.7e9,"nbf":1699999999.5,{sa}}}"#
+                ),
+            ),
+            (
+                "no dates",
+                format!(r#"{{"iss":"{ISSUER}","aud":["{ISSUER}"],{sa}}}"#),
+            ),
+            (
+                "nulls",
+                format!(
+                    r#"{{"iss":"{ISSUER}","aud":["{ISSUER}"],"exp":null,"jti":null,"sub":null,"kubernetes.io":{{"namespace":"ns","pod":null,"serviceaccount":{{"name":"sa","uid":"sa-uid"}}}}}}"#
+                ),
+            ),
+            (
+                "unknown claims",
+                format!(
+                    r#"{{"iss":"{ISSUER}","aud":["{ISSUER}"],"x":[[[[{{"y":1}}]]]],"ISS":7,{sa}}}"#
+                ),
+            ),
+        ];
+        for (name, json) in cases {
+            let a = env.review(&payload_token(&json));
+            assert!(a.is_ok(), "{name}: {a:?}");
+        }
+        let a = env.review(&payload_token(&cases_exp_float())).unwrap();
+        assert_eq!(a.expires_at, Some(NOW + 3600));
+    }
+
+    fn cases_exp_float() -> String {
+        format!(
+            r#"{{"iss":"{ISSUER}","aud":["{ISSUER}"],"exp":1700003600.9,"kubernetes.io":{{"namespace":"ns","serviceaccount":{{"name":"sa","uid":"sa-uid"}}}}}}"#
+        )
+    }
+
+    // ---- signature and header attacks
+
+    #[test]
+    fn signature_attacks() {
+        let token = pod_token();
+        let (h, p, s) = segments(&token);
+        let payload = URL_SAFE_NO_PAD.decode(&p).unwrap();
+        let payload_str = String::from_utf8(payload.clone()).unwrap();
+        let with_header = |header: &str| format!("{}.{p}.{s}", b64e(header.as_bytes()));
+        let tampered = payload_str.replace(USERNAME, "system:serviceaccount:ns:admin");
+        assert_ne!(tampered, payload_str);
+        let tampered_sa = payload_str.replace(r#""name":"sa""#, r#""name":"admin""#);
+        assert_ne!(tampered_sa, payload_str);
+
+        let cases = vec![
+            case(
+                "alg none, empty signature",
+                format!("{}.{p}.", b64e(br#"{"alg":"none","kid":"key-1"}"#)),
+                err(UNSUPPORTED_ALGORITHM),
+            ),
+            case(
+                "alg none, no kid",
+                format!("{}.{p}.", b64e(br#"{"alg":"none"}"#)),
+                err(UNSUPPORTED_ALGORITHM),
+            ),
+            case(
+                "alg NoNe",
+                format!("{}.{p}.{s}", b64e(br#"{"alg":"NoNe","kid":"key-1"}"#)),
+                err(UNSUPPORTED_ALGORITHM),
+            ),
+            case(
+                "alg HS256 keyed with the key id",
+                sign_with(r#"{"alg":"HS256","kid":"key-1"}"#, &payload, KID.as_bytes()),
+                err(UNSUPPORTED_ALGORITHM),
+            ),
+            case(
+                "alg hs512",
+                sign_with(r#"{"alg":"hs512","kid":"key-1"}"#, &payload, SECRET),
+                err(UNSUPPORTED_ALGORITHM),
+            ),
+            case(
+                "alg empty",
+                sign_with(r#"{"alg":"","kid":"key-1"}"#, &payload, SECRET),
+                err(UNSUPPORTED_ALGORITHM),
+            ),
+            case(
+                "kid pointing nowhere",
+                sign_with(r#"{"alg":"RS256","kid":"no-such-key"}"#, &payload, SECRET),
+                err(NO_KEYS_FOUND),
+            ),
+            case(
+                "kid path traversal",
+                sign_with(
+                    r#"{"alg":"RS256","kid":"../../etc/passwd"}"#,
+                    &payload,
+                    SECRET,
+                ),
+                err(NO_KEYS_FOUND),
+            ),
+            case(
+                "kid SQL",
+                sign_with(r#"{"alg":"RS256","kid":"' OR 1=1 --"}"#, &payload, SECRET),
+                err(NO_KEYS_FOUND),
+            ),
+            case(
+                "kid with escapes and NUL",
+                sign_with(
+                    r#"{"alg":"RS256","kid":"key-1\u0000\"\\"}"#,
+                    &payload,
+                    SECRET,
+                ),
+                err(NO_KEYS_FOUND),
+            ),
+            case(
+                "kid a prefix of a real one",
+                sign_with(r#"{"alg":"RS256","kid":"key-"}"#, &payload, SECRET),
+                err(NO_KEYS_FOUND),
+            ),
+            case(
+                "header alg swapped, signature kept",
+                with_header(r#"{"alg":"ES256","kid":"key-1"}"#),
+                err(UNSUPPORTED_ALGORITHM),
+            ),
+            case(
+                "header alg swapped to RS384",
+                with_header(r#"{"alg":"RS384","kid":"key-1"}"#),
+                err(UNSUPPORTED_ALGORITHM),
+            ),
+            case(
+                "header kid swapped to the other key",
+                with_header(r#"{"alg":"ES256","kid":"key-2"}"#),
+                err(INVALID_SIGNATURE),
+            ),
+            case(
+                "header gains a typ, signature kept",
+                with_header(r#"{"alg":"RS256","kid":"key-1","typ":"JWT"}"#),
+                err(INVALID_SIGNATURE),
+            ),
+            case(
+                "payload tampered: sub",
+                format!("{h}.{}.{s}", b64e(tampered.as_bytes())),
+                err(INVALID_SIGNATURE),
+            ),
+            case(
+                "payload tampered: service account",
+                format!("{h}.{}.{s}", b64e(tampered_sa.as_bytes())),
+                err(INVALID_SIGNATURE),
+            ),
+            case(
+                "signature from another key with the same kid",
+                sign_with(HEADER, &payload, b"attacker-secret"),
+                err(INVALID_SIGNATURE),
+            ),
+            case(
+                "empty signature",
+                format!("{h}.{p}."),
+                err(INVALID_SIGNATURE),
+            ),
+            case(
+                "signature of another token",
+                format!("{h}.{p}.{}", segments(&legacy_token()).2),
+                err(INVALID_SIGNATURE),
+            ),
+            case(
+                "no kid, no key verifies: every key tried",
+                sign_with(r#"{"alg":"RS256"}"#, &payload, b"attacker-secret"),
+                err("[invalid signature, invalid signature, unsupported algorithm]"),
+            ),
+            case(
+                "no kid, second key verifies",
+                sign_with(r#"{"alg":"ES256"}"#, &payload, SECRET2),
+                Ok(()),
+            ),
+            case(
+                "embedded attacker jwk is ignored",
+                sign_with(
+                    r#"{"alg":"RS256","kid":"attacker","jwk":{"kty":"oct","k":"YXR0YWNrZXI"}}"#,
+                    &payload,
+                    b"attacker",
+                ),
+                err(NO_KEYS_FOUND),
+            ),
+            case(
+                "jku header is ignored",
+                sign_with(
+                    r#"{"alg":"RS256","kid":"key-1","jku":"https://evil.example/jwks"}"#,
+                    &payload,
+                    b"attacker",
+                ),
+                err(INVALID_SIGNATURE),
+            ),
+            case(
+                "crit header",
+                sign_with(
+                    r#"{"alg":"RS256","kid":"key-1","crit":["b64"],"b64":false}"#,
+                    &payload,
+                    SECRET,
+                ),
+                err(UNSUPPORTED_CRITICAL_HEADER),
+            ),
+            case(
+                "empty crit is fine",
+                sign_with(
+                    r#"{"alg":"RS256","kid":"key-1","crit":[]}"#,
+                    &payload,
+                    SECRET,
+                ),
+                Ok(()),
+            ),
+            case(
+                "duplicate alg in the header",
+                sign_with(
+                    r#"{"alg":"RS256","alg":"none","kid":"key-1"}"#,
+                    &payload,
+                    SECRET,
+                ),
+                err(MALFORMED_TOKEN),
+            ),
+            case(
+                "header without alg",
+                sign_with(r#"{"kid":"key-1"}"#, &payload, SECRET),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "header alg not a string",
+                sign_with(r#"{"alg":["RS256"],"kid":"key-1"}"#, &payload, SECRET),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "header kid not a string",
+                sign_with(r#"{"alg":"RS256","kid":1}"#, &payload, SECRET),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "header not an object",
+                sign_with(r#"["RS256"]"#, &payload, SECRET),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "header not JSON",
+                sign_with("alg=RS256", &payload, SECRET),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case("the real token", token.clone(), Ok(())),
+        ];
+        check(cases);
+    }
+
+    #[test]
+    fn unsupported_algorithms_never_reach_the_verifier() {
+        let payload = claims_with(pod_binding(), &plan(&[ISSUER], NOW, NOW + 3600, None), JTI);
+        for alg in [
+            "none", "None", "NONE", "HS256", "HS384", "HS512", "hs256", "",
+        ] {
+            let env = Env::new();
+            let header = format!(r#"{{"alg":"{alg}","kid":"key-1"}}"#);
+            for token in [
+                sign_with(&header, &payload, SECRET),
+                sign_with(&header, &payload, KID.as_bytes()),
+                format!("{}.{}.", b64e(header.as_bytes()), b64e(&payload)),
+            ] {
+                assert_eq!(
+                    env.review(&token),
+                    Err(UNSUPPORTED_ALGORITHM.into()),
+                    "{alg}"
+                );
+            }
+            assert_eq!(env.verifier.calls.get(), 0, "{alg}");
+        }
+    }
+
+    // ---- structure
+
+    #[test]
+    fn structural_garbage_is_not_mine() {
+        let token = pod_token();
+        let (h, p, s) = segments(&token);
+        let payload = URL_SAFE_NO_PAD.decode(&p).unwrap();
+        let iss_only = |json: &str| format!("{h}.{}.{s}", b64e(json.as_bytes()));
+        let cases = vec![
+            case("empty", String::new(), err(INVALID_BEARER_TOKEN)),
+            case("one part", h.clone(), err(INVALID_BEARER_TOKEN)),
+            case("two parts", format!("{h}.{p}"), err(INVALID_BEARER_TOKEN)),
+            case(
+                "four parts",
+                format!("{token}.{s}"),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "trailing dot",
+                format!("{token}."),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case("dots only", "..".into(), err(INVALID_BEARER_TOKEN)),
+            case(
+                "JSON serialization",
+                format!(r#"{{"payload":"{p}"}}"#),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "leading brace after spaces",
+                format!(" \t{{.{p}.{s}"),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "padded header",
+                format!("{h}=.{p}.{s}"),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "padded payload",
+                format!("{h}.{p}==.{s}"),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "padded signature",
+                format!("{h}.{p}.{s}="),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "standard alphabet in payload",
+                format!("{h}.+{p}.{s}"),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "slash in header",
+                format!("/{h}.{p}.{s}"),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "star in signature",
+                format!("{h}.{p}.{s}*"),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "newline in signature",
+                format!("{h}.{p}.{s}\n"),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "space in payload",
+                format!("{h}. {p}.{s}"),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "non-ASCII",
+                format!("{h}.{p}é.{s}"),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "payload truncated by one char",
+                format!("{h}.{}.{s}", &p[..p.len() - 1]),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "payload not JSON",
+                iss_only("not json"),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "payload array",
+                iss_only(r#"[{"iss":"https://issuer.example"}]"#),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case("payload null", iss_only("null"), err(INVALID_BEARER_TOKEN)),
+            case(
+                "payload string",
+                iss_only(r#""https://issuer.example""#),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "payload with trailing garbage",
+                iss_only(r#"{"iss":"https://issuer.example"} x"#),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "payload invalid UTF-8",
+                format!(
+                    "{h}.{}.{s}",
+                    b64e(b"{\"iss\":\"https://issuer.example\xff\"}")
+                ),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "payload lone surrogate",
+                iss_only(r#"{"iss":"https://issuer.example","x":"\ud800"}"#),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "wrong issuer",
+                payload_token(r#"{"iss":"https://evil.example"}"#),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "issuer case",
+                payload_token(r#"{"iss":"HTTPS://ISSUER.EXAMPLE"}"#),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "issuer with trailing slash",
+                payload_token(r#"{"iss":"https://issuer.example/"}"#),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "no issuer",
+                payload_token(r#"{"sub":"system:serviceaccount:ns:sa"}"#),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "issuer not a string",
+                payload_token(r#"{"iss":["https://issuer.example"]}"#),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case(
+                "header bad base64",
+                format!("{h}*.{p}.{s}"),
+                err(INVALID_BEARER_TOKEN),
+            ),
+            case("control", sign(&payload), Ok(())),
+        ];
+        check(cases);
+    }
+
+    #[test]
+    fn non_canonical_base64_is_refused() {
+        // "{}" → "e30"; "e31" decodes to the same bytes with non-zero trailing bits.
+        let env = Env::new();
+        let payload = format!(r#"{{"iss":"{ISSUER}"}}"#);
+        let good = sign(payload.as_bytes());
+        let (h, p, s) = segments(&good);
+        assert_eq!(URL_SAFE_NO_PAD.decode(&s).unwrap().len(), 32);
+        // 32 bytes → 43 chars, 2 trailing bits; flip one of them.
+        let last = s.chars().last().unwrap();
+        let idx = base64_index(last);
+        let bumped = base64_char(idx ^ 1);
+        let odd = format!("{}{bumped}", &s[..s.len() - 1]);
+        assert_eq!(
+            env.review(&format!("{h}.{p}.{odd}")),
+            Err(INVALID_BEARER_TOKEN.into())
+        );
+    }
+
+    fn base64_index(c: char) -> u8 {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        u8::try_from(A.iter().position(|&x| x == c as u8).unwrap()).unwrap()
+    }
+
+    fn base64_char(i: u8) -> char {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        A[usize::from(i)] as char
+    }
+
+    #[test]
+    fn duplicate_claims_are_malformed() {
+        let cases = vec![
+            case(
+                "iss twice",
+                payload_token(r#"{"iss":"a","iss":"b"}"#),
+                err(MALFORMED_TOKEN),
+            ),
+            case(
+                "iss twice, same value",
+                payload_token(r#"{"iss":"https://issuer.example","iss":"https://issuer.example"}"#),
+                err(MALFORMED_TOKEN),
+            ),
+            case(
+                "sub twice",
+                payload_token(&format!(r#"{{"iss":"{ISSUER}","sub":"a","sub":"b"}}"#)),
+                err(MALFORMED_TOKEN),
+            ),
+            case(
+                "nested duplicate",
+                payload_token(&format!(
+                    r#"{{"iss":"{ISSUER}","kubernetes.io":{{"namespace":"ns","namespace":"kube-system"}}}}"#
+                )),
+                err(MALFORMED_TOKEN),
+            ),
+            case(
+                "escaped duplicate",
+                payload_token(&format!(
+                    r#"{{"iss":"{ISSUER}","aud":["a"],"\u0061ud":["b"]}}"#
+                )),
+                err(MALFORMED_TOKEN),
+            ),
+        ];
+        check(cases);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        let mut env = Env::new();
+        for depth in [129usize, 200, 20_000] {
+            let json = format!(
+                r#"{{"iss":"{ISSUER}","x":{}{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            assert_eq!(
+                env.review(&payload_token(&json)),
+                Err(INVALID_BEARER_TOKEN.into()),
+                "{depth}"
+            );
+            let json = format!(
+                r#"{{"iss":"{ISSUER}","x":{}1{}}}"#,
+                r#"{"a":"#.repeat(depth),
+                "}".repeat(depth)
+            );
+            assert!(env.review(&payload_token(&json)).is_err(), "{depth}");
+        }
+        // A million levels with the length cap lifted: still no stack overflow.
+        env.settings.max_token_len = 16 << 20;
+        let depth = 1_000_000;
+        let json = format!(
+            r#"{{"iss":"{ISSUER}","x":{}{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        assert_eq!(
+            env.review(&payload_token(&json)),
+            Err(INVALID_BEARER_TOKEN.into())
+        );
+        // Nesting within serde_json's limit is just an unknown claim.
+        let json = format!(
+            r#"{{"iss":"{ISSUER}","aud":["{ISSUER}"],"x":{}{},"kubernetes.io":{{"namespace":"ns","serviceaccount":{{"name":"sa","uid":"sa-uid"}}}}}}"#,
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert!(env.review(&payload_token(&json)).is_ok());
+        assert_eq!(env.verifier.calls.get(), 1);
+    }
+
+    #[test]
+    fn oversized_tokens_are_refused_by_length() {
+        let env = Env::new();
+        let huge = "a".repeat(1 << 20);
+        assert_eq!(
+            env.review(&huge),
+            Err("token is too long: 1048576 bytes, at most 65536 are allowed".into())
+        );
+        // A well-formed, signed token over the limit too.
+        let padding = "x".repeat(70_000);
+        let json = format!(r#"{{"iss":"{ISSUER}","pad":"{padding}"}}"#);
+        let t = payload_token(&json);
+        assert!(
+            env.review(&t)
+                .unwrap_err()
+                .starts_with("token is too long: ")
+        );
+        assert_eq!(env.verifier.calls.get(), 0);
+
+        // Exactly at the limit is decoded.
+        let mut env = Env::new();
+        let t = pod_token();
+        env.settings.max_token_len = t.len();
+        assert!(env.review(&t).is_ok());
+        env.settings.max_token_len = t.len() - 1;
+        assert!(env.review(&t).unwrap_err().starts_with("token is too long"));
+        // 0 means the default.
+        env.settings.max_token_len = 0;
+        assert!(env.review(&t).is_ok());
+        assert!(
+            env.review(&huge)
+                .unwrap_err()
+                .ends_with("at most 65536 are allowed")
+        );
+    }
+
+    #[test]
+    fn claims_of_the_wrong_type_are_malformed() {
+        let sa =
+            r#""kubernetes.io":{"namespace":"ns","serviceaccount":{"name":"sa","uid":"sa-uid"}}"#;
+        let cases = [
+            format!(r#"{{"iss":"{ISSUER}","aud":1,{sa}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","aud":["{ISSUER}",1],{sa}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","aud":["{ISSUER}",null],{sa}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","aud":{{"a":1}},{sa}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","exp":"1700003600",{sa}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","exp":true,{sa}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","exp":1e300,{sa}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","exp":-1e19,{sa}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","exp":18446744073709551615,{sa}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","nbf":[1],{sa}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","sub":1,{sa}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","jti":{{}},{sa}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","kubernetes.io":[]}}"#),
+            format!(r#"{{"iss":"{ISSUER}","kubernetes.io":{{"namespace":1}}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","kubernetes.io":{{"serviceaccount":"sa"}}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","kubernetes.io":{{"pod":{{"name":1}}}}}}"#),
+            format!(r#"{{"iss":"{ISSUER}","kubernetes.io":{{"warnafter":"soon"}}}}"#),
+        ];
+        let env = Env::new();
+        for json in cases {
+            assert_eq!(
+                env.review(&payload_token(&json)),
+                Err(MALFORMED_TOKEN.into()),
+                "{json}"
+            );
+        }
+        // Before the signature is checked, types are not looked at.
+        let json = format!(r#"{{"iss":"{ISSUER}","aud":1}}"#);
+        let t = sign_with(HEADER, json.as_bytes(), b"attacker");
+        assert_eq!(env.review(&t), Err(INVALID_SIGNATURE.into()));
+    }
+
+    // ---- time
+
+    #[test]
+    fn time_checks_with_leeway() {
+        let iat_only = |iat: i64| {
+            payload_token(&format!(
+                r#"{{"iss":"{ISSUER}","aud":["{ISSUER}"],"iat":{iat},"kubernetes.io":{{"namespace":"ns","serviceaccount":{{"name":"sa","uid":"sa-uid"}}}}}}"#
+            ))
+        };
+        let cases = vec![
+            case(
+                "exp exactly 60 s ago",
+                timed_token(NOW - 3600, NOW - 60),
+                Ok(()),
+            ),
+            case(
+                "exp 61 s ago",
+                timed_token(NOW - 3600, NOW - 61),
+                err(TOKEN_EXPIRED),
+            ),
+            case("exp long ago", timed_token(1, 2), err(TOKEN_EXPIRED)),
+            case("exp now", timed_token(NOW - 3600, NOW), Ok(())),
+            case("nbf in 60 s", timed_token(NOW + 60, NOW + 3600), Ok(())),
+            case(
+                "nbf in 61 s",
+                timed_token(NOW + 61, NOW + 3600),
+                err(TOKEN_NOT_VALID_YET),
+            ),
+            case("iat in 60 s", iat_only(NOW + 60), Ok(())),
+            case(
+                "iat in 61 s",
+                iat_only(NOW + 61),
+                err(TOKEN_ISSUED_IN_FUTURE),
+            ),
+            case(
+                "nbf checked before exp",
+                timed_token(NOW + 61, NOW - 61),
+                err(TOKEN_NOT_VALID_YET),
+            ),
+            case(
+                "exp checked before iat",
+                payload_token(&format!(
+                    r#"{{"iss":"{ISSUER}","aud":["{ISSUER}"],"iat":{},"exp":{}}}"#,
+                    NOW + 61,
+                    NOW - 61
+                )),
+                err(TOKEN_EXPIRED),
+            ),
+            case("negative exp", timed_token(-10, -5), err(TOKEN_EXPIRED)),
+            case(
+                "exp as a float just beyond the leeway",
+                payload_token(&format!(
+                    r#"{{"iss":"{ISSUER}","aud":["{ISSUER}"],"exp":{}.99}}"#,
+                    NOW - 61
+                )),
+                err(TOKEN_EXPIRED),
+            ),
+        ];
+        check(cases);
+
+        // Sub-second now: the comparison is exact, as Go's time.Time.
+        let mut env = Env::new();
+        env.now = now() + Duration::from_millis(500);
+        assert_eq!(
+            env.review(&timed_token(NOW - 3600, NOW - 60)),
+            Err(TOKEN_EXPIRED.into())
+        );
+        assert!(env.review(&timed_token(NOW + 60, NOW + 3600)).is_ok());
+
+        // A different leeway.
+        let mut env = Env::new();
+        env.settings.leeway = Duration::ZERO;
+        assert_eq!(
+            env.review(&timed_token(NOW - 3600, NOW - 1)),
+            Err(TOKEN_EXPIRED.into())
+        );
+        assert!(env.review(&timed_token(NOW - 3600, NOW)).is_ok());
+        assert_eq!(
+            env.review(&timed_token(NOW + 1, NOW + 3600)),
+            Err(TOKEN_NOT_VALID_YET.into())
+        );
+
+        // A clock before 1970 does not overflow anything.
+        let mut env = Env::new();
+        env.now = UNIX_EPOCH - Duration::from_secs(10);
+        assert_eq!(env.review(&pod_token()), Err(TOKEN_NOT_VALID_YET.into()));
+    }
+
+    // ---- audiences
+
+    #[test]
+    fn audiences() {
+        let mut env = Env::new();
+        assert_eq!(
+            env.review(&aud_token(&["vault"])),
+            Err(r#"token audiences ["vault"] is invalid for the target audiences ["https://issuer.example" "https://old.example"]"#.into())
+        );
+        // Audience before expiry (§12).
+        let expired_vault = bound_token_with(Binding::None, &plan(&["vault"], 1, 2, None));
+        assert_eq!(
+            env.review(&expired_vault),
+            Err(r#"token audiences ["vault"] is invalid for the target audiences ["https://issuer.example" "https://old.example"]"#.into())
+        );
+
+        env.requested = strings(&["other"]);
+        assert_eq!(
+            env.review(&aud_token(&["vault", "x\"y"])),
+            Err(
+                r#"token audiences ["vault" "x\"y"] is invalid for the target audiences ["other"]"#
+                    .into()
+            )
+        );
+
+        // Intersection in the order of the request, duplicates kept.
+        env.requested = strings(&["c", "x", "a", "c"]);
+        let a = env.review(&aud_token(&["a", "b", "c"])).unwrap();
+        assert_eq!(a.audiences, strings(&["c", "a", "c"]));
+
+        // Requested empty → the API audiences, in their order.
+        env.requested.clear();
+        let a = env
+            .review(&aud_token(&[OLD_ISSUER, "vault", ISSUER]))
+            .unwrap();
+        assert_eq!(a.audiences, strings(&[ISSUER, OLD_ISSUER]));
+
+        // No API audiences: an empty intersection is no error.
+        env.settings.api_audiences.clear();
+        let a = env.review(&aud_token(&["vault"])).unwrap();
+        assert_eq!(a.audiences, Vec::<String>::new());
+        env.requested = strings(&["vault"]);
+        let a = env.review(&aud_token(&["vault"])).unwrap();
+        assert_eq!(a.audiences, strings(&["vault"]));
+
+        // A bound token without aud gets the API audiences and the legacy annotation.
+        let mut env = Env::new();
+        let json = format!(
+            r#"{{"iss":"{ISSUER}","sub":"{USERNAME}","kubernetes.io":{{"namespace":"ns","serviceaccount":{{"name":"sa","uid":"sa-uid"}}}}}}"#
+        );
+        let report = env.report(&payload_token(&json));
+        assert_eq!(
+            report.outcome.unwrap().audiences,
+            strings(&[ISSUER, OLD_ISSUER])
+        );
+        assert_eq!(
+            report.audit_annotations,
+            vec![(AUDIT_LEGACY_TOKEN.to_owned(), USERNAME.to_owned())]
+        );
+        env.requested = strings(&["vault"]);
+        assert_eq!(
+            env.review(&payload_token(&json)),
+            Err(r#"token audiences ["https://issuer.example" "https://old.example"] is invalid for the target audiences ["vault"]"#.into())
+        );
+    }
+
+    // ---- objects
+
+    fn deleted_at(uid: &str, t: SystemTime) -> ObjectState {
+        ObjectState {
+            uid: uid.into(),
+            deletion_timestamp: Some(t),
+        }
+    }
+
+    #[test]
+    fn service_account_checks() {
+        let cases = vec![
+            Case {
+                name: "missing",
+                token: pod_token(),
+                edit: |e| {
+                    e.world.sas.clear();
+                },
+                want: err(r#"serviceaccounts "sa" not found"#),
+            },
+            Case {
+                name: "uid mismatch",
+                token: pod_token(),
+                edit: |e| {
+                    e.world.sas.insert(k("ns", "sa"), live("new-uid"));
+                },
+                want: err("service account UID (new-uid) does not match claim (sa-uid)"),
+            },
+            Case {
+                name: "deleted a second ago, no leeway",
+                token: pod_token(),
+                edit: |e| {
+                    e.world
+                        .sas
+                        .insert(k("ns", "sa"), deleted_at("sa-uid", at(NOW - 1)));
+                },
+                want: err("service account ns/sa has been deleted"),
+            },
+            Case {
+                name: "deletion timestamp now",
+                token: pod_token(),
+                edit: |e| {
+                    e.world
+                        .sas
+                        .insert(k("ns", "sa"), deleted_at("sa-uid", now()));
+                },
+                want: Ok(()),
+            },
+            Case {
+                name: "deleted a second ago, Kubernetes leeway",
+                token: pod_token(),
+                edit: |e| {
+                    e.settings.deletion_leeway = DEFAULT_LEEWAY;
+                    e.world
+                        .sas
+                        .insert(k("ns", "sa"), deleted_at("sa-uid", at(NOW - 1)));
+                },
+                want: Ok(()),
+            },
+            Case {
+                name: "deleted 61 s ago, Kubernetes leeway",
+                token: pod_token(),
+                edit: |e| {
+                    e.settings.deletion_leeway = DEFAULT_LEEWAY;
+                    e.world
+                        .sas
+                        .insert(k("ns", "sa"), deleted_at("sa-uid", at(NOW - 61)));
+                },
+                want: err("service account ns/sa has been deleted"),
+            },
+            Case {
+                name: "uid checked before deletion",
+                token: pod_token(),
+                edit: |e| {
+                    e.world
+                        .sas
+                        .insert(k("ns", "sa"), deleted_at("new-uid", at(NOW - 100)));
+                },
+                want: err("service account UID (new-uid) does not match claim (sa-uid)"),
+            },
+            Case {
+                name: "service account before pod",
+                token: pod_token(),
+                edit: |e| {
+                    e.world.sas.clear();
+                    e.world.pods.clear();
+                },
+                want: err(r#"serviceaccounts "sa" not found"#),
+            },
+            Case {
+                name: "missing, token without kubernetes.io",
+                token: payload_token(&format!(r#"{{"iss":"{ISSUER}","aud":["{ISSUER}"]}}"#)),
+                edit: keep,
+                want: err("resource name may not be empty"),
+            },
+        ];
+        check(cases);
+    }
+
+    #[test]
+    fn bound_object_checks() {
+        let secret_token = bound_token(Binding::Secret(ObjectRef::new("s", "secret-uid")));
+        let node_token = bound_token(Binding::Node(ObjectRef::new("node-a", "node-uid")));
+        let cases = vec![
+            Case {
+                name: "pod missing",
+                token: pod_token(),
+                edit: |e| {
+                    e.world.pods.clear();
+                },
+                want: err(TOKEN_INVALIDATED),
+            },
+            Case {
+                name: "pod uid mismatch",
+                token: pod_token(),
+                edit: |e| {
+                    e.world.pods.insert(k("ns", "web-0"), live("pod-uid-2"));
+                },
+                want: err(
+                    "pod UID (pod-uid-2) does not match service account pod ref claim (pod-uid)",
+                ),
+            },
+            Case {
+                name: "pod deleted, no leeway",
+                token: pod_token(),
+                edit: |e| {
+                    e.world
+                        .pods
+                        .insert(k("ns", "web-0"), deleted_at("pod-uid", at(NOW - 1)));
+                },
+                want: err(TOKEN_INVALIDATED),
+            },
+            Case {
+                name: "pod deleted 30 s ago, 60 s leeway",
+                token: pod_token(),
+                edit: |e| {
+                    e.settings.deletion_leeway = DEFAULT_LEEWAY;
+                    e.world
+                        .pods
+                        .insert(k("ns", "web-0"), deleted_at("pod-uid", at(NOW - 30)));
+                },
+                want: Ok(()),
+            },
+            Case {
+                name: "pod deleted exactly 60 s ago, 60 s leeway",
+                token: pod_token(),
+                edit: |e| {
+                    e.settings.deletion_leeway = DEFAULT_LEEWAY;
+                    e.world
+                        .pods
+                        .insert(k("ns", "web-0"), deleted_at("pod-uid", at(NOW - 60)));
+                },
+                want: Ok(()),
+            },
+            Case {
+                name: "pod deleted 61 s ago, 60 s leeway",
+                token: pod_token(),
+                edit: |e| {
+                    e.settings.deletion_leeway = DEFAULT_LEEWAY;
+                    e.world
+                        .pods
+                        .insert(k("ns", "web-0"), deleted_at("pod-uid", at(NOW - 61)));
+                },
+                want: err(TOKEN_INVALIDATED),
+            },
+            Case {
+                name: "pod in graceful deletion (timestamp in the future)",
+                token: pod_token(),
+                edit: |e| {
+                    e.world
+                        .pods
+                        .insert(k("ns", "web-0"), deleted_at("pod-uid", at(NOW + 30)));
+                },
+                want: Ok(()),
+            },
+            Case {
+                name: "secret missing",
+                token: secret_token.clone(),
+                edit: |e| {
+                    e.world.secrets.remove(&k("ns", "s"));
+                },
+                want: err(TOKEN_INVALIDATED),
+            },
+            Case {
+                name: "secret uid mismatch",
+                token: secret_token.clone(),
+                edit: |e| {
+                    e.world.secrets.get_mut(&k("ns", "s")).unwrap().uid = "secret-uid-2".into();
+                },
+                want: err(
+                    "secret UID (secret-uid-2) does not match service account secret ref claim (secret-uid)",
+                ),
+            },
+            Case {
+                name: "secret deleted",
+                token: secret_token.clone(),
+                edit: |e| {
+                    e.world
+                        .secrets
+                        .get_mut(&k("ns", "s"))
+                        .unwrap()
+                        .deletion_timestamp = Some(at(NOW - 1));
+                },
+                want: err(TOKEN_INVALIDATED),
+            },
+            Case {
+                name: "node-bound, node gone",
+                token: node_token.clone(),
+                edit: |e| {
+                    e.world.nodes.clear();
+                },
+                want: err(TOKEN_INVALIDATED),
+            },
+            Case {
+                name: "node-bound, node recreated",
+                token: node_token.clone(),
+                edit: |e| {
+                    e.world.nodes.insert("node-a".into(), live("node-uid-2"));
+                },
+                want: err(
+                    "node UID (node-uid-2) does not match service account node ref claim (node-uid)",
+                ),
+            },
+            Case {
+                name: "node-bound, node deleted",
+                token: node_token.clone(),
+                edit: |e| {
+                    e.world
+                        .nodes
+                        .insert("node-a".into(), deleted_at("node-uid", at(NOW - 1)));
+                },
+                want: err(TOKEN_INVALIDATED),
+            },
+            Case {
+                name: "node-bound, node deleted within leeway",
+                token: node_token.clone(),
+                edit: |e| {
+                    e.settings.deletion_leeway = DEFAULT_LEEWAY;
+                    e.world
+                        .nodes
+                        .insert("node-a".into(), deleted_at("node-uid", at(NOW - 1)));
+                },
+                want: Ok(()),
+            },
+            Case {
+                name: "pod-bound, node gone",
+                token: pod_token(),
+                edit: |e| {
+                    e.world.nodes.clear();
+                },
+                want: Ok(()),
+            },
+            Case {
+                name: "revoked jti",
+                token: pod_token(),
+                edit: |e| {
+                    e.world.revoked.insert(JTI.into());
+                },
+                want: err(TOKEN_REVOKED),
+            },
+            Case {
+                name: "another jti revoked",
+                token: pod_token(),
+                edit: |e| {
+                    e.world.revoked.insert("other".into());
+                },
+                want: Ok(()),
+            },
+            Case {
+                name: "Kubernetes checks come before revocation",
+                token: pod_token(),
+                edit: |e| {
+                    e.world.revoked.insert(JTI.into());
+                    e.world.pods.clear();
+                },
+                want: err(TOKEN_INVALIDATED),
+            },
+        ];
+        check(cases);
+
+        // Revocation only looks at non-empty jtis.
+        let mut env = Env::new();
+        env.world.revoked.insert(String::new());
+        let t = sign(&claims_with(
+            Binding::None,
+            &plan(&[ISSUER], NOW, NOW + 3600, None),
+            "",
+        ));
+        assert!(env.review(&t).is_ok());
+    }
+
+    #[test]
+    fn warnafter_marks_stale_tokens() {
+        let year = 365 * 24 * 3600;
+        let stale = bound_token_with(
+            pod_binding(),
+            &plan(&[ISSUER], NOW - 4000, NOW - 4000 + year, Some(NOW - 10)),
+        );
+        let env = Env::new();
+        let report = env.report(&stale);
+        let a = report.outcome.unwrap();
+        assert!(a.stale);
+        assert_eq!(a.expires_at, Some(NOW - 4000 + year));
+        assert_eq!(
+            report.audit_annotations,
+            vec![(
+                AUDIT_STALE_TOKEN.to_owned(),
+                "subject: system:serviceaccount:ns:sa, seconds after warning threshold: 10"
+                    .to_owned()
+            )]
+        );
+
+        for (warn, want) in [(NOW + 10, false), (NOW, false), (NOW - 1, true), (0, false)] {
+            let t = bound_token_with(
+                pod_binding(),
+                &plan(&[ISSUER], NOW - 100, NOW + year, Some(warn)),
+            );
+            assert_eq!(env.review(&t).unwrap().stale, want, "{warn}");
+        }
+        // Sub-second: now is after warnafter.
+        let mut env = Env::new();
+        env.now = now() + Duration::from_millis(1);
+        let t = bound_token_with(
+            pod_binding(),
+            &plan(&[ISSUER], NOW - 100, NOW + year, Some(NOW)),
+        );
+        assert!(env.review(&t).unwrap().stale);
+    }
+
+    // ---- legacy tokens
+
+    fn legacy_env(token: &str) -> Env {
+        let mut env = Env::new();
+        env.world
+            .secrets
+            .insert(k("ns", LEGACY_SECRET), legacy_secret_state(token));
+        env
+    }
+
+    #[test]
+    fn legacy_token_success() {
+        let env = Env::new();
+        let report = env.report(&legacy_token());
+        let a = report.outcome.unwrap();
+        assert_eq!(
+            a,
+            Authenticated {
+                user: UserInfo {
+                    username: USERNAME.into(),
+                    uid: "sa-uid".into(),
+                    groups: groups(),
+                    extra: BTreeMap::new(),
+                },
+                audiences: strings(&[ISSUER, OLD_ISSUER]),
+                stale: false,
+                legacy: true,
+                warnings: Vec::new(),
+                legacy_secret: Some(("ns".into(), LEGACY_SECRET.into())),
+                credential_id: String::new(),
+                expires_at: None,
+            }
+        );
+        assert_eq!(
+            report.audit_annotations,
+            vec![
+                (AUDIT_LEGACY_TOKEN.to_owned(), USERNAME.to_owned()),
+                (
+                    AUDIT_LEGACY_TOKEN_MANUAL.to_owned(),
+                    LEGACY_SECRET.to_owned()
+                ),
+            ]
+        );
+        assert_eq!(
+            report.legacy_secret,
+            Some(("ns".into(), LEGACY_SECRET.into()))
+        );
+
+        // Auto-generated: a warning.
+        let mut env = Env::new();
+        env.world
+            .sa_secrets
+            .insert(k("ns", "sa"), strings(&["other", LEGACY_SECRET]));
+        let report = env.report(&legacy_token());
+        assert_eq!(
+            report.outcome.unwrap().warnings,
+            strings(&[AUTOGENERATED_SECRET_WARNING])
+        );
+        assert_eq!(
+            report.audit_annotations[1],
+            (
+                AUDIT_LEGACY_TOKEN_AUTOGENERATED.to_owned(),
+                LEGACY_SECRET.to_owned()
+            )
+        );
+
+        // Requested audiences outside the API audiences.
+        let mut env = Env::new();
+        env.requested = strings(&["vault"]);
+        assert_eq!(
+            env.review(&legacy_token()),
+            Err(r#"token audiences ["https://issuer.example" "https://old.example"] is invalid for the target audiences ["vault"]"#.into())
+        );
+        env.requested = strings(&[OLD_ISSUER, "vault"]);
+        assert_eq!(
+            env.review(&legacy_token()).unwrap().audiences,
+            strings(&[OLD_ISSUER])
+        );
+
+        // No time checks: an expired legacy token still works.
+        let mut p = legacy_payload();
+        p["exp"] = 1.into();
+        p["nbf"] = (NOW + 100_000).into();
+        let t = sign(p.to_string().as_bytes());
+        assert!(legacy_env(&t).review(&t).is_ok());
+
+        // Deletion leeway does not apply to legacy tokens.
+        let mut env = Env::new();
+        env.settings.deletion_leeway = DEFAULT_LEEWAY;
+        env.world
+            .sas
+            .insert(k("ns", "sa"), deleted_at("sa-uid", at(NOW + 30)));
+        assert_eq!(
+            env.review(&legacy_token()),
+            Err("ServiceAccount ns/sa has been deleted".into())
+        );
+    }
+
+    #[test]
+    fn legacy_last_used_tracking() {
+        let today = utc_date(now());
+        assert_eq!(today, "2023-11-14");
+        for (label, want) in [
+            (None, true),
+            (Some("2023-11-14"), false),
+            (Some("2023-11-15"), false),
+            (Some("2023-11-13"), true),
+            (Some("2023-11-16"), true),
+            (Some(""), true),
+            (Some("garbage"), true),
+        ] {
+            let mut env = Env::new();
+            env.world
+                .secrets
+                .get_mut(&k("ns", LEGACY_SECRET))
+                .unwrap()
+                .last_used = label.map(str::to_owned);
+            let a = env.review(&legacy_token()).unwrap();
+            assert_eq!(
+                a.legacy_secret,
+                want.then(|| ("ns".to_owned(), LEGACY_SECRET.to_owned())),
+                "{label:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn legacy_token_failures() {
+        let invalid_since = "the token in secret ns/sa-token-abcde for service account ns/sa has been marked invalid. Use tokens from the TokenRequest API or manually created secret-based tokens, or remove the 'kubernetes.io/legacy-token-invalid-since' label from the secret to temporarily allow use of this token";
+        let cases = vec![
+            Case {
+                name: "secret deleted",
+                token: legacy_token(),
+                edit: |e| {
+                    e.world.secrets.remove(&k("ns", LEGACY_SECRET));
+                },
+                want: err(LEGACY_TOKEN_INVALIDATED),
+            },
+            Case {
+                name: "secret being deleted (no leeway)",
+                token: legacy_token(),
+                edit: |e| {
+                    e.settings.deletion_leeway = DEFAULT_LEEWAY;
+                    e.world
+                        .secrets
+                        .get_mut(&k("ns", LEGACY_SECRET))
+                        .unwrap()
+                        .deletion_timestamp = Some(at(NOW + 30));
+                },
+                want: err(LEGACY_TOKEN_INVALIDATED),
+            },
+            Case {
+                name: "secret data changed",
+                token: legacy_token(),
+                edit: |e| {
+                    e.world
+                        .secrets
+                        .get_mut(&k("ns", LEGACY_SECRET))
+                        .unwrap()
+                        .token_sha256 = Some(token_sha256(b"another token"));
+                },
+                want: err(LEGACY_TOKEN_MISMATCH),
+            },
+            Case {
+                name: "secret without a token",
+                token: legacy_token(),
+                edit: |e| {
+                    e.world
+                        .secrets
+                        .get_mut(&k("ns", LEGACY_SECRET))
+                        .unwrap()
+                        .token_sha256 = None;
+                },
+                want: err(LEGACY_TOKEN_MISMATCH),
+            },
+            Case {
+                name: "service account missing",
+                token: legacy_token(),
+                edit: |e| {
+                    e.world.sas.clear();
+                },
+                want: err(r#"serviceaccounts "sa" not found"#),
+            },
+            Case {
+                name: "service account being deleted",
+                token: legacy_token(),
+                edit: |e| {
+                    e.world
+                        .sas
+                        .insert(k("ns", "sa"), deleted_at("sa-uid", at(NOW + 3600)));
+                },
+                want: err("ServiceAccount ns/sa has been deleted"),
+            },
+            Case {
+                name: "service account recreated",
+                token: legacy_token(),
+                edit: |e| {
+                    e.world.sas.insert(k("ns", "sa"), live("new-uid"));
+                },
+                want: err("ServiceAccount UID (new-uid) does not match claim (sa-uid)"),
+            },
+            Case {
+                name: "secret checked before the service account",
+                token: legacy_token(),
+                edit: |e| {
+                    e.world.sas.clear();
+                    e.world.secrets.clear();
+                },
+                want: err(LEGACY_TOKEN_INVALIDATED),
+            },
+            Case {
+                name: "digest checked before the service account",
+                token: legacy_token(),
+                edit: |e| {
+                    e.world.sas.clear();
+                    e.world
+                        .secrets
+                        .get_mut(&k("ns", LEGACY_SECRET))
+                        .unwrap()
+                        .token_sha256 = None;
+                },
+                want: err(LEGACY_TOKEN_MISMATCH),
+            },
+            Case {
+                name: "invalid-since label",
+                token: legacy_token(),
+                edit: |e| {
+                    e.world
+                        .secrets
+                        .get_mut(&k("ns", LEGACY_SECRET))
+                        .unwrap()
+                        .invalid_since = true;
+                },
+                want: err(invalid_since),
+            },
+            Case {
+                name: "bound-token checks do not apply (pod gone, revoked)",
+                token: legacy_token(),
+                edit: |e| {
+                    e.world.pods.clear();
+                    e.world.revoked.insert(String::new());
+                },
+                want: Ok(()),
+            },
+        ];
+        check(cases);
+
+        // invalid-since: the use is still recorded.
+        let mut env = Env::new();
+        env.world
+            .secrets
+            .get_mut(&k("ns", LEGACY_SECRET))
+            .unwrap()
+            .invalid_since = true;
+        let report = env.report(&legacy_token());
+        assert_eq!(report.outcome, Err(invalid_since.to_owned()));
+        assert_eq!(
+            report.legacy_secret,
+            Some(("ns".into(), LEGACY_SECRET.into()))
+        );
+        assert!(report.audit_annotations.contains(&(
+            AUDIT_LEGACY_TOKEN_INVALIDATED.to_owned(),
+            "sa-token-abcde/ns".to_owned()
+        )));
+    }
+
+    #[test]
+    fn legacy_required_claims() {
+        let cases = [
+            ("sub", "sub claim is missing"),
+            (
+                "kubernetes.io/serviceaccount/namespace",
+                "namespace claim is missing",
+            ),
+            (
+                "kubernetes.io/serviceaccount/secret.name",
+                "secretName claim is missing",
+            ),
+            (
+                "kubernetes.io/serviceaccount/service-account.name",
+                "serviceAccountName claim is missing",
+            ),
+            (
+                "kubernetes.io/serviceaccount/service-account.uid",
+                "serviceAccountUID claim is missing",
+            ),
+        ];
+        for (key, want) in cases {
+            for blank in [None, Some(serde_json::Value::Null), Some("".into())] {
+                let mut p = legacy_payload();
+                let m = p.as_object_mut().unwrap();
+                match &blank {
+                    None => {
+                        m.remove(key);
+                    }
+                    Some(v) => {
+                        m.insert(key.to_owned(), v.clone());
+                    }
+                }
+                let t = sign(p.to_string().as_bytes());
+                assert_eq!(
+                    legacy_env(&t).review(&t),
+                    Err(want.to_owned()),
+                    "{key} {blank:?}"
+                );
+            }
+        }
+        for sub in [
+            "system:serviceaccount:ns:other",
+            "system:serviceaccount:other:sa",
+            "system:serviceaccount:ns:sa:x",
+            "system:serviceaccount:ns",
+            "system:serviceaccounts:ns:sa",
+            "ns:sa",
+        ] {
+            let mut p = legacy_payload();
+            p["sub"] = sub.into();
+            let t = sign(p.to_string().as_bytes());
+            assert_eq!(
+                legacy_env(&t).review(&t),
+                Err("sub claim is invalid".into()),
+                "{sub}"
+            );
+        }
+        // Names that are not DNS names fail the split even when they match.
+        let mut p = legacy_payload();
+        p["sub"] = "system:serviceaccount:NS:sa".into();
+        p["kubernetes.io/serviceaccount/namespace"] = "NS".into();
+        let t = sign(p.to_string().as_bytes());
+        assert_eq!(
+            legacy_env(&t).review(&t),
+            Err("sub claim is invalid".into())
+        );
+    }
+
+    #[test]
+    fn legacy_issuer_configured_as_bound_issuer_is_a_union() {
+        // Both authenticators claim the token; legacy fails, bound succeeds.
+        let mut env = Env::new();
+        env.settings.issuers.push(LEGACY_ISSUER.into());
+        let p = plan(&[ISSUER], NOW, NOW + 3600, None);
+        let t = sign(&bound_claims_json(&ClaimsInput {
+            issuer: LEGACY_ISSUER,
+            namespace: "ns",
+            service_account: ObjectRef::new("sa", "sa-uid"),
+            binding: Binding::None,
+            plan: &p,
+            jti: JTI,
+        }));
+        assert!(env.review(&t).is_ok());
+        // Both fail: the errors are aggregated.
+        env.world.sas.clear();
+        assert_eq!(
+            env.review(&t),
+            Err(r#"[namespace claim is missing, serviceaccounts "sa" not found]"#.into())
+        );
+        // Without it, only the legacy authenticator claims such a token.
+        let env = Env::new();
+        assert_eq!(env.review(&t), Err("namespace claim is missing".into()));
+    }
+
+    // ---- helpers
+
+    #[test]
+    fn go_quoting() {
+        assert_eq!(go_quote("a"), r#""a""#);
+        assert_eq!(go_quote(""), r#""""#);
+        assert_eq!(go_quote("a\"b\\c"), r#""a\"b\\c""#);
+        assert_eq!(
+            go_quote("\u{7}\u{8}\u{c}\n\r\t\u{b}\u{0}\u{1b}\u{7f}"),
+            r#""\a\b\f\n\r\t\v\x00\x1b\x7f""#
+        );
+        assert_eq!(go_quote("é日本 'x'"), "\"é日本 'x'\"");
+        assert_eq!(go_quote("\u{85}\u{a0}\u{ad}"), r#""\u0085\u00a0\u00ad""#);
+        assert_eq!(
+            go_quote("\u{200b}\u{2028}\u{feff}"),
+            r#""\u200b\u2028\ufeff""#
+        );
+        assert_eq!(go_quote("\u{e000}\u{f0000}"), r#""\ue000\U000f0000""#);
+        assert_eq!(go_quote("😀"), "\"😀\"");
+        assert_eq!(go_quote_list(&[]), "[]");
+        assert_eq!(go_quote_list(&strings(&["a"])), r#"["a"]"#);
+        assert_eq!(
+            go_quote_list(&strings(&["a", "b c", ""])),
+            r#"["a" "b c" ""]"#
+        );
+    }
+
+    #[test]
+    fn aggregates() {
+        assert_eq!(aggregate_errors(&[]), "");
+        assert_eq!(aggregate_errors(&strings(&["a"])), "a");
+        assert_eq!(aggregate_errors(&strings(&["a", "a"])), "a");
+        assert_eq!(aggregate_errors(&strings(&["a", "b", "a"])), "[a, b]");
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc_date(UNIX_EPOCH), "1970-01-01");
+        assert_eq!(utc_date(at(86_399)), "1970-01-01");
+        assert_eq!(utc_date(at(86_400)), "1970-01-02");
+        assert_eq!(utc_date(at(951_782_400)), "2000-02-29");
+        assert_eq!(utc_date(at(951_868_800)), "2000-03-01");
+        assert_eq!(utc_date(at(4_107_542_400)), "2100-03-01");
+        assert_eq!(utc_date(UNIX_EPOCH - Duration::from_secs(1)), "1969-12-31");
+        assert!(!last_used_needs_update(Some("2023-11-15"), at(NOW)));
+        // Just before midnight UTC, today and tomorrow.
+        let late = at(1_700_006_399);
+        assert_eq!(utc_date(late), "2023-11-14");
+        assert!(!last_used_needs_update(Some("2023-11-15"), late));
+        assert!(last_used_needs_update(
+            Some("2023-11-15"),
+            at(1_700_006_400 + 86_400)
+        ));
+    }
+
+    #[test]
+    fn digests() {
+        assert_eq!(token_sha256(b"")[..4], [0xe3, 0xb0, 0xc4, 0x42]);
+        let a = token_sha256(b"a");
+        let mut b = a;
+        assert!(constant_time_eq(&a, &b));
+        b[31] ^= 1;
+        assert!(!constant_time_eq(&a, &b));
+        b = a;
+        b[0] ^= 0x80;
+        assert!(!constant_time_eq(&a, &b));
+    }
+
+    // ---- no panics
+
+    #[test]
+    fn random_and_mutated_tokens_never_panic() {
+        let mut rng = StdRng::seed_from_u64(0x0bad_9e55);
+        let mut env = Env::new();
+        env.world
+            .sa_secrets
+            .insert(k("ns", "sa"), strings(&[LEGACY_SECRET]));
+        env.world
+            .secrets
+            .get_mut(&k("ns", "s"))
+            .unwrap()
+            .token_sha256 = None;
+        let good = [
+            pod_token(),
+            legacy_token(),
+            bound_token(Binding::Node(ObjectRef::new("node-a", "node-uid"))),
+            bound_token(Binding::Secret(ObjectRef::new("s", "secret-uid"))),
+        ];
+        const ALPHABET: &[u8] = b"AQgw09-_.={}[]\":, \\+/*eyJ";
+        const FRAGMENTS: &[&str] = &[
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\"iss\"",
+            "\"aud\"",
+            "\"exp\"",
+            "\"nbf\"",
+            "\"kubernetes.io\"",
+            "\"serviceaccount\"",
+            "\"pod\"",
+            "\"name\"",
+            "\"uid\"",
+            "\"https://issuer.example\"",
+            "\"kubernetes/serviceaccount\"",
+            "1",
+            "-0.5",
+            "1e999",
+            "18446744073709551616",
+            "null",
+            "true",
+            "\"\\ud800\"",
+            "\"\\u0000\"",
+            "\"sa\"",
+            "\"ns\"",
+            "\"warnafter\"",
+            "\"namespace\"",
+            "\"sub\"",
+        ];
+        let mut accepted = 0;
+        for i in 0..1000 {
+            let (token, mutated) = match i % 4 {
+                0 => {
+                    let len = rng.random_range(0..300);
+                    let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                    (String::from_utf8_lossy(&bytes).into_owned(), false)
+                }
+                1 => {
+                    let mut bytes = good[rng.random_range(0..good.len())].clone().into_bytes();
+                    for _ in 0..rng.random_range(1..4) {
+                        let pos = rng.random_range(0..bytes.len());
+                        let c = ALPHABET[rng.random_range(0..ALPHABET.len())];
+                        match rng.random_range(0..4) {
+                            0 => bytes[pos] = c,
+                            1 => {
+                                bytes.remove(pos);
+                            }
+                            2 => bytes.insert(pos, c),
+                            _ => bytes.truncate(pos),
+                        }
+                        if bytes.is_empty() {
+                            break;
+                        }
+                    }
+                    (String::from_utf8(bytes).unwrap(), true)
+                }
+                2 => {
+                    let mut json = format!(r#"{{"iss":"{ISSUER}","#);
+                    for _ in 0..rng.random_range(0..24) {
+                        json.push_str(FRAGMENTS[rng.random_range(0..FRAGMENTS.len())]);
+                    }
+                    json.push('}');
+                    (payload_token(&json), false)
+                }
+                _ => {
+                    let a = segments(&good[rng.random_range(0..good.len())]);
+                    let b = segments(&good[rng.random_range(0..good.len())]);
+                    let c = segments(&good[rng.random_range(0..good.len())]);
+                    (format!("{}.{}.{}", a.0, b.1, c.2), false)
+                }
+            };
+            let report = env.report(&token);
+            if let Ok(a) = &report.outcome {
+                accepted += 1;
+                assert!(a.user.username.starts_with("system:serviceaccount:"));
+                if mutated {
+                    assert!(
+                        good.contains(&token),
+                        "a mutated token was accepted: {token}"
+                    );
+                }
+            }
+        }
+        // Some splices of the same token pass; most inputs fail.
+        assert!(accepted < 500, "{accepted}");
+    }
 }

@@ -37,6 +37,30 @@ pub struct IdentityConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub feed: FeedConfig,
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+}
+
+/// Encryption of Secret data at rest with the key-encryption key shared with the
+/// token-issuer. Unset: Secrets are stored as given (a warning is logged).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// File holding the base64 key-encryption key (32 bytes).
+    #[serde(default)]
+    pub kek_file: Option<std::path::PathBuf>,
+    /// The key itself, base64 (e.g. BADGE_ENCRYPTION__KEK from a secret store).
+    #[serde(default)]
+    pub kek: Option<String>,
+}
+
+impl EncryptionConfig {
+    /// The sealer for the store, if configured.
+    pub fn sealer(&self) -> anyhow::Result<Option<Arc<dyn badge_core::seal::DataSealer>>> {
+        let kek = badge_keys::Kek::load(self.kek_file.as_deref(), self.kek.as_deref())
+            .map_err(|e| anyhow::anyhow!("encryption.kek_file: {e}"))?;
+        Ok(kek.map(|k| Arc::new(k) as Arc<dyn badge_core::seal::DataSealer>))
+    }
 }
 
 /// Change-feed retention.
@@ -75,6 +99,14 @@ impl Validate for IdentityConfig {
             errors.push(format!(
                 "feed.retention_seconds: must be at least 60, got {}",
                 self.feed.retention_seconds
+            ));
+        }
+        if let Some(p) = &self.encryption.kek_file
+            && !p.is_file()
+        {
+            errors.push(format!(
+                "encryption.kek_file: file {} does not exist",
+                p.display()
             ));
         }
         if self.feed.compaction_interval_seconds == 0 {
@@ -200,6 +232,9 @@ pub async fn serve(
             },
         ),
     ]);
+    if !store.seals_data() {
+        tracing::warn!("Secret data is stored unencrypted: set encryption.kek_file");
+    }
     tracing::info!(addr = %listener.local_addr()?, "identity serving (mTLS gRPC)");
     server.serve(listener, &tls, authorizer, shutdown).await?;
     tracing::info!("identity stopped");

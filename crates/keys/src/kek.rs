@@ -165,3 +165,28 @@ fn fingerprint(key: &[u8]) -> String {
     }
     id
 }
+
+/// The KEK seals Secret data at rest for the store.
+impl badge_core::seal::DataSealer for Kek {
+    fn seal(&self, plaintext: &[u8], aad: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        self.encrypt(plaintext, aad).map_err(|e| e.to_string())
+    }
+
+    fn open(&self, sealed: &[u8], aad: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        self.decrypt(sealed, aad)
+            .map(|z| z.to_vec())
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Kek {
+    /// From a file or an inline base64 value (the file wins); `None` when neither
+    /// is configured.
+    pub fn load(file: Option<&Path>, inline: Option<&str>) -> Result<Option<Kek>> {
+        match (file, inline) {
+            (Some(p), _) => Kek::from_file(p).map(Some),
+            (None, Some(b64)) => Kek::from_base64(b64).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}

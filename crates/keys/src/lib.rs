@@ -18,6 +18,7 @@ mod pem;
 mod public;
 mod signing;
 mod stored;
+mod verify;
 
 pub use algorithm::Algorithm;
 pub use error::{Error, Result};
@@ -25,6 +26,7 @@ pub use kek::{KEK_LEN, Kek};
 pub use public::{Jwk, PublicKey, key_id};
 pub use signing::SigningKey;
 pub use stored::{KeySource, StoredKey};
+pub use verify::KeySet;
 
 /// Minimum RSA modulus size accepted anywhere in Badge (signing and verification keys).
 pub const MIN_RSA_BITS: usize = 2048;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use badge_core::clock::{from_unix_micros, unix_micros};
+use badge_core::seal::DataSealer;
 use badge_core::{Error, Kind, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, Postgres};
 use sqlx::{Row, Transaction};
@@ -135,12 +136,38 @@ pub enum Op {
     DeleteNamespaceContents { namespace: String },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreOptions {
     /// Upper bound of the connection pool (the LISTEN connection is extra).
     pub max_connections: u32,
     /// How long to wait for a connection (pool acquire, including connecting).
     pub connect_timeout: Duration,
+    /// Encrypts the data of sensitive kinds (Secrets) at rest. Every process that
+    /// reads them needs the same key.
+    pub sealer: Option<Arc<dyn DataSealer>>,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("sealed", &self.sealer.is_some())
+            .finish()
+    }
+}
+
+/// Kinds whose data is sealed at rest when a sealer is configured. (Signing keys
+/// arrive with their private part already sealed by the token-issuer.)
+pub const SEALED_KINDS: [Kind; 1] = [Kind::Secret];
+
+/// Prefix of sealed data. Protobuf never starts with a zero byte (field 0 does not
+/// exist), so sealed and plain rows cannot be confused: plain rows written before
+/// encryption was turned on stay readable and are sealed on their next write.
+const SEALED_PREFIX: &[u8] = b"\0badge:sealed:v1\0";
+
+fn seal_aad(kind: Kind, namespace: &str, name: &str) -> Vec<u8> {
+    format!("badge/{}/{namespace}/{name}", kind.as_str()).into_bytes()
 }
 
 impl Default for StoreOptions {
@@ -148,6 +175,7 @@ impl Default for StoreOptions {
         StoreOptions {
             max_connections: 10,
             connect_timeout: Duration::from_secs(5),
+            sealer: None,
         }
     }
 }
@@ -182,12 +210,21 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     pool: PgPool,
+    /// Seals the data of [`SEALED_KINDS`] at rest (None: stored as given).
+    sealer: Option<Arc<dyn DataSealer>>,
     revision: watch::Sender<i64>,
     /// Dropped with the last `Store` clone; its receiver stops the LISTEN task.
     _stop_listener: oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("sealed", &self.sealer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Name of the NOTIFY channel; the payload is the last revision of the commit.
@@ -226,6 +263,7 @@ impl Store {
         );
         Ok(Store {
             inner: Arc::new(Inner {
+                sealer: opts.sealer.clone(),
                 pool,
                 revision,
                 _stop_listener: stop_tx,
@@ -329,6 +367,7 @@ impl Store {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
+        let ops = self.seal_ops(ops)?;
         let mut attempt = 1;
         loop {
             match self.apply_once(&ops, now).await {
@@ -336,7 +375,7 @@ impl Store {
                     if let Some(last) = changes.last() {
                         publish(&self.inner.revision, last.revision);
                     }
-                    return Ok(changes);
+                    return self.open_changes(changes);
                 }
                 Err(TxError::Fatal(e)) => return Err(e),
                 Err(TxError::Retry(why)) => {
@@ -404,7 +443,7 @@ impl Store {
         .await
         .map_err(|e| db_error(e, None))?;
         match row {
-            Some(row) => record_from_row(&row),
+            Some(row) => self.open(record_from_row(&row)?),
             None => Err(not_found(kind, name)),
         }
     }
@@ -429,7 +468,7 @@ impl Store {
             let fetched = rows.len();
             let mut last = None;
             for row in &rows {
-                let record = record_from_row(row)?;
+                let record = self.open(record_from_row(row)?)?;
                 last = Some((record.namespace.clone(), record.name.clone()));
                 if !(q.filter)(&record) {
                     continue;
@@ -494,7 +533,7 @@ impl Store {
                 Ok(Change {
                     revision: get_col(row, "revision")?,
                     event: EventType::parse(&get_col::<String>(row, "event")?)?,
-                    record: record_from_row(row)?,
+                    record: self.open(record_from_row(row)?)?,
                 })
             })
             .collect()
@@ -566,7 +605,92 @@ impl Store {
         .fetch_all(&self.inner.pool)
         .await
         .map_err(|e| db_error(e, None))?;
-        rows.iter().map(record_from_row).collect()
+        rows.iter()
+            .map(|r| self.open(record_from_row(r)?))
+            .collect()
+    }
+
+    /// Whether Secret data is sealed at rest.
+    pub fn seals_data(&self) -> bool {
+        self.inner.sealer.is_some()
+    }
+
+    /// Seals the data of sensitive kinds before it is written.
+    fn seal_ops(&self, mut ops: Vec<Op>) -> Result<Vec<Op>> {
+        let Some(sealer) = &self.inner.sealer else {
+            return Ok(ops);
+        };
+        for op in &mut ops {
+            if let Op::Create {
+                kind,
+                namespace,
+                name,
+                data,
+                ..
+            }
+            | Op::Update {
+                kind,
+                namespace,
+                name,
+                data,
+                ..
+            } = op
+                && SEALED_KINDS.contains(kind)
+            {
+                let sealed = sealer
+                    .seal(data, &seal_aad(*kind, namespace, name))
+                    .map_err(|e| {
+                        Error::Internal(format!("sealing {} data: {e}", kind.resource()))
+                    })?;
+                let mut out = Vec::with_capacity(SEALED_PREFIX.len() + sealed.len());
+                out.extend_from_slice(SEALED_PREFIX);
+                out.extend_from_slice(&sealed);
+                *data = out;
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Opens sealed data after it is read. Sealed data without a sealer, or one that
+    /// does not open (wrong key, tampering), is an error — never garbage.
+    fn open(&self, mut record: Record) -> Result<Record> {
+        let Some(sealed) = record.data.strip_prefix(SEALED_PREFIX) else {
+            return Ok(record);
+        };
+        let Some(sealer) = &self.inner.sealer else {
+            return Err(Error::Internal(format!(
+                "{} {}/{} is encrypted at rest but no key-encryption key is configured",
+                record.kind.resource(),
+                record.namespace,
+                record.name
+            )));
+        };
+        record.data = sealer
+            .open(
+                sealed,
+                &seal_aad(record.kind, &record.namespace, &record.name),
+            )
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "{} {}/{} cannot be decrypted with the configured key-encryption key: {e}",
+                    record.kind.resource(),
+                    record.namespace,
+                    record.name
+                ))
+            })?;
+        Ok(record)
+    }
+
+    fn open_changes(&self, changes: Vec<Change>) -> Result<Vec<Change>> {
+        changes
+            .into_iter()
+            .map(|c| {
+                Ok(Change {
+                    record: self.open(c.record)?,
+                    ..c
+                })
+            })
+            .collect()
     }
 }
 

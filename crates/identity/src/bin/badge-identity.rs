@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
         &cfg.database.url,
         StoreOptions {
             max_connections: cfg.database.max_connections,
+            sealer: cfg.encryption.sealer()?,
             ..StoreOptions::default()
         },
     )

@@ -40,6 +40,14 @@ async fn main() -> anyhow::Result<()> {
                 &cfg.database.url,
                 StoreOptions {
                     max_connections: cfg.database.max_connections,
+                    // The same key-encryption key opens Secret data sealed by identity.
+                    sealer: badge_keys::Kek::load(
+                        cfg.keys.kek_file.as_deref(),
+                        cfg.keys.kek.as_deref(),
+                    )?
+                    .map(|k| {
+                        std::sync::Arc::new(k) as std::sync::Arc<dyn badge_core::seal::DataSealer>
+                    }),
                     ..StoreOptions::default()
                 },
             )
