@@ -14,16 +14,20 @@ pub enum Kind {
     /// the token-issuer; travels through the change feed so every verifier learns
     /// new keys, but is never served by the identity service.
     SigningKey,
+    /// A revoked token (by jti), kept until the token's expiry. Owned by the
+    /// token-issuer (`RevokeToken`); every token-review replica follows the feed.
+    Revocation,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Namespace,
         Kind::ServiceAccount,
         Kind::Secret,
         Kind::Pod,
         Kind::Node,
         Kind::SigningKey,
+        Kind::Revocation,
     ];
 
     /// The kinds the identity service serves (and its Watch streams).
@@ -44,6 +48,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Node => "Node",
             Kind::SigningKey => "SigningKey",
+            Kind::Revocation => "Revocation",
         }
     }
 
@@ -56,13 +61,17 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::Node => "nodes",
             Kind::SigningKey => "signingkeys",
+            Kind::Revocation => "revocations",
         }
     }
 
     /// Namespaced kinds live in a namespace that must exist; cluster-scoped kinds
     /// have an empty namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node | Kind::SigningKey)
+        !matches!(
+            self,
+            Kind::Namespace | Kind::Node | Kind::SigningKey | Kind::Revocation
+        )
     }
 }
 

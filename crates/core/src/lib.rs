@@ -10,6 +10,7 @@ pub mod names;
 pub mod oidc;
 pub mod page_token;
 pub mod review;
+pub mod revocation;
 pub mod seal;
 pub mod secret_refs;
 pub mod selector;

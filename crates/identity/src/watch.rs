@@ -43,7 +43,7 @@ pub fn event_object(record: &Record) -> Result<watch_event::Object> {
         Kind::Secret => one::<Secret>(record),
         Kind::Pod => one::<Pod>(record),
         Kind::Node => one::<Node>(record),
-        Kind::SigningKey => Err(Error::Internal(
+        Kind::SigningKey | Kind::Revocation => Err(Error::Internal(
             "signing keys are not served by the identity service".into(),
         )),
     }

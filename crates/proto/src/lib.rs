@@ -19,6 +19,11 @@ pub mod badge {
             include!(concat!(env!("OUT_DIR"), "/badge.token.v1.rs"));
         }
     }
+    pub mod review {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/badge.review.v1.rs"));
+        }
+    }
 }
 
 /// Kubernetes' ExternalJWTSigner API, packages `v1` and `v1alpha1` exactly as
@@ -34,6 +39,7 @@ pub mod externaljwt {
 
 pub use badge::identity::v1 as identity;
 pub use badge::meta::v1 as meta;
+pub use badge::review::v1 as review;
 pub use badge::token::v1 as token;
 
 /// Encoded `FileDescriptorSet` of every Badge `.proto` file and its imports.

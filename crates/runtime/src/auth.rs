@@ -104,6 +104,9 @@ const SERVICE_GRANTS: &[(&str, &str, &str, &str)] = &[
     ("system:badge:token-issuer", "get", "", "secrets"),
     ("system:badge:token-issuer", "update", "", "secrets"),
     ("system:badge:token-issuer", "delete", "", "secrets"),
+    // token-review records legacy-token use (the last-used label) on Secrets.
+    ("system:badge:token-review", "get", "", "secrets"),
+    ("system:badge:token-review", "update", "", "secrets"),
 ];
 
 /// The policy until RBAC: `system:masters` may do everything, the Badge services

@@ -187,6 +187,8 @@ pub async fn serve(
     let store_ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let issuer_svc = Issuer {
         store_ok: store_ok.clone(),
+        store: store.clone(),
+        max_token_lifetime: max_token_lifetime(config),
         settings: settings.clone(),
         index: index.clone(),
         ring: ring.clone(),
@@ -201,6 +203,10 @@ pub async fn serve(
         max_expiration_seconds: config.token.max_expiration_seconds,
     };
 
+    tasks.push(tokio::spawn(tokens::prune_revocations(
+        store.clone(),
+        clock.clone(),
+    )));
     if let Some(peer) = &config.identity {
         let peer_tls = TlsMaterial::load(&peer.tls)?;
         let channel = tonic::transport::Endpoint::from_shared(peer.endpoint.clone())

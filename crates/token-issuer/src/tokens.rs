@@ -29,6 +29,10 @@ pub const METHODS: MethodTable = &[
         MethodRule::new("create", "", "serviceaccounts").sub("token"),
     ),
     (
+        "/badge.token.v1.TokenService/RevokeToken",
+        MethodRule::new("delete", "", "serviceaccounts").sub("token"),
+    ),
+    (
         "/badge.token.v1.KeyService/RotateKeys",
         MethodRule::new("update", "badge.dev", "signingkeys"),
     ),
@@ -52,6 +56,9 @@ pub struct Issuer {
     /// deletions, so tokens are refused (UNAVAILABLE) rather than issued on stale
     /// data; it recovers by itself when the probe succeeds again.
     pub store_ok: Arc<std::sync::atomic::AtomicBool>,
+    pub store: badge_store::Store,
+    /// The longest a token may live (how long a revocation is kept by default).
+    pub max_token_lifetime: std::time::Duration,
 }
 
 fn not_found(kind: Kind, name: &str) -> Error {
@@ -253,8 +260,128 @@ impl Issuer {
     }
 }
 
+impl Issuer {
+    /// Revokes one token until it expires: a Revocation record every reviewer
+    /// learns of through the change feed.
+    pub async fn revoke_token(
+        &self,
+        caller: Option<&Caller>,
+        r: pb::RevokeTokenRequest,
+    ) -> Result<pb::RevokeTokenResponse> {
+        let jti = badge_core::revocation::parse_credential_id("credential_id", &r.credential_id)?;
+        if r.reason.len() > 1024 {
+            return Err(Error::invalid("reason", "at most 1024 bytes"));
+        }
+        let now = self.clock.now();
+        let now_s = token::unix_seconds(now);
+        let expires_at_unix = match &r.expires_at {
+            Some(ts) if ts.seconds <= now_s => {
+                return Err(Error::invalid(
+                    "expires_at",
+                    format!(
+                        "{} is in the past: an expired token needs no revocation",
+                        ts.seconds
+                    ),
+                ));
+            }
+            Some(ts) => ts.seconds,
+            None => now_s.saturating_add(
+                i64::try_from(self.max_token_lifetime.as_secs()).unwrap_or(i64::MAX / 2),
+            ),
+        };
+        let rev = badge_core::revocation::Revocation {
+            jti: jti.clone(),
+            expires_at_unix,
+            revoked_at_unix: now_s,
+            revoked_by: caller.map(|c| c.user.clone()).unwrap_or_default(),
+            reason: r.reason.clone(),
+        };
+        let op = badge_store::Op::Create {
+            kind: Kind::Revocation,
+            namespace: String::new(),
+            name: jti.clone(),
+            labels: Default::default(),
+            data: rev.to_bytes(),
+        };
+        match self.store.apply(vec![op], now).await {
+            // Revoking twice is not an error: the token is revoked either way.
+            Ok(_) | Err(Error::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let credential_id = token::credential_id(&jti);
+        tracing::info!(
+            target: "audit",
+            event = "token.revoked",
+            requester = caller.map(|c| c.user.as_str()).unwrap_or(""),
+            credential_id = %credential_id,
+            expires_at = expires_at_unix,
+            reason = %r.reason,
+            "revoked service account token"
+        );
+        Ok(pb::RevokeTokenResponse {
+            credential_id,
+            expires_at: Some(prost_types::Timestamp {
+                seconds: expires_at_unix,
+                nanos: 0,
+            }),
+        })
+    }
+}
+
+/// Deletes revocations whose tokens have expired, every minute. Idempotent, so
+/// every replica may run it.
+pub async fn prune_revocations(store: badge_store::Store, clock: Arc<dyn Clock>) {
+    loop {
+        let now = clock.now();
+        let now_s = token::unix_seconds(now);
+        let expired = |r: &Record| {
+            badge_core::revocation::Revocation::from_bytes(&r.data)
+                .map(|rev| rev.expires_at_unix < now_s)
+                .unwrap_or(false)
+        };
+        let page = store
+            .list(badge_store::ListQuery {
+                kind: Kind::Revocation,
+                namespace: None,
+                after: None,
+                limit: 0,
+                filter: &expired,
+            })
+            .await;
+        if let Ok(page) = page {
+            for r in page.items {
+                let op = badge_store::Op::Delete {
+                    kind: Kind::Revocation,
+                    namespace: String::new(),
+                    name: r.name.clone(),
+                    precondition: badge_store::Precondition {
+                        resource_version: Some(r.resource_version),
+                        uid: None,
+                    },
+                };
+                if store.apply(vec![op], now).await.is_ok() {
+                    tracing::info!(jti = %r.name, "expired revocation pruned");
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
+}
+
 #[tonic::async_trait]
 impl TokenService for Issuer {
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        Ok(Response::new(
+            Issuer::revoke_token(self, caller.as_ref(), req.into_inner())
+                .await
+                .map_err(status)?,
+        ))
+    }
+
     async fn create_token(
         &self,
         req: Request<pb::CreateTokenRequest>,
