@@ -67,6 +67,7 @@ impl IdentityServer {
                 kek_file: Some(kek_file),
                 kek: None,
             },
+            legacy_tokens: badge_identity::LegacyTokensConfig::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

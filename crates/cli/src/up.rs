@@ -109,6 +109,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
             kek_file: Some(kek.clone()),
             kek: None,
         },
+        legacy_tokens: badge_identity::LegacyTokensConfig::default(),
     };
     let issuer_url = a
         .issuer_url

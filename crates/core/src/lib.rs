@@ -6,6 +6,7 @@ pub mod clock;
 pub mod error;
 pub mod key_lifecycle;
 pub mod kind;
+pub mod legacy_cleanup;
 pub mod names;
 pub mod oidc;
 pub mod page_token;

@@ -168,3 +168,186 @@ pub async fn bootstrap(objects: &Objects) -> badge_core::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+/// Where identity records since when legacy-token use is tracked (Kubernetes keeps
+/// it in a kube-system ConfigMap): an annotation on the `default` namespace.
+pub const TRACKING_SINCE_ANNOTATION: &str = "badge.dev/legacy-token-tracking-since";
+
+/// The date legacy-token tracking started, recording today when unset.
+async fn tracking_since(objects: &Objects) -> badge_core::Result<std::time::SystemTime> {
+    use badge_core::legacy_cleanup::parse_date;
+    let record = objects.store.get(Kind::Namespace, "", "default").await?;
+    let mut ns: badge_proto::identity::Namespace = crate::objects::decode(&record)?;
+    let meta = ns.metadata.get_or_insert_with(Default::default);
+    if let Some(t) = meta
+        .annotations
+        .get(TRACKING_SINCE_ANNOTATION)
+        .and_then(|d| parse_date(d))
+    {
+        return Ok(t);
+    }
+    let now = objects.clock.now();
+    meta.annotations.insert(
+        TRACKING_SINCE_ANNOTATION.into(),
+        badge_core::review::utc_date(now),
+    );
+    let (labels, data) = crate::objects::encode(&ns);
+    objects
+        .store
+        .apply(
+            vec![Op::Update {
+                kind: Kind::Namespace,
+                namespace: String::new(),
+                name: "default".into(),
+                precondition: Precondition {
+                    resource_version: Some(record.resource_version),
+                    uid: None,
+                },
+                labels,
+                data,
+                deletion_timestamp: None,
+            }],
+            now,
+        )
+        .await?;
+    Ok(now)
+}
+
+/// Kubernetes' legacy-serviceaccount-token-cleaner (reference §6.3): runs every
+/// `interval`; an auto-generated token Secret unused for `period` is labelled
+/// invalid, and deleted once it has been invalid for another `period`. Secrets a
+/// pod references are never touched. Writes are guarded by resource_version.
+pub async fn legacy_token_cleaner(objects: Objects, period: Duration, interval: Duration) {
+    loop {
+        if let Err(e) = clean_legacy_tokens(&objects, period).await {
+            tracing::warn!(error = %e, "legacy token cleaner");
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+pub async fn clean_legacy_tokens(objects: &Objects, period: Duration) -> badge_core::Result<usize> {
+    use badge_core::legacy_cleanup::{
+        self, Action, Candidate, INVALID_SINCE_LABEL, LAST_USED_LABEL,
+    };
+    use badge_proto::identity::{Pod, Secret};
+    let since = tracking_since(objects).await?;
+    let now = objects.clock.now();
+    if !legacy_cleanup::active(since, period, now) {
+        return Ok(0);
+    }
+    let all = |_: &badge_store::Record| true;
+    let secrets = objects
+        .store
+        .list(ListQuery {
+            kind: Kind::Secret,
+            namespace: None,
+            after: None,
+            limit: 0,
+            filter: &all,
+        })
+        .await?;
+    let mut acted = 0;
+    for rec in secrets.items {
+        let secret: Secret = crate::objects::decode(&rec)?;
+        if secret.r#type != "kubernetes.io/service-account-token" {
+            continue;
+        }
+        let meta = secret.metadata.clone().unwrap_or_default();
+        let Some(sa_name) = meta.annotations.get("kubernetes.io/service-account.name") else {
+            continue;
+        };
+        // Only auto-generated tokens: the live service account lists the secret.
+        let Ok(sa_rec) = objects
+            .store
+            .get(Kind::ServiceAccount, &rec.namespace, sa_name)
+            .await
+        else {
+            continue;
+        };
+        if meta
+            .annotations
+            .get("kubernetes.io/service-account.uid")
+            .is_some_and(|u| *u != sa_rec.uid)
+        {
+            continue;
+        }
+        let sa: ServiceAccount = crate::objects::decode(&sa_rec)?;
+        if !sa.secrets.iter().any(|s| s.name == rec.name) {
+            continue;
+        }
+        // Never a secret some pod in the namespace references.
+        let pods = objects
+            .store
+            .list(ListQuery {
+                kind: Kind::Pod,
+                namespace: Some(&rec.namespace),
+                after: None,
+                limit: 0,
+                filter: &all,
+            })
+            .await?;
+        let mut referenced = false;
+        for p in &pods.items {
+            let pod: Pod = crate::objects::decode(p)?;
+            if let Some(spec) = &pod.spec {
+                badge_core::secret_refs::visit_pod_secret_refs(spec, |r| {
+                    referenced |= r.name == rec.name;
+                });
+            }
+        }
+        if referenced {
+            continue;
+        }
+        let action = legacy_cleanup::decide(
+            &Candidate {
+                created: rec.creation_timestamp,
+                deleting: rec.deletion_timestamp.is_some(),
+                last_used: meta.labels.get(LAST_USED_LABEL).map(String::as_str),
+                invalid_since: meta.labels.get(INVALID_SINCE_LABEL).map(String::as_str),
+            },
+            period,
+            now,
+        );
+        let precondition = Precondition {
+            resource_version: Some(rec.resource_version),
+            uid: None,
+        };
+        let op = match action {
+            Action::Nothing => continue,
+            Action::MarkInvalid(date) => {
+                let mut s = secret.clone();
+                s.metadata
+                    .get_or_insert_with(Default::default)
+                    .labels
+                    .insert(INVALID_SINCE_LABEL.into(), date);
+                let (labels, data) = crate::objects::encode(&s);
+                tracing::info!(namespace = %rec.namespace, secret = %rec.name, "legacy token unused for the clean-up period: marked invalid");
+                Op::Update {
+                    kind: Kind::Secret,
+                    namespace: rec.namespace.clone(),
+                    name: rec.name.clone(),
+                    precondition,
+                    labels,
+                    data,
+                    deletion_timestamp: None,
+                }
+            }
+            Action::Delete => {
+                tracing::info!(namespace = %rec.namespace, secret = %rec.name, "legacy token invalid for the clean-up period: deleted");
+                Op::Delete {
+                    kind: Kind::Secret,
+                    namespace: rec.namespace.clone(),
+                    name: rec.name.clone(),
+                    precondition,
+                }
+            }
+        };
+        match objects.store.apply(vec![op], now).await {
+            Ok(_) => acted += 1,
+            Err(Error::Conflict(_) | Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(acted)
+}

@@ -39,6 +39,37 @@ pub struct IdentityConfig {
     pub feed: FeedConfig,
     #[serde(default)]
     pub encryption: EncryptionConfig,
+    #[serde(default)]
+    pub legacy_tokens: LegacyTokensConfig,
+}
+
+/// Kubernetes' legacy-serviceaccount-token-cleaner.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyTokensConfig {
+    /// `--legacy-service-account-token-clean-up-period`: unused this long →
+    /// invalid; invalid this long → deleted. Default 365 days.
+    #[serde(default = "default_cleanup_period")]
+    pub clean_up_period_seconds: u64,
+    /// How often the cleaner runs (Kubernetes: 24 h).
+    #[serde(default = "default_cleanup_interval")]
+    pub sync_interval_seconds: u64,
+}
+
+fn default_cleanup_period() -> u64 {
+    365 * 24 * 3600
+}
+fn default_cleanup_interval() -> u64 {
+    24 * 3600
+}
+
+impl Default for LegacyTokensConfig {
+    fn default() -> Self {
+        LegacyTokensConfig {
+            clean_up_period_seconds: default_cleanup_period(),
+            sync_interval_seconds: default_cleanup_interval(),
+        }
+    }
 }
 
 /// Encryption of Secret data at rest with the key-encryption key shared with the
@@ -108,6 +139,9 @@ impl Validate for IdentityConfig {
                 "encryption.kek_file: file {} does not exist",
                 p.display()
             ));
+        }
+        if self.legacy_tokens.sync_interval_seconds == 0 {
+            errors.push("legacy_tokens.sync_interval_seconds: must be at least 1".into());
         }
         if self.feed.compaction_interval_seconds == 0 {
             errors.push("feed.compaction_interval_seconds: must be at least 1".into());
@@ -217,6 +251,11 @@ pub async fn serve(
     let _tasks = Tasks(vec![
         tokio::spawn(controllers::default_service_accounts(objects.clone())),
         tokio::spawn(controllers::pod_reaper(objects.clone())),
+        tokio::spawn(controllers::legacy_token_cleaner(
+            objects.clone(),
+            Duration::from_secs(config.legacy_tokens.clean_up_period_seconds),
+            Duration::from_secs(config.legacy_tokens.sync_interval_seconds),
+        )),
         tokio::spawn(controllers::compactor(
             objects.clone(),
             Duration::from_secs(config.feed.retention_seconds),
