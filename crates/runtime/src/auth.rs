@@ -155,11 +155,18 @@ pub fn caller_from_cert(der: &[u8]) -> Result<Caller, String> {
 struct State {
     rules: HashMap<&'static str, MethodRule>,
     authorizer: Arc<dyn Authorizer>,
+    /// Parsed identities by certificate bytes: parsing X.509 on every call costs
+    /// more than the rest of the layer. Keyed by the full DER (not a connection
+    /// handle), so a cached identity can only ever belong to the same certificate.
+    callers: std::sync::RwLock<HashMap<Vec<u8>, Caller>>,
 }
+
+/// Bound on cached identities (cleared when exceeded).
+const CALLER_CACHE: usize = 4096;
 
 impl State {
     fn check<B>(&self, req: &http::Request<B>) -> Result<Caller, Status> {
-        let caller = authenticate(req)?;
+        let caller = self.authenticate(req)?;
         let path = req.uri().path();
         if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return Ok(caller);
@@ -177,20 +184,36 @@ impl State {
     }
 }
 
-fn authenticate<B>(req: &http::Request<B>) -> Result<Caller, Status> {
-    let certs = req
-        .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(TlsConnectInfo::peer_certs);
-    let Some(certs) = certs else {
-        return Err(Status::unauthenticated(
-            "no client certificate: present one issued by the configured CA",
-        ));
-    };
-    let Some(leaf) = certs.first() else {
-        return Err(Status::unauthenticated("no client certificate"));
-    };
-    caller_from_cert(leaf.as_ref()).map_err(Status::unauthenticated)
+impl State {
+    fn authenticate<B>(&self, req: &http::Request<B>) -> Result<Caller, Status> {
+        let certs = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs);
+        let Some(certs) = certs else {
+            return Err(Status::unauthenticated(
+                "no client certificate: present one issued by the configured CA",
+            ));
+        };
+        let Some(leaf) = certs.first() else {
+            return Err(Status::unauthenticated("no client certificate"));
+        };
+        // rustls has verified the chain before the request got here.
+        let der = leaf.as_ref();
+        if let Ok(cache) = self.callers.read()
+            && let Some(c) = cache.get(der)
+        {
+            return Ok(c.clone());
+        }
+        let caller = caller_from_cert(der).map_err(Status::unauthenticated)?;
+        if let Ok(mut cache) = self.callers.write() {
+            if cache.len() >= CALLER_CACHE {
+                cache.clear();
+            }
+            cache.insert(der.to_vec(), caller.clone());
+        }
+        Ok(caller)
+    }
 }
 
 /// Tower layer enforcing the above; put it on the server so it wraps every service.
@@ -203,7 +226,11 @@ impl AuthLayer {
     pub fn new(tables: &[MethodTable], authorizer: Arc<dyn Authorizer>) -> Self {
         let rules = tables.iter().flat_map(|t| t.iter().copied()).collect();
         AuthLayer {
-            state: Arc::new(State { rules, authorizer }),
+            state: Arc::new(State {
+                rules,
+                authorizer,
+                callers: std::sync::RwLock::new(HashMap::new()),
+            }),
         }
     }
 
