@@ -52,6 +52,12 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let result = run().await;
+    badge_runtime::telemetry::flush();
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up(args) => {
             badge_runtime::telemetry::init(&badge_runtime::config::LogConfig::default());

@@ -31,6 +31,12 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let result = run().await;
+    badge_runtime::telemetry::flush();
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg: IssuerConfig = config::load(cli.config.as_deref(), std::env::vars(), &cli.set)?;
     badge_runtime::telemetry::init(&cfg.log);
