@@ -4,13 +4,20 @@
 
 use badge_runtime::config::{ConfigError, load};
 
-fn only_missing_files<T: serde::de::DeserializeOwned + badge_runtime::config::Validate>(file: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(file);
+fn only_missing_files<T: serde::de::DeserializeOwned + badge_runtime::config::Validate>(
+    file: &str,
+) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(file);
     match load::<T>(Some(&path), vec![], &[]) {
         Ok(_) => {}
         Err(ConfigError::Invalid(errors)) => {
             for e in &errors {
-                assert!(e.contains("does not exist"), "{file}: unexpected complaint: {e}");
+                assert!(
+                    e.contains("does not exist"),
+                    "{file}: unexpected complaint: {e}"
+                );
             }
         }
         Err(e) => panic!("{file}: {e}"),

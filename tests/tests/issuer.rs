@@ -896,7 +896,10 @@ async fn revoke_token_records_the_credential_until_expiry() {
         .clone()
         .revoke_token(tpb::RevokeTokenRequest {
             credential_id: resp.credential_id,
-            expires_at: Some(prost_types::Timestamp { seconds: 1, nanos: 0 }),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: 1,
+                nanos: 0,
+            }),
             ..Default::default()
         })
         .await
