@@ -906,3 +906,60 @@ async fn revoke_token_records_the_credential_until_expiry() {
         .expect_err("past");
     assert_eq!(err.code(), Code::InvalidArgument);
 }
+
+/// Collects formatted log lines in memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_issued_token_is_audited_without_the_token() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || sink.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // The test runtime is single-threaded: the servers' tasks run on this thread
+    // and log to this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let e = env(IssuerOptions::default()).await;
+    e.ns("apps").await;
+    e.sa("apps", "web").await;
+    let resp = e
+        .token(CreateTokenRequest {
+            namespace: "apps".into(),
+            name: "web".into(),
+            audiences: vec!["vault".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("token");
+    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let audit: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "audit" && v["fields"]["event"] == "token.issued")
+        .collect();
+    assert_eq!(audit.len(), 1, "exactly one audit event per token");
+    let f = &audit[0]["fields"];
+    assert_eq!(f["requester"], "admin");
+    assert_eq!(f["namespace"], "apps");
+    assert_eq!(f["service_account"], "web");
+    assert_eq!(f["credential_id"], resp.credential_id.as_str());
+    assert!(f["audiences"].as_str().expect("audiences").contains("vault"));
+    assert!(f["expires_at"].is_number());
+    // The token (or its signature) never reaches a log line.
+    let signature = resp.token.rsplit('.').next().expect("sig");
+    assert!(!logs.contains(&resp.token) && !logs.contains(signature));
+}
