@@ -1148,3 +1148,55 @@ async fn watch_from_a_compacted_revision_is_out_of_range() {
     names.sort();
     assert_eq!(names, vec!["default", "old"]);
 }
+
+#[tokio::test]
+async fn kubernetes_object_rules_beyond_names() {
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    // The default namespace stays.
+    let err =
+        c.ns.delete_namespace(pb::DeleteNamespaceRequest {
+            name: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("default stays");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    // A token Secret must name its service account; data keys are config keys.
+    let mut bad = pb::Secret {
+        metadata: meta("default", "tok"),
+        r#type: "kubernetes.io/service-account-token".into(),
+        ..Default::default()
+    };
+    bad.data.insert("bad key/".into(), b"x".to_vec());
+    let err = c
+        .secrets
+        .create_secret(pb::CreateSecretRequest { secret: Some(bad) })
+        .await
+        .expect_err("invalid secret");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<String> = err
+        .get_details_bad_request()
+        .expect("details")
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    assert!(
+        fields.iter().any(|f| f.contains("service-account.name")),
+        "{fields:?}"
+    );
+    assert!(fields.iter().any(|f| f.contains("bad key/")), "{fields:?}");
+    // Oversized.
+    let mut big = pb::Secret {
+        metadata: meta("default", "big"),
+        ..Default::default()
+    };
+    big.data.insert("blob".into(), vec![0; 1024 * 1024 + 1]);
+    let err = c
+        .secrets
+        .create_secret(pb::CreateSecretRequest { secret: Some(big) })
+        .await
+        .expect_err("too big");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}

@@ -247,6 +247,7 @@ pub async fn serve(
     controllers::bootstrap(&objects).await?;
     let server = grpc_server(&objects);
     let names = server.service_names().to_vec();
+    server.register_not_serving().await;
     let probe_store = store.clone();
     let _tasks = Tasks(vec![
         tokio::spawn(controllers::default_service_accounts(objects.clone())),

@@ -31,6 +31,49 @@ pub fn default_service_account(namespace: &str) -> ServiceAccount {
     }
 }
 
+/// Kubernetes' Secret validation beyond metadata: data keys are
+/// `[-._a-zA-Z0-9]+`, the total size is at most 1 MiB, and a service-account token
+/// Secret names its account.
+fn validate_secret(s: &Secret) -> badge_core::Result<()> {
+    const MAX_SECRET_SIZE: usize = 1024 * 1024;
+    let mut v = Vec::new();
+    let mut total = 0usize;
+    for (k, val) in &s.data {
+        total += val.len();
+        let ok = !k.is_empty()
+            && k.len() <= 253
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !ok {
+            v.push(badge_core::FieldViolation::new(
+                format!("secret.data[{k:?}]"),
+                format!(
+                    "invalid key {}: a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                    badge_core::names::quote(k)
+                ),
+            ));
+        }
+    }
+    if total > MAX_SECRET_SIZE {
+        v.push(badge_core::FieldViolation::new(
+            "secret.data",
+            format!("too long: must have at most {MAX_SECRET_SIZE} bytes, got {total}"),
+        ));
+    }
+    if s.r#type == "kubernetes.io/service-account-token"
+        && s.metadata
+            .as_ref()
+            .and_then(|m| m.annotations.get("kubernetes.io/service-account.name"))
+            .is_none_or(|n| n.is_empty())
+    {
+        v.push(badge_core::FieldViolation::new(
+            "secret.metadata.annotations[kubernetes.io/service-account.name]",
+            "required for a secret of type kubernetes.io/service-account-token",
+        ));
+    }
+    Error::check(v)
+}
+
 /// Attaches warnings the way Kubernetes sends `Warning` headers: as response
 /// metadata (one `warning` entry each).
 fn with_warnings<T>(msg: T, warnings: Vec<String>) -> Response<T> {
@@ -90,6 +133,12 @@ impl NamespaceService for Objects {
     async fn delete_namespace(&self, req: Request<pb::DeleteNamespaceRequest>) -> R<Namespace> {
         let r = req.into_inner();
         check_key(Kind::Namespace, "", &r.name).map_err(status)?;
+        if r.name == "default" {
+            // As Kubernetes: the namespace objects land in by default stays.
+            return Err(status(Error::precondition(
+                "namespace \"default\" may not be deleted",
+            )));
+        }
         // Everything in the namespace goes in the same transaction as the namespace,
         // so no object outlives it and nothing can be created in between.
         let contents = vec![Op::DeleteNamespaceContents {
@@ -181,6 +230,7 @@ impl SecretService for Objects {
         let s: Secret = self
             .prepare(req.into_inner().secret, "secret")
             .map_err(status)?;
+        validate_secret(&s).map_err(status)?;
         Ok(Response::new(self.create(s, vec![]).await.map_err(status)?))
     }
 
@@ -210,6 +260,7 @@ impl SecretService for Objects {
     async fn update_secret(&self, req: Request<pb::UpdateSecretRequest>) -> R<Secret> {
         let s = self
             .update(req.into_inner().secret, "secret", |old, new| {
+                validate_secret(new)?;
                 // Kubernetes: a Secret's type is immutable.
                 if old.r#type != new.r#type {
                     return Err(Error::invalid(
@@ -301,7 +352,19 @@ impl Objects {
             .as_ref()
             .map(|s| s.service_account_name.clone())
             .unwrap_or_default();
-        let sa: ServiceAccount = match self.get(&ns, &sa_name).await {
+        let mut found = self.get::<ServiceAccount>(&ns, &sa_name).await;
+        // As Kubernetes' admission: `default` may be in the middle of being
+        // recreated by its controller, so look again for a moment before refusing.
+        if sa_name == "default" {
+            for _ in 0..10 {
+                if !matches!(found, Err(Error::NotFound(_))) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                found = self.get::<ServiceAccount>(&ns, &sa_name).await;
+            }
+        }
+        let sa: ServiceAccount = match found {
             Ok(sa) => sa,
             Err(Error::NotFound(_)) => {
                 // A missing namespace is the better answer when that is the cause.

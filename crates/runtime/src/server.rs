@@ -73,6 +73,20 @@ impl GrpcServer {
         self.health.clone()
     }
 
+    /// Registers every service (and "") as NOT_SERVING, so a health check made
+    /// before the first readiness probe answers NOT_SERVING, never NOT_FOUND. Call
+    /// before [`spawn_readiness`].
+    pub async fn register_not_serving(&self) {
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for n in &self.names {
+            self.health
+                .set_service_status(*n, ServingStatus::NotServing)
+                .await;
+        }
+    }
+
     pub fn service_names(&self) -> &[&'static str] {
         &self.names
     }
@@ -151,18 +165,19 @@ where
         let mut last: Option<bool> = None;
         loop {
             let ok = probe().await;
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             if last != Some(ok) {
-                let status = if ok {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
                 tracing::info!(?status, "health changed");
-                health.set_service_status("", status).await;
-                for n in &names {
-                    health.set_service_status(*n, status).await;
-                }
                 last = Some(ok);
+            }
+            // Re-asserted every round (cheap), so no other writer can leave it stale.
+            health.set_service_status("", status).await;
+            for n in &names {
+                health.set_service_status(*n, status).await;
             }
             tokio::time::sleep(every).await;
         }

@@ -250,6 +250,7 @@ pub async fn serve(
             &[],
         );
     let names = server.service_names().to_vec();
+    server.register_not_serving().await;
     let probe_store = store.clone();
     let probe_ring = ring.clone();
     let probe_clock = clock.clone();
