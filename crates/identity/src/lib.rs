@@ -221,16 +221,6 @@ pub fn grpc_server(objects: &Objects) -> GrpcServer {
         .add_service(WatchServiceServer::new(objects.clone()), METHOD_TABLES[5])
 }
 
-/// Aborts the background loops when dropped.
-struct Tasks(Vec<tokio::task::JoinHandle<()>>);
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
-}
-
 /// Runs the identity service on `listener` until `shutdown`. Refuses to start on a
 /// schema this binary does not know.
 pub async fn serve(
@@ -249,7 +239,7 @@ pub async fn serve(
     let names = server.service_names().to_vec();
     server.register_not_serving().await;
     let probe_store = store.clone();
-    let _tasks = Tasks(vec![
+    let _tasks = badge_runtime::server::Tasks::from_iter([
         tokio::spawn(controllers::default_service_accounts(objects.clone())),
         tokio::spawn(controllers::pod_reaper(objects.clone())),
         tokio::spawn(controllers::legacy_token_cleaner(

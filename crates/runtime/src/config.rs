@@ -32,6 +32,24 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
+/// The flags every Badge binary takes for its configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "BADGE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Override a setting, e.g. `--set server.listen=127.0.0.1:9000` (repeatable).
+    #[arg(long = "set", global = true)]
+    pub set: Vec<String>,
+}
+
+impl ConfigArgs {
+    /// File, then `BADGE_<SECTION>__<KEY>` environment, then `--set` flags.
+    pub fn load<T: DeserializeOwned + Validate>(&self) -> Result<T, ConfigError> {
+        load(self.config.as_deref(), std::env::vars(), &self.set)
+    }
+}
+
 /// Semantic checks after parsing; push one message per problem, naming the setting.
 pub trait Validate {
     fn validate(&self, errors: &mut Vec<String>);

@@ -206,3 +206,28 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutdown signal received: draining");
 }
+
+/// Background tasks of a service, aborted together when dropped (when `serve`
+/// returns, its controllers stop with it).
+#[derive(Default)]
+pub struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Tasks {
+    pub fn push(&mut self, t: tokio::task::JoinHandle<()>) {
+        self.0.push(t);
+    }
+}
+
+impl FromIterator<tokio::task::JoinHandle<()>> for Tasks {
+    fn from_iter<I: IntoIterator<Item = tokio::task::JoinHandle<()>>>(iter: I) -> Self {
+        Tasks(iter.into_iter().collect())
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}

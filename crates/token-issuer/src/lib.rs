@@ -44,16 +44,6 @@ pub struct Listeners {
     pub oidc: TcpListener,
 }
 
-/// Aborts background tasks when dropped.
-struct Tasks(Vec<tokio::task::JoinHandle<()>>);
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
-}
-
 fn load_kek(config: &IssuerConfig) -> anyhow::Result<Option<Kek>> {
     if !config.stored_keys() {
         return Ok(None);
@@ -135,7 +125,7 @@ pub async fn serve(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let mut tasks = Vec::new();
+    let mut tasks = badge_runtime::server::Tasks::default();
     let rotator = if config.stored_keys() {
         ring.rebuild(rotation::stored_keys(&index), clock.now())
             .context(
@@ -269,7 +259,7 @@ pub async fn serve(
             }
         },
     ));
-    let _tasks = Tasks(tasks);
+    let _tasks = tasks;
     tracing::info!(addr = %listeners.grpc.local_addr()?, "token-issuer serving (mTLS gRPC)");
     let stop = async move {
         shutdown.await;

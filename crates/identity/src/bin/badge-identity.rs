@@ -1,6 +1,5 @@
 //! `badge-identity`: serve the identity service, or migrate its store.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use badge_identity::IdentityConfig;
@@ -11,12 +10,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "badge-identity", version, about = "Badge identity service")]
 struct Cli {
-    /// TOML configuration file.
-    #[arg(long, short, env = "BADGE_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// Override a setting: `--set server.listen=127.0.0.1:9000` (repeatable).
-    #[arg(long = "set", global = true)]
-    set: Vec<String>,
+    #[command(flatten)]
+    config: config::ConfigArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cfg: IdentityConfig = config::load(cli.config.as_deref(), std::env::vars(), &cli.set)?;
+    let cfg: IdentityConfig = cli.config.load()?;
     badge_runtime::telemetry::init(&cfg.log);
     let store = Store::connect(
         &cfg.database.url,

@@ -1,7 +1,6 @@
 //! `badge-token-issuer`: serve TokenRequest, key management, OIDC discovery and the
 //! ExternalJWTSigner; or generate a key-encryption key.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use badge_runtime::{BootstrapPolicy, config};
@@ -12,12 +11,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "badge-token-issuer", version, about = "Badge token issuer")]
 struct Cli {
-    /// TOML configuration file.
-    #[arg(long, short, env = "BADGE_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// Override a setting: `--set token.max_expiration_seconds=86400` (repeatable).
-    #[arg(long = "set", global = true)]
-    set: Vec<String>,
+    #[command(flatten)]
+    config: config::ConfigArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cfg: IssuerConfig = config::load(cli.config.as_deref(), std::env::vars(), &cli.set)?;
+    let cfg: IssuerConfig = cli.config.load()?;
     badge_runtime::telemetry::init(&cfg.log);
     match cli.command {
         Command::Serve => {
