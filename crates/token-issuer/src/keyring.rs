@@ -30,6 +30,9 @@ pub struct RingKey {
 /// An immutable snapshot.
 pub struct RingState {
     pub keys: Vec<RingKey>,
+    /// Keys we can sign with, by activation time (ascending): the signer at `now`
+    /// is the last one activated — found without allocating on the hot path.
+    signers: Vec<(SystemTime, Arc<SigningKey>)>,
     pub jwks: Arc<Vec<u8>>,
     pub discovery: Arc<Vec<u8>>,
     pub built_at: SystemTime,
@@ -86,13 +89,11 @@ impl KeyRing {
     /// private part for.
     pub fn active(&self, now: SystemTime) -> Option<Arc<SigningKey>> {
         let snap = self.snapshot();
-        let signers: Vec<&RingKey> = snap.keys.iter().filter(|k| k.signer.is_some()).collect();
-        let t: Vec<KeyTimes> = signers.iter().map(|k| times(&k.stored)).collect();
-        let kid = key_lifecycle::active(&t, now)?;
-        signers
+        snap.signers
             .iter()
-            .find(|k| k.stored.kid == kid)
-            .and_then(|k| k.signer.clone())
+            .rev()
+            .find(|(at, _)| *at <= now)
+            .map(|(_, k)| k.clone())
     }
 
     /// Whether `kid` is still published.
@@ -231,7 +232,20 @@ fn render(issuer: &str, jwks_uri: &str, keys: Vec<RingKey>, now: SystemTime) -> 
         .filter_map(|k| serde_json::to_value(k.public.jwk()).ok())
         .collect();
     let algs: Vec<&str> = keys.iter().map(|k| k.stored.algorithm.as_str()).collect();
+    // Same order as key_lifecycle (activation, creation, kid), so the signer found
+    // by `active` is the key the lifecycle calls active.
+    let mut signers: Vec<(SystemTime, SystemTime, String, Arc<SigningKey>)> = keys
+        .iter()
+        .filter_map(|k| {
+            let t = times(&k.stored);
+            k.signer
+                .clone()
+                .map(|s| (t.activates_at, t.created_at, t.kid, s))
+        })
+        .collect();
+    signers.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
     RingState {
+        signers: signers.into_iter().map(|(at, _, _, k)| (at, k)).collect(),
         jwks: Arc::new(oidc::jwks_document(&jwks).into_bytes()),
         discovery: Arc::new(oidc::discovery_document(issuer, jwks_uri, &algs).into_bytes()),
         keys,
