@@ -858,6 +858,10 @@ fn event_name(e: &pb::WatchEvent) -> (i32, String) {
         Some(Object::Secret(o)) => o.metadata.as_ref().map(|m| m.name.clone()),
         Some(Object::Pod(o)) => o.metadata.as_ref().map(|m| m.name.clone()),
         Some(Object::Node(o)) => o.metadata.as_ref().map(|m| m.name.clone()),
+        Some(Object::Role(o)) => o.metadata.as_ref().map(|m| m.name.clone()),
+        Some(Object::ClusterRole(o)) => o.metadata.as_ref().map(|m| m.name.clone()),
+        Some(Object::RoleBinding(o)) => o.metadata.as_ref().map(|m| m.name.clone()),
+        Some(Object::ClusterRoleBinding(o)) => o.metadata.as_ref().map(|m| m.name.clone()),
         None => None,
     };
     (e.r#type, name.unwrap_or_default())
@@ -1063,7 +1067,7 @@ async fn every_identity_method_has_an_authorization_rule() {
     for file in fds
         .file
         .iter()
-        .filter(|f| f.package() == "badge.identity.v1")
+        .filter(|f| matches!(f.package(), "badge.identity.v1" | "badge.rbac.v1"))
     {
         for svc in &file.service {
             for m in &svc.method {
@@ -1199,4 +1203,174 @@ async fn kubernetes_object_rules_beyond_names() {
         .await
         .expect_err("too big");
     assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn rbac_objects_are_validated_and_defaulted() {
+    use badge_proto::rbac as rb;
+    let s = IdentityServer::start().await;
+    let ch = s.admin().await;
+    let mut c = clients(ch.clone());
+    create_ns(&mut c, "maintenance").await;
+    let mut roles = rb::role_service_client::RoleServiceClient::new(ch.clone());
+    let mut croles = rb::cluster_role_service_client::ClusterRoleServiceClient::new(ch.clone());
+    let mut bindings = rb::role_binding_service_client::RoleBindingServiceClient::new(ch.clone());
+    let mut cbindings =
+        rb::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(ch);
+    let rule = |verbs: &[&str], groups: &[&str], resources: &[&str]| rb::PolicyRule {
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        api_groups: groups.iter().map(|v| v.to_string()).collect(),
+        resources: resources.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    };
+    roles
+        .create_role(rb::CreateRoleRequest {
+            role: Some(rb::Role {
+                metadata: meta("maintenance", "job-reader"),
+                rules: vec![rule(&["list", "watch", "get"], &["batch"], &["jobs"])],
+            }),
+        })
+        .await
+        .expect("role");
+    // A non-resource URL in a namespaced Role, and a rule without verbs, are refused.
+    let err = roles
+        .create_role(rb::CreateRoleRequest {
+            role: Some(rb::Role {
+                metadata: meta("maintenance", "bad"),
+                rules: vec![
+                    rb::PolicyRule {
+                        verbs: vec!["get".into()],
+                        non_resource_urls: vec!["/healthz".into()],
+                        ..Default::default()
+                    },
+                    rule(&[], &[""], &["pods"]),
+                ],
+            }),
+        })
+        .await
+        .expect_err("invalid role");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<String> = err
+        .get_details_bad_request()
+        .expect("details")
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    assert!(
+        fields.iter().any(|f| f.starts_with("role.rules[0]")),
+        "{fields:?}"
+    );
+    assert!(
+        fields.iter().any(|f| f == "role.rules[1].verbs"),
+        "{fields:?}"
+    );
+
+    // Bootstrap-style names with ':' are valid RBAC names.
+    croles
+        .create_cluster_role(rb::CreateClusterRoleRequest {
+            cluster_role: Some(rb::ClusterRole {
+                metadata: meta("", "system:public-info-viewer"),
+                rules: vec![rb::PolicyRule {
+                    verbs: vec!["get".into()],
+                    non_resource_urls: vec!["/healthz".into(), "/version".into()],
+                    ..Default::default()
+                }],
+            }),
+        })
+        .await
+        .expect("cluster role");
+
+    // A ServiceAccount subject's namespace defaults to the binding's; api groups default.
+    let rb_ = bindings
+        .create_role_binding(rb::CreateRoleBindingRequest {
+            role_binding: Some(rb::RoleBinding {
+                metadata: meta("maintenance", "read-jobs"),
+                subjects: vec![
+                    rb::Subject {
+                        kind: "ServiceAccount".into(),
+                        name: "builder".into(),
+                        ..Default::default()
+                    },
+                    rb::Subject {
+                        kind: "Group".into(),
+                        name: "system:serviceaccounts:dev".into(),
+                        ..Default::default()
+                    },
+                ],
+                role_ref: Some(rb::RoleRef {
+                    kind: "Role".into(),
+                    name: "job-reader".into(),
+                    ..Default::default()
+                }),
+            }),
+        })
+        .await
+        .expect("binding")
+        .into_inner();
+    assert_eq!(rb_.subjects[0].namespace, "maintenance");
+    assert_eq!(rb_.subjects[1].api_group, "rbac.authorization.k8s.io");
+    assert_eq!(
+        rb_.role_ref.as_ref().expect("ref").api_group,
+        "rbac.authorization.k8s.io"
+    );
+
+    // role_ref is immutable.
+    let mut changed = rb_.clone();
+    changed.role_ref.as_mut().expect("ref").name = "other".into();
+    let err = bindings
+        .update_role_binding(rb::UpdateRoleBindingRequest {
+            role_binding: Some(changed),
+        })
+        .await
+        .expect_err("immutable");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("role_ref"), "{}", err.message());
+
+    // A ClusterRoleBinding needs the ServiceAccount subject's namespace.
+    let err = cbindings
+        .create_cluster_role_binding(rb::CreateClusterRoleBindingRequest {
+            cluster_role_binding: Some(rb::ClusterRoleBinding {
+                metadata: meta("", "viewers"),
+                subjects: vec![rb::Subject {
+                    kind: "ServiceAccount".into(),
+                    name: "builder".into(),
+                    ..Default::default()
+                }],
+                role_ref: Some(rb::RoleRef {
+                    kind: "ClusterRole".into(),
+                    name: "system:public-info-viewer".into(),
+                    ..Default::default()
+                }),
+            }),
+        })
+        .await
+        .expect_err("namespace required");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Watch sees RBAC changes like any other kind.
+    let list = roles
+        .list_roles(rb::ListRolesRequest {
+            namespace: "maintenance".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.roles.len(), 1);
+    let mut w = c
+        .watch
+        .watch(pb::WatchRequest {
+            kinds: vec![pb::Kind::RoleBinding as i32],
+            resource_version: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let ev = next(&mut w).await;
+    assert_eq!(
+        event_name(&ev),
+        (pb::EventType::Added as i32, "read-jobs".into())
+    );
 }

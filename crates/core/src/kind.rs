@@ -17,10 +17,14 @@ pub enum Kind {
     /// A revoked token (by jti), kept until the token's expiry. Owned by the
     /// token-issuer (`RevokeToken`); every token-review replica follows the feed.
     Revocation,
+    Role,
+    ClusterRole,
+    RoleBinding,
+    ClusterRoleBinding,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::ServiceAccount,
         Kind::Secret,
@@ -28,16 +32,33 @@ impl Kind {
         Kind::Node,
         Kind::SigningKey,
         Kind::Revocation,
+        Kind::Role,
+        Kind::ClusterRole,
+        Kind::RoleBinding,
+        Kind::ClusterRoleBinding,
     ];
 
     /// The kinds the identity service serves (and its Watch streams).
-    pub const IDENTITY: [Kind; 5] = [
+    pub const IDENTITY: [Kind; 9] = [
         Kind::Namespace,
         Kind::ServiceAccount,
         Kind::Secret,
         Kind::Pod,
         Kind::Node,
+        Kind::Role,
+        Kind::ClusterRole,
+        Kind::RoleBinding,
+        Kind::ClusterRoleBinding,
     ];
+
+    /// RBAC kinds: their names follow Kubernetes' path-segment rule (bootstrap
+    /// names such as `system:auth-delegator` contain ':').
+    pub fn is_rbac(self) -> bool {
+        matches!(
+            self,
+            Kind::Role | Kind::ClusterRole | Kind::RoleBinding | Kind::ClusterRoleBinding
+        )
+    }
 
     /// The Kubernetes kind name, also the store's `kind` column.
     pub fn as_str(self) -> &'static str {
@@ -49,6 +70,10 @@ impl Kind {
             Kind::Node => "Node",
             Kind::SigningKey => "SigningKey",
             Kind::Revocation => "Revocation",
+            Kind::Role => "Role",
+            Kind::ClusterRole => "ClusterRole",
+            Kind::RoleBinding => "RoleBinding",
+            Kind::ClusterRoleBinding => "ClusterRoleBinding",
         }
     }
 
@@ -62,6 +87,10 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::SigningKey => "signingkeys",
             Kind::Revocation => "revocations",
+            Kind::Role => "roles",
+            Kind::ClusterRole => "clusterroles",
+            Kind::RoleBinding => "rolebindings",
+            Kind::ClusterRoleBinding => "clusterrolebindings",
         }
     }
 
@@ -70,7 +99,12 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         !matches!(
             self,
-            Kind::Namespace | Kind::Node | Kind::SigningKey | Kind::Revocation
+            Kind::Namespace
+                | Kind::Node
+                | Kind::SigningKey
+                | Kind::Revocation
+                | Kind::ClusterRole
+                | Kind::ClusterRoleBinding
         )
     }
 }

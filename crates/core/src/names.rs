@@ -229,6 +229,18 @@ pub fn validate_annotations(
 /// `service_account.metadata`). Every violation is returned, none short-circuits.
 /// Server-set fields (uid, resource_version, timestamps) are not checked here: the
 /// server overwrites or compares them.
+/// The name rule of a kind: DNS label for namespaces, path segment for RBAC
+/// objects, DNS subdomain for everything else.
+pub fn validate_name_for(kind: Kind, name: &str) -> Vec<String> {
+    if kind == Kind::Namespace {
+        validate_dns_label(name)
+    } else if kind.is_rbac() {
+        crate::rbac::validate_rbac_name(name)
+    } else {
+        validate_dns_subdomain(name)
+    }
+}
+
 pub fn validate_object_meta(
     meta: Option<&ObjectMeta>,
     path_prefix: &str,
@@ -243,11 +255,7 @@ pub fn validate_object_meta(
     if meta.name.is_empty() {
         out.push(FieldViolation::new(&name_field, "name is required"));
     } else {
-        let errs = if kind == Kind::Namespace {
-            validate_dns_label(&meta.name)
-        } else {
-            validate_dns_subdomain(&meta.name)
-        };
+        let errs = validate_name_for(kind, &meta.name);
         out.extend(
             errs.iter()
                 .map(|e| FieldViolation::new(&name_field, invalid_value(&meta.name, e))),

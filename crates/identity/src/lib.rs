@@ -4,6 +4,7 @@
 
 pub mod controllers;
 pub mod objects;
+pub mod rbac;
 pub mod services;
 pub mod watch;
 
@@ -195,13 +196,14 @@ const WATCH: [(&str, MethodRule); 1] = [(
 )];
 
 /// Every identity method → what it does in RBAC terms.
-pub const METHOD_TABLES: [MethodTable; 6] = [
+pub const METHOD_TABLES: [MethodTable; 7] = [
     &NAMESPACES,
     &SERVICE_ACCOUNTS,
     &SECRETS,
     &PODS,
     &NODES,
     &WATCH,
+    &rbac::METHODS,
 ];
 
 /// The gRPC server with every identity service on it.
@@ -219,6 +221,28 @@ pub fn grpc_server(objects: &Objects) -> GrpcServer {
         .add_service(PodServiceServer::new(objects.clone()), METHOD_TABLES[3])
         .add_service(NodeServiceServer::new(objects.clone()), METHOD_TABLES[4])
         .add_service(WatchServiceServer::new(objects.clone()), METHOD_TABLES[5])
+        .add_service(
+            badge_proto::rbac::role_service_server::RoleServiceServer::new(objects.clone()),
+            METHOD_TABLES[6],
+        )
+        .add_service(
+            badge_proto::rbac::cluster_role_service_server::ClusterRoleServiceServer::new(
+                objects.clone(),
+            ),
+            &[],
+        )
+        .add_service(
+            badge_proto::rbac::role_binding_service_server::RoleBindingServiceServer::new(
+                objects.clone(),
+            ),
+            &[],
+        )
+        .add_service(
+            badge_proto::rbac::cluster_role_binding_service_server::ClusterRoleBindingServiceServer::new(
+                objects.clone(),
+            ),
+            &[],
+        )
 }
 
 /// Runs the identity service on `listener` until `shutdown`. Refuses to start on a

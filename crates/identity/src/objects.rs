@@ -50,11 +50,7 @@ pub fn check_key(kind: Kind, namespace: &str, name: &str) -> Result<()> {
     if name.is_empty() {
         v.push(badge_core::FieldViolation::new("name", "name is required"));
     } else {
-        let errs = if kind == Kind::Namespace {
-            names::validate_dns_label(name)
-        } else {
-            names::validate_dns_subdomain(name)
-        };
+        let errs = names::validate_name_for(kind, name);
         for e in errs {
             v.push(badge_core::FieldViolation::new(
                 "name",

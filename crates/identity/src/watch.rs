@@ -29,6 +29,10 @@ fn kind_of(k: pb::Kind) -> Option<Kind> {
         pb::Kind::Secret => Some(Kind::Secret),
         pb::Kind::Pod => Some(Kind::Pod),
         pb::Kind::Node => Some(Kind::Node),
+        pb::Kind::Role => Some(Kind::Role),
+        pb::Kind::ClusterRole => Some(Kind::ClusterRole),
+        pb::Kind::RoleBinding => Some(Kind::RoleBinding),
+        pb::Kind::ClusterRoleBinding => Some(Kind::ClusterRoleBinding),
     }
 }
 
@@ -43,6 +47,10 @@ pub fn event_object(record: &Record) -> Result<watch_event::Object> {
         Kind::Secret => one::<Secret>(record),
         Kind::Pod => one::<Pod>(record),
         Kind::Node => one::<Node>(record),
+        Kind::Role => one::<badge_proto::rbac::Role>(record),
+        Kind::ClusterRole => one::<badge_proto::rbac::ClusterRole>(record),
+        Kind::RoleBinding => one::<badge_proto::rbac::RoleBinding>(record),
+        Kind::ClusterRoleBinding => one::<badge_proto::rbac::ClusterRoleBinding>(record),
         Kind::SigningKey | Kind::Revocation => Err(Error::Internal(
             "signing keys are not served by the identity service".into(),
         )),
@@ -110,6 +118,10 @@ fn event(kind: EventType, revision: i64, record: &Record) -> Result<WatchEvent> 
         watch_event::Object::Secret(o) => o.meta_mut().resource_version = rv.clone(),
         watch_event::Object::Pod(o) => o.meta_mut().resource_version = rv.clone(),
         watch_event::Object::Node(o) => o.meta_mut().resource_version = rv.clone(),
+        watch_event::Object::Role(o) => o.meta_mut().resource_version = rv.clone(),
+        watch_event::Object::ClusterRole(o) => o.meta_mut().resource_version = rv.clone(),
+        watch_event::Object::RoleBinding(o) => o.meta_mut().resource_version = rv.clone(),
+        watch_event::Object::ClusterRoleBinding(o) => o.meta_mut().resource_version = rv.clone(),
     }
     Ok(WatchEvent {
         r#type: kind as i32,

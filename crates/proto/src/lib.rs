@@ -19,6 +19,11 @@ pub mod badge {
             include!(concat!(env!("OUT_DIR"), "/badge.token.v1.rs"));
         }
     }
+    pub mod rbac {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/badge.rbac.v1.rs"));
+        }
+    }
     pub mod review {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/badge.review.v1.rs"));
@@ -39,6 +44,7 @@ pub mod externaljwt {
 
 pub use badge::identity::v1 as identity;
 pub use badge::meta::v1 as meta;
+pub use badge::rbac::v1 as rbac;
 pub use badge::review::v1 as review;
 pub use badge::token::v1 as token;
 

@@ -11,6 +11,7 @@ use badge_proto::identity::{
     Namespace, NamespaceStatus, Node, Pod, Secret, ServiceAccount, watch_event,
 };
 use badge_proto::meta::ObjectMeta;
+use badge_proto::rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use badge_store::Record;
 use prost::Message;
 
@@ -93,12 +94,24 @@ impl Hooks for Secret {
 }
 impl Hooks for Pod {}
 impl Hooks for Node {}
+impl Hooks for Role {}
+impl Hooks for ClusterRole {}
+impl Hooks for RoleBinding {}
+impl Hooks for ClusterRoleBinding {}
 
 object!(Namespace, Kind::Namespace, Namespace);
 object!(ServiceAccount, Kind::ServiceAccount, ServiceAccount);
 object!(Secret, Kind::Secret, Secret);
 object!(Pod, Kind::Pod, Pod);
 object!(Node, Kind::Node, Node);
+object!(Role, Kind::Role, Role);
+object!(ClusterRole, Kind::ClusterRole, ClusterRole);
+object!(RoleBinding, Kind::RoleBinding, RoleBinding);
+object!(
+    ClusterRoleBinding,
+    Kind::ClusterRoleBinding,
+    ClusterRoleBinding
+);
 
 /// Encodes for the store: server-managed metadata lives in columns, not in the blob.
 pub fn encode<T: Object>(obj: &T) -> (BTreeMap<String, String>, Vec<u8>) {

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod index;
+pub mod rbac;
 
 pub use codec::{Object, decode, encode};
 pub use index::Index;
