@@ -957,7 +957,12 @@ async fn every_issued_token_is_audited_without_the_token() {
     assert_eq!(f["namespace"], "apps");
     assert_eq!(f["service_account"], "web");
     assert_eq!(f["credential_id"], resp.credential_id.as_str());
-    assert!(f["audiences"].as_str().expect("audiences").contains("vault"));
+    assert!(
+        f["audiences"]
+            .as_str()
+            .expect("audiences")
+            .contains("vault")
+    );
     assert!(f["expires_at"].is_number());
     // The token (or its signature) never reaches a log line.
     let signature = resp.token.rsplit('.').next().expect("sig");
