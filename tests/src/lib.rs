@@ -523,3 +523,272 @@ impl PgProxy {
         format!("{scheme}://{auth}{}/{path}", self.addr)
     }
 }
+
+/// Options for [`ReviewServer::start_with`].
+#[derive(Debug, Clone)]
+pub struct ReviewOptions {
+    /// The webhook requires client certificates from the dev CA.
+    pub webhook_client_certs: bool,
+    /// Record legacy-token use through identity.
+    pub last_used: bool,
+    /// Overrides the database URL (e.g. through a [`PgProxy`]).
+    pub database_url: Option<String>,
+    /// `review.deletion_leeway_seconds`.
+    pub deletion_leeway_seconds: u64,
+}
+
+impl Default for ReviewOptions {
+    fn default() -> Self {
+        ReviewOptions {
+            webhook_client_certs: true,
+            last_used: true,
+            database_url: None,
+            deletion_leeway_seconds: 0,
+        }
+    }
+}
+
+/// A running token-review next to an [`IdentityServer`] and an [`IssuerServer`], on
+/// the same database, key-encryption key and dev PKI, accepting the issuer's
+/// issuers.
+pub struct ReviewServer {
+    pub grpc: SocketAddr,
+    pub webhook: SocketAddr,
+    pub config: badge_token_review::ReviewConfig,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for ReviewServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ReviewServer {
+    pub fn config(
+        identity: &IdentityServer,
+        issuer: &IssuerServer,
+        webhook: SocketAddr,
+        opts: &ReviewOptions,
+    ) -> badge_token_review::ReviewConfig {
+        use badge_token_review::config::*;
+        let server = identity.pki.server("token-review");
+        let client = identity.pki.client("token-review");
+        let mut database = identity.config.database.clone();
+        if let Some(url) = &opts.database_url {
+            database.url = url.clone();
+        }
+        // The feed follower, probes and slow paths need few connections.
+        database.max_connections = 4;
+        ReviewConfig {
+            server: ListenConfig {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                tls: TlsFiles {
+                    ca: identity.pki.ca.clone(),
+                    cert: server.cert.clone(),
+                    key: server.key.clone(),
+                },
+            },
+            database,
+            log: LogConfig::default(),
+            review: ReviewSection {
+                issuers: issuer.config.token.issuers.clone(),
+                api_audiences: vec![],
+                leeway_seconds: 60,
+                deletion_leeway_seconds: opts.deletion_leeway_seconds,
+                max_token_bytes: 65536,
+                cache_entries: 100_000,
+            },
+            encryption: EncryptionConfig {
+                kek_file: identity.config.encryption.kek_file.clone(),
+                kek: None,
+            },
+            webhook: Some(WebhookConfig {
+                listen: webhook,
+                cert: server.cert,
+                key: server.key,
+                client_ca: opts.webhook_client_certs.then(|| identity.pki.ca.clone()),
+            }),
+            identity: opts.last_used.then(|| PeerConfig {
+                endpoint: identity.url(),
+                server_name: "localhost".into(),
+                tls: TlsFiles {
+                    ca: identity.pki.ca.clone(),
+                    cert: client.cert,
+                    key: client.key,
+                },
+            }),
+        }
+    }
+
+    pub async fn start(identity: &IdentityServer, issuer: &IssuerServer) -> Self {
+        Self::start_with(identity, issuer, ReviewOptions::default()).await
+    }
+
+    /// Starts the server and waits until health says SERVING.
+    pub async fn start_with(
+        identity: &IdentityServer,
+        issuer: &IssuerServer,
+        opts: ReviewOptions,
+    ) -> Self {
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let webhook = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let (grpc_addr, webhook_addr) = (
+            grpc.local_addr().expect("a"),
+            webhook.local_addr().expect("a"),
+        );
+        let config = Self::config(identity, issuer, webhook_addr, &opts);
+        let store = badge_store::Store::connect(
+            &config.database.url,
+            badge_store::StoreOptions {
+                max_connections: config.database.max_connections,
+                connect_timeout: Duration::from_secs(2),
+                sealer: config.encryption.sealer().expect("kek"),
+            },
+        )
+        .await
+        .expect("store");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let cfg = config.clone();
+        let task = tokio::spawn(async move {
+            badge_token_review::serve(
+                &cfg,
+                store,
+                Arc::new(badge_core::SystemClock),
+                badge_token_review::Listeners {
+                    grpc,
+                    webhook: Some(webhook),
+                },
+                Arc::new(badge_runtime::BootstrapPolicy),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
+        let s = ReviewServer {
+            grpc: grpc_addr,
+            webhook: webhook_addr,
+            config,
+            task,
+            stop: Some(stop),
+        };
+        let mut health = tonic_health::pb::health_client::HealthClient::new(
+            s.channel(identity, &identity.pki.admin),
+        );
+        for _ in 0..400 {
+            if let Ok(r) = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                && r.get_ref().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            {
+                return s;
+            }
+            assert!(!s.task.is_finished(), "token-review exited during start-up");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("token-review did not become ready");
+    }
+
+    /// An mTLS channel to the gRPC port as `cert`.
+    pub fn channel(&self, identity: &IdentityServer, cert: &CertPaths) -> Channel {
+        let ca = std::fs::read(&identity.pki.ca).expect("ca");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(self::identity(cert))
+            .domain_name("localhost");
+        Channel::from_shared(format!("https://{}", self.grpc))
+            .expect("url")
+            .tls_config(tls)
+            .expect("tls")
+            .connect_lazy()
+    }
+
+    /// Graceful stop; returns what `serve` returned.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        (&mut self.task).await?
+    }
+}
+
+/// An HTTPS POST trusting `ca`, presenting `client` if given (HTTP/1.1,
+/// `Connection: close`): status, headers (lowercased names) and body.
+pub async fn https_post(
+    addr: SocketAddr,
+    path: &str,
+    ca: &Path,
+    client: Option<&CertPaths>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(c.expect("cert")).expect("add");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(c) => {
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(&c.cert)
+                .expect("client cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("client cert");
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&c.key).expect("client key");
+            builder
+                .with_client_auth_cert(certs, key)
+                .expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("tls");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nAccept: application/json, */*\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.expect("write");
+    tls.write_all(body).await.expect("write");
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}

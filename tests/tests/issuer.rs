@@ -843,13 +843,13 @@ async fn revoke_token_records_the_credential_until_expiry() {
         })
         .await
         .expect("token");
-    let exp = resp.expiration_timestamp.clone().expect("exp");
+    let exp = resp.expiration_timestamp.expect("exp");
     let revoked = e
         .tokens
         .clone()
         .revoke_token(tpb::RevokeTokenRequest {
             credential_id: resp.credential_id.clone(),
-            expires_at: Some(exp.clone()),
+            expires_at: Some(exp),
             reason: "leaked in a log".into(),
         })
         .await

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use badge_proto::identity::GetServiceAccountRequest;
+use badge_proto::review::{CreateTokenReviewRequest, TokenReviewSpec};
 use badge_proto::token::{BoundObjectReference, CreateTokenRequest};
 use badge_runtime::tls::{TlsFiles, TlsMaterial};
 use clap::{ArgAction, Args, Parser, Subcommand};
@@ -165,11 +166,21 @@ pub enum ScenarioArgs {
         #[arg(long)]
         name: String,
     },
+    /// badge.review.v1.TokenReviewService/CreateTokenReview of one token, again and
+    /// again (a warm signature cache); a rejected token counts as an error.
+    TokenReview {
+        /// File holding the token (surrounding whitespace is ignored).
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Repeatable; none: the API audiences.
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+    },
 }
 
 impl ScenarioArgs {
-    pub fn build(self) -> Scenario {
-        match self {
+    pub fn build(self) -> anyhow::Result<Scenario> {
+        Ok(match self {
             ScenarioArgs::Echo { payload_bytes } => Scenario::echo(payload_bytes),
             ScenarioArgs::CreateToken {
                 namespace,
@@ -195,7 +206,22 @@ impl ScenarioArgs {
             ScenarioArgs::GetServiceAccount { namespace, name } => {
                 Scenario::GetServiceAccount(GetServiceAccountRequest { namespace, name })
             }
-        }
+            ScenarioArgs::TokenReview {
+                token_file,
+                audiences,
+            } => {
+                let token = std::fs::read_to_string(&token_file)
+                    .with_context(|| format!("--token-file {}", token_file.display()))?
+                    .trim()
+                    .to_string();
+                if token.is_empty() {
+                    bail!("--token-file {}: no token in it", token_file.display());
+                }
+                Scenario::TokenReview(CreateTokenReviewRequest {
+                    spec: Some(TokenReviewSpec { token, audiences }),
+                })
+            }
+        })
     }
 }
 
@@ -245,7 +271,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 duration: args.load.duration,
                 warmup: args.load.warmup,
             };
-            let report = load::run(&config, args.scenario.build()).await?;
+            let report = load::run(&config, args.scenario.build()?).await?;
             print_report(&report, args.load.json)
         }
         Command::Ceiling(args) => {

@@ -4,6 +4,8 @@
 
 use badge_proto::identity::GetServiceAccountRequest;
 use badge_proto::identity::service_account_service_client::ServiceAccountServiceClient;
+use badge_proto::review::CreateTokenReviewRequest;
+use badge_proto::review::token_review_service_client::TokenReviewServiceClient;
 use badge_proto::token::CreateTokenRequest;
 use badge_proto::token::token_service_client::TokenServiceClient;
 use prost::bytes::Bytes;
@@ -22,6 +24,9 @@ pub enum Scenario {
     CreateToken(CreateTokenRequest),
     /// `badge.identity.v1.ServiceAccountService/GetServiceAccount`.
     GetServiceAccount(GetServiceAccountRequest),
+    /// `badge.review.v1.TokenReviewService/CreateTokenReview`; an answer with
+    /// `authenticated = false` counts as an `Unauthenticated` error.
+    TokenReview(CreateTokenReviewRequest),
 }
 
 impl Scenario {
@@ -38,6 +43,7 @@ impl Scenario {
             Scenario::Echo { .. } => "echo",
             Scenario::CreateToken(_) => "create-token",
             Scenario::GetServiceAccount(_) => "get-service-account",
+            Scenario::TokenReview(_) => "token-review",
         }
     }
 
@@ -64,6 +70,19 @@ impl Scenario {
                 ServiceAccountServiceClient::new(channel)
                     .get_service_account(request.clone())
                     .await?;
+            }
+            Scenario::TokenReview(request) => {
+                let reply = TokenReviewServiceClient::new(channel)
+                    .create_token_review(request.clone())
+                    .await?;
+                let status = reply.into_inner().status.unwrap_or_default();
+                if !status.authenticated {
+                    // The reason only: never the token.
+                    return Err(Status::unauthenticated(format!(
+                        "token not authenticated: {}",
+                        status.error
+                    )));
+                }
             }
         }
         Ok(())

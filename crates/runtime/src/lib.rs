@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod https;
 pub mod pki;
 pub mod server;
 pub mod status;

@@ -93,7 +93,7 @@ impl Rotator {
             .map_err(|e| Error::Internal(format!("key generation: {e}")))?;
         let stored = StoredKey::seal(
             &key,
-            &kek,
+            kek,
             &seal_aad(key.kid()),
             secs(now),
             secs(activates_at),

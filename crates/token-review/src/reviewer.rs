@@ -1,0 +1,248 @@
+//! One review: the core algorithm over the index and the current key snapshot,
+//! plus the two slow paths that keep it correct without a database round trip on
+//! the hot path:
+//!
+//! - **unknown kid**: the key set is refreshed from the store once (single-flight:
+//!   concurrent reviews share one refresh), then the review runs again;
+//! - **a liveness check failed** (an object missing, recreated or deleted): the
+//!   index may simply not have applied a change yet (a pod created a millisecond
+//!   ago in another process). The reviewer waits until the index has applied
+//!   everything the store had committed (one `current_revision` query, shared by
+//!   concurrent reviews, bounded by a timeout) and runs the review again if the
+//!   index moved. Kubernetes does the same with a live GET when its informer cache
+//!   misses. Successful reviews never wait.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use badge_core::review::{ReviewReport, ReviewSettings, TOKEN_REVOKED, review_with_report};
+use badge_core::{Clock, Error, Kind, Result};
+use badge_records::Index;
+use badge_store::{ListQuery, Record, Store};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::keys::{CachingVerifier, KeyStore};
+use crate::lookup::IndexLookup;
+
+/// How long a failed review waits for the index to catch up with the store.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an unknown-kid refresh may take.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a review came from (for the audit event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Grpc,
+    Webhook,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Via::Grpc => "grpc",
+            Via::Webhook => "webhook",
+        }
+    }
+}
+
+/// What one pass of the core algorithm learned besides its report.
+struct Pass {
+    report: ReviewReport,
+    unknown_kid: bool,
+    consulted: bool,
+}
+
+/// Shared by the gRPC service and the webhook.
+pub struct Reviewer {
+    pub settings: ReviewSettings,
+    pub index: Index,
+    pub store: Store,
+    pub keys: KeyStore,
+    pub clock: Arc<dyn Clock>,
+    /// Set once the index is loaded and the keys are built.
+    pub ready: AtomicBool,
+    /// Whether the store answered the last health probe. While it does not,
+    /// reviews are answered from the index alone (no catch-up or refresh).
+    pub store_ok: AtomicBool,
+    /// Legacy Secrets whose last-used label needs today's date (see `last_used`).
+    pub last_used: Option<mpsc::Sender<(String, String)>>,
+    /// When the last unknown-kid refresh started.
+    key_refresh: Mutex<Option<Instant>>,
+    /// When the last index catch-up started.
+    catch_up: Mutex<Option<Instant>>,
+}
+
+impl Reviewer {
+    pub fn new(
+        settings: ReviewSettings,
+        index: Index,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        cache_entries: usize,
+        last_used: Option<mpsc::Sender<(String, String)>>,
+    ) -> Self {
+        Reviewer {
+            settings,
+            index,
+            store,
+            keys: KeyStore::new(cache_entries),
+            clock,
+            ready: AtomicBool::new(false),
+            store_ok: AtomicBool::new(true),
+            last_used,
+            key_refresh: Mutex::new(None),
+            catch_up: Mutex::new(None),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn pass(&self, token: &str, audiences: &[String]) -> Pass {
+        let keys = self.keys.snapshot();
+        let verifier = CachingVerifier::new(&keys);
+        let now = self.clock.now();
+        let lookup = IndexLookup::new(&self.index, now);
+        let report = review_with_report(token, audiences, &self.settings, &verifier, &lookup, now);
+        Pass {
+            report,
+            unknown_kid: verifier.saw_unknown_kid(),
+            consulted: lookup.consulted(),
+        }
+    }
+
+    /// Reviews `token` for `audiences` (empty: the API audiences). `Err` only while
+    /// the index is still loading (UNAVAILABLE); a token that fails is `Ok` with
+    /// the error in the report. `requester` is the caller, for the audit event.
+    pub async fn review(
+        &self,
+        token: &str,
+        audiences: &[String],
+        via: Via,
+        requester: &str,
+    ) -> Result<ReviewReport> {
+        if !self.is_ready() {
+            return Err(Error::Unavailable(
+                "token review is starting: the index is still loading from the store".into(),
+            ));
+        }
+        let began = Instant::now();
+        let revision = self.index.revision();
+        let mut pass = self.pass(token, audiences);
+        if pass.report.outcome.is_err() && pass.unknown_kid {
+            self.refresh_keys(began).await;
+            pass = self.pass(token, audiences);
+        }
+        let retry = match &pass.report.outcome {
+            Err(e) => pass.consulted && e != TOKEN_REVOKED,
+            Ok(_) => false,
+        };
+        if retry && self.catch_up(began, revision).await {
+            pass = self.pass(token, audiences);
+        }
+        let report = pass.report;
+        self.record_use(&report);
+        audit(&report, via, requester);
+        Ok(report)
+    }
+
+    /// Queues the legacy Secret for its last-used label; never blocks or fails.
+    fn record_use(&self, report: &ReviewReport) {
+        let (Some(tx), Some(secret)) = (&self.last_used, &report.legacy_secret) else {
+            return;
+        };
+        if let Err(e) = tx.try_send(secret.clone()) {
+            tracing::debug!(namespace = %secret.0, secret = %secret.1, error = %e, "last-used queue full: dropped");
+        }
+    }
+
+    /// Re-reads the signing keys from the store, unless a refresh that started
+    /// after `began` already did. Concurrent callers wait for one refresh.
+    async fn refresh_keys(&self, began: Instant) {
+        if !self.store_ok.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut last = self.key_refresh.lock().await;
+        if last.is_some_and(|t| t >= began) {
+            return;
+        }
+        let started = Instant::now();
+        let all = |_: &Record| true;
+        let listed = tokio::time::timeout(
+            REFRESH_TIMEOUT,
+            self.store.list(ListQuery {
+                kind: Kind::SigningKey,
+                namespace: None,
+                after: None,
+                limit: 0,
+                filter: &all,
+            }),
+        )
+        .await;
+        match listed {
+            Ok(Ok(page)) => {
+                self.keys.install(&page.items, page.revision);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "refreshing verification keys"),
+            Err(_) => tracing::warn!("refreshing verification keys: timed out"),
+        }
+        *last = Some(started);
+    }
+
+    /// Waits until the index has applied every change the store had committed when
+    /// the catch-up started (unless one that started after `began` already ran).
+    /// Returns whether the index moved past `revision`.
+    async fn catch_up(&self, began: Instant, revision: i64) -> bool {
+        if !self.store_ok.load(Ordering::Relaxed) {
+            return false;
+        }
+        {
+            let mut last = self.catch_up.lock().await;
+            if !last.is_some_and(|t| t >= began) {
+                let started = Instant::now();
+                let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+                if let Ok(Ok(target)) =
+                    tokio::time::timeout_at(deadline, self.store.current_revision()).await
+                {
+                    let mut rx = self.index.subscribe();
+                    let _ = tokio::time::timeout_at(deadline, rx.wait_for(|r| *r >= target)).await;
+                }
+                *last = Some(started);
+            }
+        }
+        self.index.revision() > revision
+    }
+}
+
+/// One audit event per review: who asked, through which door, the result, the
+/// user and credential id, and Kubernetes' error text — never the token.
+fn audit(report: &ReviewReport, via: Via, requester: &str) {
+    match &report.outcome {
+        Ok(a) => tracing::info!(
+            target: "audit",
+            event = "token.reviewed",
+            via = via.as_str(),
+            requester,
+            authenticated = true,
+            username = %a.user.username,
+            credential_id = %a.credential_id,
+            audiences = ?a.audiences,
+            stale = a.stale,
+            legacy = a.legacy,
+            annotations = ?report.audit_annotations,
+            "token review"
+        ),
+        Err(e) => tracing::info!(
+            target: "audit",
+            event = "token.reviewed",
+            via = via.as_str(),
+            requester,
+            authenticated = false,
+            error = %e,
+            annotations = ?report.audit_annotations,
+            "token review"
+        ),
+    }
+}
