@@ -34,6 +34,11 @@ pub struct UpArgs {
     pub issuer_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8445")]
     pub oidc_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8446")]
+    pub review_listen: SocketAddr,
+    /// Kubernetes token-authentication webhook (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:8447")]
+    pub webhook_listen: SocketAddr,
     /// Token issuer URL (https, no query); default https://<oidc listen address>.
     #[arg(long)]
     pub issuer_url: Option<String>,
@@ -161,6 +166,30 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
             },
         }),
     };
+    let rv_server = pki.server("token-review");
+    let rv_client = pki.client("token-review");
+    let p = |x: &Path| x.display().to_string();
+    // Built through the same loader as a config file, so every default applies.
+    let review: badge_token_review::ReviewConfig = badge_runtime::config::load(
+        None,
+        Vec::<(String, String)>::new(),
+        &[
+            format!("server.listen={}", a.review_listen),
+            format!("server.tls.ca={}", p(&pki.ca)),
+            format!("server.tls.cert={}", p(&rv_server.cert)),
+            format!("server.tls.key={}", p(&rv_server.key)),
+            format!("database.url={}", a.database_url),
+            format!("review.issuers=[\"{issuer_url}\"]"),
+            format!("encryption.kek_file={}", p(&kek)),
+            format!("webhook.listen={}", a.webhook_listen),
+            format!("webhook.cert={}", p(&rv_server.cert)),
+            format!("webhook.key={}", p(&rv_server.key)),
+            format!("identity.endpoint=https://{}", a.identity_listen),
+            format!("identity.tls.ca={}", p(&pki.ca)),
+            format!("identity.tls.cert={}", p(&rv_client.cert)),
+            format!("identity.tls.key={}", p(&rv_client.key)),
+        ],
+    )?;
     let mut errors = Vec::new();
     badge_runtime::config::Validate::validate(&issuer, &mut errors);
     badge_runtime::config::Validate::validate(&identity, &mut errors);
@@ -178,6 +207,16 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         oidc: tokio::net::TcpListener::bind(a.oidc_listen)
             .await
             .with_context(|| format!("binding {}", a.oidc_listen))?,
+    };
+    let review_listeners = badge_token_review::Listeners {
+        grpc: tokio::net::TcpListener::bind(a.review_listen)
+            .await
+            .with_context(|| format!("binding {}", a.review_listen))?,
+        webhook: Some(
+            tokio::net::TcpListener::bind(a.webhook_listen)
+                .await
+                .with_context(|| format!("binding {}", a.webhook_listen))?,
+        ),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -213,37 +252,54 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         })
     };
 
+    let rv_task = {
+        let (cfg, store, clock, policy, stop) = (
+            review.clone(),
+            store.clone(),
+            clock.clone(),
+            policy.clone(),
+            stopped(),
+        );
+        tokio::spawn(async move {
+            badge_token_review::serve(&cfg, store, clock, review_listeners, policy, stop).await
+        })
+    };
     let env = env_file(&a, &pki, &issuer_url);
     std::fs::write(a.data_dir.join("badge.env"), &env)?;
     print_banner(&a, &pki, &issuer_url);
 
-    let (mut id_task, mut is_task) = (id_task, is_task);
+    let (mut id_task, mut is_task, mut rv_task) = (id_task, is_task, rv_task);
     // Run until Ctrl-C / SIGTERM, or until either service stops on its own (an
     // error): then stop the other one too.
     let early = tokio::select! {
         () = badge_runtime::server::shutdown_signal() => None,
         r = &mut id_task => Some(("identity", r)),
         r = &mut is_task => Some(("token-issuer", r)),
+        r = &mut rv_task => Some(("token-review", r)),
     };
     let _ = stop_tx.send(true);
     if let Some((name, r)) = early {
         id_task.abort();
         is_task.abort();
+        rv_task.abort();
         r.with_context(|| format!("{name} task"))?
             .with_context(|| format!("{name} stopped"))?;
         return Ok(());
     }
-    let (a, b) = tokio::join!(id_task, is_task);
+    let (a, b, c) = tokio::join!(id_task, is_task, rv_task);
     a??;
     b??;
+    c??;
     Ok(())
 }
 
 fn env_file(a: &UpArgs, pki: &DevPki, issuer_url: &str) -> String {
     format!(
-        "BADGE_IDENTITY_ENDPOINT=https://{}\nBADGE_ISSUER_ENDPOINT=https://{}\nBADGE_ISSUER_URL={issuer_url}\nBADGE_OIDC_DISCOVERY={issuer_url}/.well-known/openid-configuration\nBADGE_CA={}\nBADGE_CLIENT_CERT={}\nBADGE_CLIENT_KEY={}\nBADGE_SIGNER_SOCKET={}\n",
+        "BADGE_IDENTITY_ENDPOINT=https://{}\nBADGE_ISSUER_ENDPOINT=https://{}\nBADGE_REVIEW_ENDPOINT=https://{}\nBADGE_WEBHOOK_URL=https://{}/\nBADGE_ISSUER_URL={issuer_url}\nBADGE_OIDC_DISCOVERY={issuer_url}/.well-known/openid-configuration\nBADGE_CA={}\nBADGE_CLIENT_CERT={}\nBADGE_CLIENT_KEY={}\nBADGE_SIGNER_SOCKET={}\n",
         a.identity_listen,
         a.issuer_listen,
+        a.review_listen,
+        a.webhook_listen,
         pki.ca.display(),
         pki.admin.cert.display(),
         pki.admin.key.display(),
@@ -262,6 +318,7 @@ fn print_banner(a: &UpArgs, pki: &DevPki, issuer_url: &str) {
         "\nBadge is up.\n\
          \n  identity      https://{id}   (gRPC, mTLS)\
          \n  token-issuer  https://{is}   (gRPC, mTLS)\
+         \n  token-review  https://{rv}   (gRPC, mTLS); webhook https://{wh}/\
          \n  OIDC          {issuer_url}/.well-known/openid-configuration\
          \n  signer        {sock} (Kubernetes ExternalJWTSigner)\
          \n  admin cert    {cert} (O=system:masters), CA {ca}\
@@ -270,9 +327,12 @@ fn print_banner(a: &UpArgs, pki: &DevPki, issuer_url: &str) {
          \n  {g} {id} list\
          \n  {g} -d '{{\"service_account\":{{\"metadata\":{{\"name\":\"demo\",\"namespace\":\"default\"}}}}}}' {id} badge.identity.v1.ServiceAccountService/CreateServiceAccount\
          \n  {g} -d '{{\"namespace\":\"default\",\"name\":\"demo\",\"audiences\":[\"my-api\"]}}' {is} badge.token.v1.TokenService/CreateToken\
+         \n  {g} -d '{{\"spec\":{{\"token\":\"<token>\",\"audiences\":[\"my-api\"]}}}}' {rv} badge.review.v1.TokenReviewService/CreateTokenReview\
          \n  curl --cacert {ca} {issuer_url}/openid/v1/jwks\n",
         id = a.identity_listen,
         is = a.issuer_listen,
+        rv = a.review_listen,
+        wh = a.webhook_listen,
         sock = a.data_dir.join("signer.sock").display(),
         cert = pki.admin.cert.display(),
         ca = pki.ca.display(),
