@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Measures Badge against this machine's own ceilings, in one run:
+#   1. one-core signing rates of pre-parsed keys (RS256, ES256);
+#   2. the tonic echo ceiling over the same mTLS (client and server on these cores);
+#   3. CreateToken (ES256, then RS256) and CreateTokenReview against `badge up`.
+# Needs PostgreSQL on 127.0.0.1:5432. Loopback only; every run is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${DUR:-10s}
+N=${N:-2}
+M=${M:-64}
+DB=${DB:-postgres://postgres@127.0.0.1:5432}
+cargo build --release -q -p badge-cli -p badge-bench -p badge-keys --example sign_rate
+B=$PWD/target/release/badge-bench
+work=$(mktemp -d)
+trap 'pkill -f "badge up --data-dir $work" || true; rm -rf "$work"' EXIT
+
+echo "== one-core signing (pre-parsed aws-lc-rs keys)"
+./target/release/examples/sign_rate
+
+for alg in ES256 RS256; do
+  db="$DB/badge_bench_$(echo "$alg" | tr 'A-Z' 'a-z')_$$"
+  # Audit events off for the measurement (they are written by a background thread,
+  # but formatting them still costs CPU on these 2 cores).
+  RUST_LOG="info,audit=warn" ./target/release/badge up --data-dir "$work/$alg" \
+    --database-url "$db" --algorithm "$alg" >"$work/$alg.log" 2>&1 &
+  for _ in $(seq 1 100); do [ -f "$work/$alg/badge.env" ] && break; sleep 0.2; done
+  sleep 1
+  # shellcheck disable=SC1090
+  source "$work/$alg/badge.env"
+  TLS=(--ca "$BADGE_CA" --cert "$BADGE_CLIENT_CERT" --key "$BADGE_CLIENT_KEY")
+  echo "== echo ceiling ($N connections x $M in flight, $DUR)"
+  "$B" ceiling --connections "$N" --in-flight "$M" --duration "$DUR" | grep -E "rate|latency"
+  echo "== CreateToken $alg"
+  "$B" run --target "$BADGE_ISSUER_ENDPOINT" "${TLS[@]}" --connections "$N" --in-flight "$M" \
+    --duration "$DUR" create-token --namespace default --service-account default --audience bench \
+    | grep -E "rate|latency|errors"
+  if [ "$alg" = ES256 ]; then
+    grpcurl -cacert "$BADGE_CA" -cert "$BADGE_CLIENT_CERT" -key "$BADGE_CLIENT_KEY" \
+      -d '{"namespace":"default","name":"default","audiences":["bench"]}' \
+      "${BADGE_ISSUER_ENDPOINT#https://}" badge.token.v1.TokenService/CreateToken \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' >"$work/token"
+    echo "== CreateTokenReview (one valid token: warm cache)"
+    "$B" run --target "$BADGE_REVIEW_ENDPOINT" "${TLS[@]}" --connections "$N" --in-flight "$M" \
+      --duration "$DUR" token-review --token-file "$work/token" --audience bench \
+      | grep -E "rate|latency|errors"
+  fi
+  pkill -f "badge up --data-dir $work/$alg" || true
+  sleep 1
+  psql -qh 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS \"${db##*/}\" WITH (FORCE)" >/dev/null 2>&1 || true
+done
