@@ -33,3 +33,8 @@ fn identity_example_is_valid() {
 fn token_issuer_example_is_valid() {
     only_missing_files::<badge_token_issuer::IssuerConfig>("token-issuer.toml");
 }
+
+#[test]
+fn token_review_example_is_valid() {
+    only_missing_files::<badge_token_review::ReviewConfig>("token-review.toml");
+}
