@@ -47,7 +47,8 @@ pub struct UpArgs {
     pub algorithm: String,
 }
 
-fn ensure_kek(path: &Path) -> anyhow::Result<()> {
+/// Creates a key-encryption key file (mode 0600) unless one exists.
+pub fn ensure_kek(path: &Path) -> anyhow::Result<()> {
     if path.exists() {
         return Ok(());
     }

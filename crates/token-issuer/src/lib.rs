@@ -293,8 +293,16 @@ fn serve_external_socket(
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
     tracing::info!(socket = %path.display(), "ExternalJWTSigner serving (unix socket)");
+    // Reflection too, so `grpcurl -plaintext -unix <socket> list` works.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(badge_proto::FILE_DESCRIPTOR_SET)
+        .with_service_name("v1.ExternalJWTSigner")
+        .with_service_name("v1alpha1.ExternalJWTSigner")
+        .build_v1alpha()
+        .context("ExternalJWTSigner reflection")?;
     Ok(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
+            .add_service(reflection)
             .add_service(
                 v1::external_jwt_signer_server::ExternalJwtSignerServer::new(signer.clone()),
             )

@@ -43,6 +43,12 @@ enum Command {
         #[arg(long = "group")]
         groups: Vec<String>,
     },
+    /// Create a key-encryption key (base64 of 32 random bytes, mode 0600) for
+    /// signing keys and Secret data at rest; an existing file is kept.
+    Kek {
+        #[arg(long, default_value = "badge-data/kek")]
+        out: PathBuf,
+    },
     /// Create the database if needed and apply pending migrations, then exit.
     Migrate {
         #[arg(long, env = "BADGE_DATABASE__URL")]
@@ -94,6 +100,20 @@ async fn run() -> anyhow::Result<()> {
             let g: Vec<&str> = groups.iter().map(String::as_str).collect();
             let p = pki::issue_client(&dir, &stem, &user, &g)?;
             println!("{} / {}", p.cert.display(), p.key.display());
+        }
+        Command::Kek { out } => {
+            if out.exists() {
+                println!("{} already exists: kept", out.display());
+            } else {
+                if let Some(dir) = out.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                badge_cli::up::ensure_kek(&out)?;
+                println!(
+                    "key-encryption key written to {} (keep it out of the database and its backups)",
+                    out.display()
+                );
+            }
         }
         Command::Migrate { database_url } => {
             if Store::create_database_if_missing(&database_url).await? {
