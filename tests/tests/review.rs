@@ -1085,6 +1085,7 @@ async fn every_review_method_has_an_authorization_rule() {
         prost_types::FileDescriptorSet::decode(badge_proto::FILE_DESCRIPTOR_SET).expect("fds");
     let rules: std::collections::HashSet<&str> = badge_token_review::METHODS
         .iter()
+        .chain(badge_token_review::access::METHODS.iter())
         .map(|(m, _)| *m)
         .collect();
     let mut n = 0;
@@ -1371,4 +1372,177 @@ async fn bench_token_review_scenario_runs_against_the_service() {
             assert!(report.errors.contains_key("Unauthenticated"), "{report}");
         }
     }
+}
+
+#[tokio::test]
+async fn subject_access_review_answers_the_cross_namespace_case() {
+    use badge_proto::rbac as rb;
+    use badge_proto::review::access_review_service_client::AccessReviewServiceClient;
+    use badge_proto::review::{
+        CreateSelfSubjectAccessReviewRequest, CreateSubjectAccessReviewRequest,
+        NonResourceAttributes, ResourceAttributes, SelfSubjectAccessReviewSpec,
+        SubjectAccessReviewSpec,
+    };
+    let e = env().await;
+    let ns = |name: &str| pb::CreateNamespaceRequest {
+        namespace: Some(pb::Namespace {
+            metadata: badge_tests::meta("", name),
+            status: None,
+        }),
+    };
+    let mut nss = pb::namespace_service_client::NamespaceServiceClient::new(e.id.clone());
+    nss.create_namespace(ns("maintenance")).await.expect("ns");
+    nss.create_namespace(ns("dev")).await.expect("ns");
+    rb::role_service_client::RoleServiceClient::new(e.id.clone())
+        .create_role(rb::CreateRoleRequest {
+            role: Some(rb::Role {
+                metadata: badge_tests::meta("maintenance", "job-reader"),
+                rules: vec![rb::PolicyRule {
+                    verbs: strings(&["list", "watch", "get"]),
+                    api_groups: strings(&["batch"]),
+                    resources: strings(&["jobs"]),
+                    ..Default::default()
+                }],
+            }),
+        })
+        .await
+        .expect("role");
+    rb::role_binding_service_client::RoleBindingServiceClient::new(e.id.clone())
+        .create_role_binding(rb::CreateRoleBindingRequest {
+            role_binding: Some(rb::RoleBinding {
+                metadata: badge_tests::meta("maintenance", "read-jobs"),
+                subjects: vec![rb::Subject {
+                    kind: "ServiceAccount".into(),
+                    name: "builder".into(),
+                    namespace: "dev".into(),
+                    ..Default::default()
+                }],
+                role_ref: Some(rb::RoleRef {
+                    kind: "Role".into(),
+                    name: "job-reader".into(),
+                    ..Default::default()
+                }),
+            }),
+        })
+        .await
+        .expect("binding");
+    let mut access =
+        AccessReviewServiceClient::new(e.review.channel(&e.identity, &e.identity.pki.admin));
+    let ask =
+        |verb: &str, ns: &str, group: &str, resource: &str| CreateSubjectAccessReviewRequest {
+            spec: Some(SubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: ns.into(),
+                    verb: verb.into(),
+                    group: group.into(),
+                    resource: resource.into(),
+                    ..Default::default()
+                }),
+                user: "system:serviceaccount:dev:builder".into(),
+                groups: strings(&["system:serviceaccounts", "system:serviceaccounts:dev"]),
+                ..Default::default()
+            }),
+        };
+    // The feed reaches the review index in milliseconds; allow a moment.
+    let mut allowed = None;
+    for _ in 0..100 {
+        let s = access
+            .create_subject_access_review(ask("list", "maintenance", "batch", "jobs"))
+            .await
+            .expect("sar")
+            .into_inner()
+            .status
+            .expect("status");
+        if s.allowed {
+            allowed = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = allowed.expect("list jobs in maintenance is allowed");
+    assert!(
+        s.reason.contains("read-jobs") && s.reason.contains("job-reader"),
+        "{}",
+        s.reason
+    );
+    for (verb, ns, group, resource) in [
+        ("list", "dev", "batch", "jobs"),
+        ("get", "maintenance", "", "secrets"),
+        ("get", "dev", "", "secrets"),
+        ("delete", "maintenance", "batch", "jobs"),
+    ] {
+        let s = access
+            .create_subject_access_review(ask(verb, ns, group, resource))
+            .await
+            .expect("sar")
+            .into_inner()
+            .status
+            .expect("status");
+        assert!(
+            !s.allowed,
+            "{verb} {group}/{resource} in {ns} must be denied"
+        );
+    }
+    // Exactly one attribute block, and a user or groups.
+    let bad = [
+        CreateSubjectAccessReviewRequest {
+            spec: Some(SubjectAccessReviewSpec {
+                user: "x".into(),
+                ..Default::default()
+            }),
+        },
+        CreateSubjectAccessReviewRequest {
+            spec: Some(SubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: "get".into(),
+                    ..Default::default()
+                }),
+                non_resource_attributes: Some(NonResourceAttributes {
+                    verb: "get".into(),
+                    path: "/healthz".into(),
+                }),
+                user: "x".into(),
+                ..Default::default()
+            }),
+        },
+        CreateSubjectAccessReviewRequest {
+            spec: Some(SubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: "get".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        },
+    ];
+    for req in bad {
+        let err = access
+            .create_subject_access_review(req)
+            .await
+            .expect_err("invalid");
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{}",
+            err.message()
+        );
+    }
+    // The admin asking about itself: system:masters is allowed everything.
+    let me = access
+        .create_self_subject_access_review(CreateSelfSubjectAccessReviewRequest {
+            spec: Some(SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: "delete".into(),
+                    resource: "pods".into(),
+                    namespace: "dev".into(),
+                    ..Default::default()
+                }),
+                non_resource_attributes: None,
+            }),
+        })
+        .await
+        .expect("self")
+        .into_inner();
+    assert!(me.status.expect("status").allowed);
+    assert_eq!(me.spec.expect("spec").user, "admin");
 }

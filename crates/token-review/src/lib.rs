@@ -116,6 +116,7 @@
 //! (with the Badge CA as `certificate-authority`) and whose user holds a client
 //! certificate from `webhook.client_ca`.
 
+pub mod access;
 pub mod config;
 pub mod grpc;
 pub mod keys;
@@ -148,13 +149,18 @@ pub use grpc::{METHODS, ReviewService};
 pub use reviewer::{Reviewer, Via};
 
 /// The kinds the review index follows.
-pub const INDEXED_KINDS: [Kind; 6] = [
+pub const INDEXED_KINDS: [Kind; 10] = [
     Kind::ServiceAccount,
     Kind::Pod,
     Kind::Secret,
     Kind::Node,
     Kind::SigningKey,
     Kind::Revocation,
+    // For SubjectAccessReview.
+    Kind::Role,
+    Kind::ClusterRole,
+    Kind::RoleBinding,
+    Kind::ClusterRoleBinding,
 ];
 
 /// How often the key follower re-reads every SigningKey record of the index (it
@@ -355,12 +361,21 @@ pub async fn serve(
         (None, _) => {}
     }
 
-    let server = GrpcServer::new().add_service(
-        TokenReviewServiceServer::new(ReviewService {
-            reviewer: reviewer.clone(),
-        }),
-        METHODS,
-    );
+    let server = GrpcServer::new()
+        .add_service(
+            TokenReviewServiceServer::new(ReviewService {
+                reviewer: reviewer.clone(),
+            }),
+            METHODS,
+        )
+        .add_service(
+            badge_proto::review::access_review_service_server::AccessReviewServiceServer::new(
+                access::AccessService {
+                    index: reviewer.index.clone(),
+                },
+            ),
+            access::METHODS,
+        );
     // NOT_SERVING until the index has loaded and the store answers (tonic's health
     // reporter starts out SERVING).
     server.register_not_serving().await;

@@ -1,0 +1,169 @@
+//! `badge.review.v1.AccessReviewService`: Kubernetes' SubjectAccessReview and
+//! SelfSubjectAccessReview, answered by `badge_core::rbac` over the roles and
+//! bindings in the in-memory index (no database round trip).
+
+use badge_core::rbac::{self, Attributes};
+use badge_core::{Error, FieldViolation, Result};
+use badge_proto::review::{self as pb, access_review_service_server::AccessReviewService};
+use badge_records::Index;
+use badge_records::rbac::IndexPolicy;
+use badge_runtime::{MethodRule, MethodTable, status};
+use tonic::{Request, Response, Status};
+
+/// Every method → what it does in RBAC terms (Kubernetes' resources in
+/// `authorization.k8s.io`).
+pub const METHODS: MethodTable = &[
+    (
+        "/badge.review.v1.AccessReviewService/CreateSubjectAccessReview",
+        MethodRule::new("create", "authorization.k8s.io", "subjectaccessreviews"),
+    ),
+    (
+        "/badge.review.v1.AccessReviewService/CreateSelfSubjectAccessReview",
+        MethodRule::new("create", "authorization.k8s.io", "selfsubjectaccessreviews"),
+    ),
+];
+
+/// The group that bypasses RBAC, as Kubernetes' privileged-group authorizer.
+const MASTERS: &str = "system:masters";
+
+#[derive(Clone)]
+pub struct AccessService {
+    pub index: Index,
+}
+
+/// Exactly one attribute block (Kubernetes' validation), as the rules' input.
+fn attributes(
+    resource: Option<&pb::ResourceAttributes>,
+    non_resource: Option<&pb::NonResourceAttributes>,
+) -> Result<Attributes> {
+    match (resource, non_resource) {
+        (Some(r), None) => {
+            if r.verb.is_empty() {
+                return Err(Error::invalid(
+                    "spec.resource_attributes.verb",
+                    "verb is required",
+                ));
+            }
+            Ok(Attributes::Resource {
+                verb: r.verb.clone(),
+                namespace: r.namespace.clone(),
+                api_group: r.group.clone(),
+                resource: r.resource.clone(),
+                subresource: r.subresource.clone(),
+                name: r.name.clone(),
+            })
+        }
+        (None, Some(n)) => {
+            let mut v = Vec::new();
+            if n.verb.is_empty() {
+                v.push(FieldViolation::new(
+                    "spec.non_resource_attributes.verb",
+                    "verb is required",
+                ));
+            }
+            if n.path.is_empty() {
+                v.push(FieldViolation::new(
+                    "spec.non_resource_attributes.path",
+                    "path is required",
+                ));
+            }
+            Error::check(v)?;
+            Ok(Attributes::NonResource {
+                verb: n.verb.clone(),
+                path: n.path.clone(),
+            })
+        }
+        (Some(_), Some(_)) => Err(Error::invalid(
+            "spec.non_resource_attributes",
+            "cannot be specified in combination with resource_attributes",
+        )),
+        (None, None) => Err(Error::invalid(
+            "spec.resource_attributes",
+            "exactly one of non_resource_attributes or resource_attributes must be specified",
+        )),
+    }
+}
+
+impl AccessService {
+    fn decide(&self, user: &rbac::UserInfo, attrs: &Attributes) -> pb::SubjectAccessReviewStatus {
+        if user.groups.iter().any(|g| g == MASTERS) {
+            return pb::SubjectAccessReviewStatus {
+                allowed: true,
+                reason: "system:masters is not subject to RBAC".into(),
+                ..Default::default()
+            };
+        }
+        let d = rbac::authorize(&IndexPolicy(&self.index), user, attrs);
+        pb::SubjectAccessReviewStatus {
+            allowed: d.allowed,
+            denied: false,
+            reason: d.reason,
+            evaluation_error: String::new(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AccessReviewService for AccessService {
+    async fn create_subject_access_review(
+        &self,
+        req: Request<pb::CreateSubjectAccessReviewRequest>,
+    ) -> std::result::Result<Response<pb::SubjectAccessReview>, Status> {
+        let spec = req.into_inner().spec.unwrap_or_default();
+        let attrs = attributes(
+            spec.resource_attributes.as_ref(),
+            spec.non_resource_attributes.as_ref(),
+        )
+        .map_err(status)?;
+        if spec.user.is_empty() && spec.groups.is_empty() {
+            return Err(status(Error::invalid(
+                "spec.user",
+                "at least one of user or groups must be specified",
+            )));
+        }
+        // The groups are taken as given: Kubernetes does not add system:authenticated.
+        let user = rbac::UserInfo {
+            name: spec.user.clone(),
+            groups: spec.groups.clone(),
+        };
+        let status = self.decide(&user, &attrs);
+        tracing::info!(target: "audit", event = "access.reviewed", user = %spec.user, allowed = status.allowed, "subject access review");
+        Ok(Response::new(pb::SubjectAccessReview {
+            spec: Some(spec),
+            status: Some(status),
+        }))
+    }
+
+    async fn create_self_subject_access_review(
+        &self,
+        req: Request<pb::CreateSelfSubjectAccessReviewRequest>,
+    ) -> std::result::Result<Response<pb::SubjectAccessReview>, Status> {
+        let caller = badge_runtime::auth::caller(&req)?.clone();
+        let spec = req.into_inner().spec.unwrap_or_default();
+        let attrs = attributes(
+            spec.resource_attributes.as_ref(),
+            spec.non_resource_attributes.as_ref(),
+        )
+        .map_err(status)?;
+        // An authenticated caller is in system:authenticated, as Kubernetes' group adder.
+        let mut groups = caller.groups.clone();
+        if !groups.iter().any(|g| g == "system:authenticated") {
+            groups.push("system:authenticated".into());
+        }
+        let user = rbac::UserInfo {
+            name: caller.user.clone(),
+            groups: groups.clone(),
+        };
+        let status = self.decide(&user, &attrs);
+        Ok(Response::new(pb::SubjectAccessReview {
+            spec: Some(pb::SubjectAccessReviewSpec {
+                resource_attributes: spec.resource_attributes,
+                non_resource_attributes: spec.non_resource_attributes,
+                user: caller.user,
+                groups,
+                ..Default::default()
+            }),
+            status: Some(status),
+        }))
+    }
+}
