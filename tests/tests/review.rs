@@ -1527,6 +1527,43 @@ async fn subject_access_review_answers_the_cross_namespace_case() {
             err.message()
         );
     }
+    // The same question through Kubernetes' authorization webhook, in both versions
+    // (v1beta1 names the groups field `group`).
+    let ca = e.identity.pki.ca.clone();
+    let apiserver = e.identity.issue("apiserver", "kube-apiserver", &[]);
+    for (api_version, groups_field, ns, want) in [
+        ("authorization.k8s.io/v1", "groups", "maintenance", true),
+        ("authorization.k8s.io/v1beta1", "group", "maintenance", true),
+        ("authorization.k8s.io/v1", "groups", "dev", false),
+    ] {
+        let body = serde_json::json!({
+            "apiVersion": api_version,
+            "kind": "SubjectAccessReview",
+            "metadata": {"creationTimestamp": null},
+            "spec": {
+                "resourceAttributes": {"namespace": ns, "verb": "list", "group": "batch", "version": "v1", "resource": "jobs"},
+                "user": "system:serviceaccount:dev:builder",
+                groups_field: ["system:serviceaccounts", "system:serviceaccounts:dev", "system:authenticated"],
+                "uid": "1234"
+            },
+            "status": {"allowed": false}
+        });
+        let (status, _, out) = badge_tests::https_post(
+            e.review.webhook,
+            "/authorize",
+            &ca,
+            Some(&apiserver),
+            "application/json",
+            &serde_json::to_vec(&body).expect("json"),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let out: Value = serde_json::from_slice(&out).expect("json answer");
+        assert_eq!(out["apiVersion"], api_version);
+        assert_eq!(out["kind"], "SubjectAccessReview");
+        assert_eq!(out["status"]["allowed"], want, "{out}");
+    }
+
     // The admin asking about itself: system:masters is allowed everything.
     let me = access
         .create_self_subject_access_review(CreateSelfSubjectAccessReviewRequest {

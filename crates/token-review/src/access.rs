@@ -167,3 +167,69 @@ impl AccessReviewService for AccessService {
         }))
     }
 }
+
+/// Kubernetes' authorization webhook (`--authorization-webhook-config-file`):
+/// SubjectAccessReview JSON in `authorization.k8s.io/v1` or `v1beta1` (whose groups
+/// field is `group`), answered in the version asked. `Err` is a 400 message.
+pub fn webhook(
+    index: &Index,
+    body: &serde_json::Value,
+) -> std::result::Result<serde_json::Value, String> {
+    use serde_json::{Value, json};
+    let api_version = body["apiVersion"].as_str().unwrap_or_default();
+    let groups_field = match api_version {
+        "authorization.k8s.io/v1" => "groups",
+        "authorization.k8s.io/v1beta1" => "group",
+        other => return Err(format!("apiVersion: unsupported value {other:?}")),
+    };
+    let spec = &body["spec"];
+    let s = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let resource = spec
+        .get("resourceAttributes")
+        .filter(|v| v.is_object())
+        .map(|r| pb::ResourceAttributes {
+            namespace: s(r, "namespace"),
+            verb: s(r, "verb"),
+            group: s(r, "group"),
+            version: s(r, "version"),
+            resource: s(r, "resource"),
+            subresource: s(r, "subresource"),
+            name: s(r, "name"),
+        });
+    let non_resource = spec
+        .get("nonResourceAttributes")
+        .filter(|v| v.is_object())
+        .map(|n| pb::NonResourceAttributes {
+            path: s(n, "path"),
+            verb: s(n, "verb"),
+        });
+    let attrs = attributes(resource.as_ref(), non_resource.as_ref()).map_err(|e| e.to_string())?;
+    let user = s(spec, "user");
+    let groups = strings(&spec[groups_field]);
+    if user.is_empty() && groups.is_empty() {
+        return Err("spec.user: at least one of user or groups must be specified".into());
+    }
+    let decision = AccessService {
+        index: index.clone(),
+    }
+    .decide(&rbac::UserInfo { name: user, groups }, &attrs);
+    let mut status = json!({"allowed": decision.allowed});
+    if !decision.reason.is_empty() {
+        status["reason"] = json!(decision.reason);
+    }
+    Ok(json!({"apiVersion": api_version, "kind": "SubjectAccessReview", "status": status}))
+}

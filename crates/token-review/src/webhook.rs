@@ -209,6 +209,18 @@ pub async fn handle(reviewer: Arc<Reviewer>, req: Request<Incoming>) -> Response
         }
         Err(e) => return refuse(bad_request(e.to_string())),
     };
+    // Kubernetes' authorization webhook shares the listener: told apart by its
+    // apiVersion group.
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+        && v["apiVersion"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("authorization.k8s.io/"))
+    {
+        return match crate::access::webhook(&reviewer.index, &v) {
+            Ok(answer) => json_response(StatusCode::OK, &answer),
+            Err(m) => refuse(bad_request(m)),
+        };
+    }
     let parsed = match parse_request(&body) {
         Ok(p) => p,
         Err(r) => return refuse(r),
