@@ -159,20 +159,28 @@ impl Rotator {
 
     /// `KeyService.RotateKeys`.
     pub async fn rotate_now(&self, algorithm: Algorithm) -> Result<StoredKey> {
-        let out = self
-            .store
-            .try_locked(ROTATION_LOCK, || async {
-                let keys = self.current().await?;
-                let t: Vec<KeyTimes> = keys.iter().map(times).collect();
-                let at = key_lifecycle::forced_activation(&t, &self.ring.policy, self.clock.now());
-                self.generate(algorithm, at).await
-            })
-            .await?;
-        out.unwrap_or_else(|| {
-            Err(Error::Conflict(
-                "another token-issuer replica is rotating keys right now; retry".into(),
-            ))
-        })
+        // The lock is held only for a lifecycle pass (milliseconds; a little longer
+        // while an RSA key is generated), possibly by this replica's own timer: wait
+        // for it for a while rather than fail the call.
+        for _ in 0..100 {
+            let out = self
+                .store
+                .try_locked(ROTATION_LOCK, || async {
+                    let keys = self.current().await?;
+                    let t: Vec<KeyTimes> = keys.iter().map(times).collect();
+                    let at =
+                        key_lifecycle::forced_activation(&t, &self.ring.policy, self.clock.now());
+                    self.generate(algorithm, at).await
+                })
+                .await?;
+            if let Some(result) = out {
+                return result;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Error::Conflict(
+            "another token-issuer replica has been rotating keys for 5 s; retry".into(),
+        ))
     }
 
     /// Runs `tick` every `interval` until aborted.

@@ -81,7 +81,7 @@
 //!
 //! ```toml
 //! [server]                        # gRPC over mTLS
-//! listen = "127.0.0.1:8445"
+//! listen = "127.0.0.1:8446"
 //! tls = { ca = "badge-data/pki/ca.pem", cert = "badge-data/pki/token-review.pem", key = "badge-data/pki/token-review-key.pem" }
 //!
 //! [database]
@@ -89,7 +89,7 @@
 //! # max_connections = 16
 //!
 //! [review]
-//! issuers = ["https://127.0.0.1:8444"]   # the token-issuer's token.issuers (required)
+//! issuers = ["https://127.0.0.1:8445"]   # the token-issuer's token.issuers (required)
 //! # api_audiences = []                  # default: the issuers
 //! # leeway_seconds = 60                 # nbf/exp/iat clock skew
 //! # deletion_leeway_seconds = 0         # Kubernetes: 60
@@ -99,8 +99,8 @@
 //! [encryption]                    # identity's key-encryption key (sealed Secret data)
 //! kek_file = "badge-data/kek"     # or kek = "<base64>" (BADGE_ENCRYPTION__KEK)
 //!
-//! [webhook]                       # optional: Kubernetes webhook token authentication
-//! listen = "127.0.0.1:8446"
+//! [webhook]                       # optional: Kubernetes token (and authorization) webhooks
+//! listen = "127.0.0.1:8447"
 //! cert = "badge-data/pki/token-review.pem"
 //! key = "badge-data/pki/token-review-key.pem"
 //! client_ca = "badge-data/pki/ca.pem"   # optional: require apiserver client certificates
