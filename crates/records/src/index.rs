@@ -99,6 +99,20 @@ impl Index {
             .cloned()
     }
 
+    /// Applies `f` to the object in memory without copying it (the hot review path
+    /// needs only a uid and a deletion timestamp, not the whole pod spec).
+    pub fn map<T>(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        f: impl FnOnce(&Record) -> T,
+    ) -> Option<T> {
+        let map = self.inner.objects.read().ok()?;
+        map.get(&(kind, namespace.to_string(), name.to_string()))
+            .map(f)
+    }
+
     /// From memory; on a miss, from the store (an object may be newer than the
     /// feed entries applied so far). `None` when it does not exist.
     pub async fn lookup(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Record>> {

@@ -41,18 +41,24 @@ impl<'a> IndexLookup<'a> {
         self.consulted.set(true);
         self.index.get(kind, namespace, name)
     }
+
+    /// The liveness facts alone, without copying the record.
+    fn state(&self, kind: Kind, namespace: &str, name: &str) -> Option<ObjectState> {
+        self.consulted.set(true);
+        self.index.map(kind, namespace, name, state)
+    }
 }
 
-fn state(r: Record) -> ObjectState {
+fn state(r: &Record) -> ObjectState {
     ObjectState {
-        uid: r.uid,
+        uid: r.uid.clone(),
         deletion_timestamp: r.deletion_timestamp,
     }
 }
 
 impl ObjectLookup for IndexLookup<'_> {
     fn service_account(&self, ns: &str, name: &str) -> Option<ObjectState> {
-        self.get(Kind::ServiceAccount, ns, name).map(state)
+        self.state(Kind::ServiceAccount, ns, name)
     }
 
     fn service_account_secrets(&self, ns: &str, name: &str) -> Vec<String> {
@@ -69,7 +75,7 @@ impl ObjectLookup for IndexLookup<'_> {
     }
 
     fn pod(&self, ns: &str, name: &str) -> Option<ObjectState> {
-        self.get(Kind::Pod, ns, name).map(state)
+        self.state(Kind::Pod, ns, name)
     }
 
     fn secret(&self, ns: &str, name: &str) -> Option<SecretState> {
@@ -99,7 +105,7 @@ impl ObjectLookup for IndexLookup<'_> {
     }
 
     fn node(&self, name: &str) -> Option<ObjectState> {
-        self.get(Kind::Node, "", name).map(state)
+        self.state(Kind::Node, "", name)
     }
 
     /// A Revocation record named by the jti revokes until its `expires_at` (the
