@@ -11,11 +11,57 @@ use badge_core::{Error, Kind, Result};
 use badge_store::{EventType, ListQuery, Record, Store};
 use tokio::sync::watch;
 
-type Key = (Kind, String, String);
+/// Objects by kind, namespace and name: looked up with `&str`s, so a hot-path
+/// lookup allocates nothing.
+#[derive(Default)]
+struct Objects {
+    by_kind: HashMap<Kind, HashMap<String, HashMap<String, Record>>>,
+    len: usize,
+}
+
+impl Objects {
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Record> {
+        self.by_kind.get(&kind)?.get(namespace)?.get(name)
+    }
+
+    fn insert(&mut self, r: Record) {
+        let names = self
+            .by_kind
+            .entry(r.kind)
+            .or_default()
+            .entry(r.namespace.clone())
+            .or_default();
+        if names.insert(r.name.clone(), r).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, namespace: &str, name: &str) {
+        let Some(namespaces) = self.by_kind.get_mut(&kind) else {
+            return;
+        };
+        let Some(names) = namespaces.get_mut(namespace) else {
+            return;
+        };
+        if names.remove(name).is_some() {
+            self.len -= 1;
+            if names.is_empty() {
+                namespaces.remove(namespace);
+            }
+        }
+    }
+
+    fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Record> {
+        self.by_kind
+            .get(&kind)
+            .into_iter()
+            .flat_map(|namespaces| namespaces.values().flat_map(HashMap::values))
+    }
+}
 
 struct Inner {
     store: Store,
-    objects: RwLock<HashMap<Key, Record>>,
+    objects: RwLock<Objects>,
     /// The feed revision applied so far; 0 until the first list completes.
     revision: watch::Sender<i64>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -37,10 +83,6 @@ pub struct Index {
     inner: Arc<Inner>,
 }
 
-fn key(r: &Record) -> Key {
-    (r.kind, r.namespace.clone(), r.name.clone())
-}
-
 impl Index {
     /// Starts following the feed for `kinds`. Call [`Index::ready`] before relying
     /// on [`Index::get`] alone.
@@ -48,7 +90,7 @@ impl Index {
         let (revision, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             store,
-            objects: RwLock::new(HashMap::new()),
+            objects: RwLock::new(Objects::default()),
             revision,
             task: std::sync::Mutex::new(None),
         });
@@ -95,8 +137,7 @@ impl Index {
     /// From memory only.
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Record> {
         let map = self.inner.objects.read().ok()?;
-        map.get(&(kind, namespace.to_string(), name.to_string()))
-            .cloned()
+        map.get(kind, namespace, name).cloned()
     }
 
     /// Applies `f` to the object in memory without copying it (the hot review path
@@ -109,8 +150,7 @@ impl Index {
         f: impl FnOnce(&Record) -> T,
     ) -> Option<T> {
         let map = self.inner.objects.read().ok()?;
-        map.get(&(kind, namespace.to_string(), name.to_string()))
-            .map(f)
+        map.get(kind, namespace, name).map(f)
     }
 
     /// From memory; on a miss, from the store (an object may be newer than the
@@ -141,13 +181,13 @@ impl Index {
         self.inner
             .objects
             .read()
-            .map(|m| m.values().filter(|r| r.kind == kind).cloned().collect())
+            .map(|m| m.of_kind(kind).cloned().collect())
             .unwrap_or_default()
     }
 
     /// Number of objects held.
     pub fn len(&self) -> usize {
-        self.inner.objects.read().map(|m| m.len()).unwrap_or(0)
+        self.inner.objects.read().map(|m| m.len).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -161,7 +201,7 @@ impl Index {
 async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
     let store = &inner.store;
     let mut wake = store.subscribe();
-    let mut fresh = HashMap::new();
+    let mut fresh = Objects::default();
     let mut listed_at = HashMap::new();
     let all = |_: &Record| true;
     for kind in kinds {
@@ -175,7 +215,7 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
             })
             .await?;
         for r in page.items {
-            fresh.insert(key(&r), r);
+            fresh.insert(r);
         }
         listed_at.insert(*kind, page.revision);
     }
@@ -217,10 +257,10 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
                 }
                 match ch.event {
                     EventType::Added | EventType::Modified => {
-                        map.insert(key(&ch.record), ch.record.clone());
+                        map.insert(ch.record.clone());
                     }
                     EventType::Deleted => {
-                        map.remove(&key(&ch.record));
+                        map.remove(kind, &ch.record.namespace, &ch.record.name);
                     }
                 }
             }
