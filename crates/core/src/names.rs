@@ -241,6 +241,32 @@ pub fn validate_name_for(kind: Kind, name: &str) -> Vec<String> {
     }
 }
 
+/// Validates a namespace and name given as plain request fields (get, delete,
+/// token requests): fields `namespace` and `name`.
+pub fn validate_key(kind: Kind, namespace: &str, name: &str) -> crate::Result<()> {
+    let mut v = Vec::new();
+    if kind.namespaced() {
+        if namespace.is_empty() {
+            v.push(FieldViolation::new("namespace", "namespace is required"));
+        } else {
+            for e in validate_dns_label(namespace) {
+                v.push(FieldViolation::new(
+                    "namespace",
+                    invalid_value(namespace, &e),
+                ));
+            }
+        }
+    }
+    if name.is_empty() {
+        v.push(FieldViolation::new("name", "name is required"));
+    } else {
+        for e in validate_name_for(kind, name) {
+            v.push(FieldViolation::new("name", invalid_value(name, &e)));
+        }
+    }
+    crate::Error::check(v)
+}
+
 pub fn validate_object_meta(
     meta: Option<&ObjectMeta>,
     path_prefix: &str,

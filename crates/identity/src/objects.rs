@@ -31,34 +31,7 @@ pub fn parse_resource_version(field: &str, value: &str) -> Result<Option<i64>> {
 
 /// Validates a name and namespace given as plain request fields (get/delete).
 pub fn check_key(kind: Kind, namespace: &str, name: &str) -> Result<()> {
-    let mut v = Vec::new();
-    if kind.namespaced() {
-        if namespace.is_empty() {
-            v.push(badge_core::FieldViolation::new(
-                "namespace",
-                "namespace is required",
-            ));
-        } else {
-            for e in names::validate_dns_label(namespace) {
-                v.push(badge_core::FieldViolation::new(
-                    "namespace",
-                    names::invalid_value(namespace, &e),
-                ));
-            }
-        }
-    }
-    if name.is_empty() {
-        v.push(badge_core::FieldViolation::new("name", "name is required"));
-    } else {
-        let errs = names::validate_name_for(kind, name);
-        for e in errs {
-            v.push(badge_core::FieldViolation::new(
-                "name",
-                names::invalid_value(name, &e),
-            ));
-        }
-    }
-    Error::check(v)
+    names::validate_key(kind, namespace, name)
 }
 
 /// The standard methods over the store.

@@ -100,31 +100,7 @@ impl Issuer {
                 "the store is unreachable: cannot confirm that the service account and bound object still exist".into(),
             ));
         }
-        let mut v = Vec::new();
-        if r.namespace.is_empty() {
-            v.push(badge_core::FieldViolation::new(
-                "namespace",
-                "namespace is required",
-            ));
-        } else {
-            for e in names::validate_dns_label(&r.namespace) {
-                v.push(badge_core::FieldViolation::new(
-                    "namespace",
-                    names::invalid_value(&r.namespace, &e),
-                ));
-            }
-        }
-        if r.name.is_empty() {
-            v.push(badge_core::FieldViolation::new("name", "name is required"));
-        } else {
-            for e in names::validate_dns_subdomain(&r.name) {
-                v.push(badge_core::FieldViolation::new(
-                    "name",
-                    names::invalid_value(&r.name, &e),
-                ));
-            }
-        }
-        Error::check(v)?;
+        names::validate_key(Kind::ServiceAccount, &r.namespace, &r.name)?;
         let spec = TokenRequestSpec {
             audiences: r.audiences.clone(),
             expiration_seconds: r.expiration_seconds,
