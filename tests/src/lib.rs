@@ -30,6 +30,11 @@ pub struct IdentityServer {
 impl IdentityServer {
     /// Fresh database, fresh dev PKI, server on 127.0.0.1:0.
     pub async fn start() -> Self {
+        Self::start_accepting(&[]).await
+    }
+
+    /// As [`IdentityServer::start`], accepting bearer tokens of `issuers`.
+    pub async fn start_accepting(issuers: &[String]) -> Self {
         let db = fresh_database().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = pki::generate(dir.path(), &[]).expect("dev pki");
@@ -68,6 +73,10 @@ impl IdentityServer {
                 kek: None,
             },
             legacy_tokens: badge_identity::LegacyTokensConfig::default(),
+            authentication: badge_identity::AuthenticationConfig {
+                issuers: issuers.to_vec(),
+                api_audiences: vec![],
+            },
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -81,7 +90,6 @@ impl IdentityServer {
                 store,
                 Arc::new(badge_core::SystemClock),
                 listener,
-                Arc::new(badge_runtime::BootstrapPolicy),
                 async {
                     let _ = stopped.await;
                 },
@@ -327,7 +335,6 @@ impl IssuerServer {
                 store,
                 Arc::new(badge_core::SystemClock),
                 badge_token_issuer::Listeners { grpc, oidc },
-                Arc::new(badge_runtime::BootstrapPolicy),
                 async {
                     let _ = stopped.await;
                 },
@@ -621,7 +628,6 @@ impl ReviewServer {
                     grpc,
                     webhook: Some(webhook),
                 },
-                Arc::new(badge_runtime::BootstrapPolicy),
                 async {
                     let _ = stopped.await;
                 },

@@ -1099,7 +1099,6 @@ async fn refuses_to_serve_an_unmigrated_schema() {
         store,
         std::sync::Arc::new(badge_core::SystemClock),
         listener,
-        std::sync::Arc::new(badge_runtime::MastersOnly),
         std::future::pending(),
     )
     .await
@@ -1270,7 +1269,7 @@ async fn rbac_objects_are_validated_and_defaulted() {
     croles
         .create_cluster_role(rb::CreateClusterRoleRequest {
             cluster_role: Some(rb::ClusterRole {
-                metadata: meta("", "system:public-info-viewer"),
+                metadata: meta("", "test:public-info-viewer"),
                 rules: vec![rb::PolicyRule {
                     verbs: vec!["get".into()],
                     non_resource_urls: vec!["/healthz".into(), "/version".into()],
@@ -1339,7 +1338,7 @@ async fn rbac_objects_are_validated_and_defaulted() {
                 }],
                 role_ref: Some(rb::RoleRef {
                     kind: "ClusterRole".into(),
-                    name: "system:public-info-viewer".into(),
+                    name: "test:public-info-viewer".into(),
                     ..Default::default()
                 }),
             }),

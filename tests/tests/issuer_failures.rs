@@ -120,7 +120,6 @@ async fn a_wrong_key_encryption_key_refuses_to_start() {
         store,
         Arc::new(badge_core::SystemClock),
         badge_token_issuer::Listeners { grpc, oidc },
-        Arc::new(badge_runtime::BootstrapPolicy),
         std::future::pending(),
     )
     .await

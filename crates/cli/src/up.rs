@@ -99,6 +99,10 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         max_connections: 16,
     };
     let id_server = pki.server("identity");
+    let issuer_url = a
+        .issuer_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{}", a.oidc_listen));
     let identity = IdentityConfig {
         server: ListenConfig {
             listen: a.identity_listen,
@@ -116,11 +120,12 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
             kek: None,
         },
         legacy_tokens: badge_identity::LegacyTokensConfig::default(),
+        // Workloads may call identity with their service-account tokens.
+        authentication: badge_identity::AuthenticationConfig {
+            issuers: vec![issuer_url.clone()],
+            api_audiences: vec![],
+        },
     };
-    let issuer_url = a
-        .issuer_url
-        .clone()
-        .unwrap_or_else(|| format!("https://{}", a.oidc_listen));
     let is_server = pki.server("token-issuer");
     let is_client = pki.client("token-issuer");
     let issuer = IssuerConfig {
@@ -227,42 +232,38 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         }
     };
     let clock: Arc<dyn badge_core::Clock> = Arc::new(badge_core::SystemClock);
-    let policy = Arc::new(badge_runtime::BootstrapPolicy);
     let id_task = {
-        let (cfg, store, clock, policy, stop) = (
+        let (cfg, store, clock, stop) = (
             identity.clone(),
             store.clone(),
             clock.clone(),
-            policy.clone(),
             stopped(),
         );
         tokio::spawn(async move {
-            badge_identity::serve(&cfg, store, clock, id_listener, policy, stop).await
+            badge_identity::serve(&cfg, store, clock, id_listener, stop).await
         })
     };
     let is_task = {
-        let (cfg, store, clock, policy, stop) = (
+        let (cfg, store, clock, stop) = (
             issuer.clone(),
             store.clone(),
             clock.clone(),
-            policy.clone(),
             stopped(),
         );
         tokio::spawn(async move {
-            badge_token_issuer::serve(&cfg, store, clock, listeners, policy, stop).await
+            badge_token_issuer::serve(&cfg, store, clock, listeners, stop).await
         })
     };
 
     let rv_task = {
-        let (cfg, store, clock, policy, stop) = (
+        let (cfg, store, clock, stop) = (
             review.clone(),
             store.clone(),
             clock.clone(),
-            policy.clone(),
             stopped(),
         );
         tokio::spawn(async move {
-            badge_token_review::serve(&cfg, store, clock, review_listeners, policy, stop).await
+            badge_token_review::serve(&cfg, store, clock, review_listeners, stop).await
         })
     };
     let env = env_file(&a, &pki, &issuer_url);

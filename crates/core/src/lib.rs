@@ -2,6 +2,7 @@
 //! errors. Time is always a parameter. Never depends on tokio, sqlx or tonic.
 
 pub mod admission;
+pub mod bootstrap_policy;
 pub mod clock;
 pub mod error;
 pub mod key_lifecycle;

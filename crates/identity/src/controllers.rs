@@ -169,6 +169,82 @@ pub async fn bootstrap(objects: &Objects) -> badge_core::Result<()> {
     }
 }
 
+/// Creates the bootstrap RBAC policy (`badge_core::bootstrap_policy`) where it is
+/// missing, and brings objects back to the defaults while their autoupdate
+/// annotation is `"true"` (so an upgrade that adds a permission applies it, and an
+/// operator who sets `"false"` keeps their edit). Idempotent; replicas starting
+/// together are safe (a lost create or update race is simply skipped).
+pub async fn bootstrap_policy(objects: &Objects) -> badge_core::Result<()> {
+    use badge_core::bootstrap_policy::{
+        AUTOUPDATE_ANNOTATION, BOOTSTRAP_LABEL, cluster_role_bindings, cluster_roles,
+    };
+    use badge_proto::rbac::{ClusterRole, ClusterRoleBinding};
+    use badge_records::rbac::{cluster_role_binding_to_pb, cluster_role_to_pb};
+
+    fn meta(name: &str) -> badge_proto::meta::ObjectMeta {
+        badge_proto::meta::ObjectMeta {
+            name: name.to_owned(),
+            labels: [(BOOTSTRAP_LABEL.0.to_owned(), BOOTSTRAP_LABEL.1.to_owned())].into(),
+            annotations: [(AUTOUPDATE_ANNOTATION.to_owned(), "true".to_owned())].into(),
+            ..Default::default()
+        }
+    }
+
+    async fn reconcile<T: crate::objects::Object + PartialEq>(
+        objects: &Objects,
+        wanted: T,
+        same: impl Fn(&T, &T) -> bool,
+    ) -> badge_core::Result<()> {
+        let name = wanted.meta().map(|m| m.name.clone()).unwrap_or_default();
+        match objects.store.get(T::KIND, "", &name).await {
+            Err(Error::NotFound(_)) => {
+                match objects
+                    .store
+                    .apply(vec![Objects::create_op(&wanted)], objects.clock.now())
+                    .await
+                {
+                    Ok(_) | Err(Error::AlreadyExists(_)) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+            Ok(record) => {
+                let current: T = crate::objects::decode(&record)?;
+                let auto = current
+                    .meta()
+                    .and_then(|m| m.annotations.get(AUTOUPDATE_ANNOTATION))
+                    .is_some_and(|v| v == "true");
+                if !auto || same(&current, &wanted) {
+                    return Ok(());
+                }
+                let mut update = wanted;
+                let uid = current.meta().map(|c| c.uid.clone()).unwrap_or_default();
+                let m = update.meta_mut();
+                m.resource_version = record.resource_version.to_string();
+                m.uid = uid;
+                tracing::info!(kind = ?T::KIND, %name, "bootstrap policy: restoring defaults");
+                match objects.update(Some(update), "bootstrap", |_, _| Ok(())).await {
+                    Ok(_) | Err(Error::Conflict(_)) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    for role in cluster_roles() {
+        let wanted = cluster_role_to_pb(&role, meta(&role.name));
+        reconcile::<ClusterRole>(objects, wanted, |a, b| a.rules == b.rules).await?;
+    }
+    for binding in cluster_role_bindings() {
+        let wanted = cluster_role_binding_to_pb(&binding, meta(&binding.name));
+        reconcile::<ClusterRoleBinding>(objects, wanted, |a, b| {
+            a.subjects == b.subjects && a.role_ref == b.role_ref
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 /// Where identity records since when legacy-token use is tracked (Kubernetes keeps
 /// it in a kube-system ConfigMap): an annotation on the `default` namespace.
 pub const TRACKING_SINCE_ANNOTATION: &str = "badge.dev/legacy-token-tracking-since";

@@ -21,7 +21,8 @@ use badge_proto::identity::{
 };
 use badge_runtime::config::{DatabaseConfig, ListenConfig, LogConfig, Validate};
 use badge_runtime::tls::TlsMaterial;
-use badge_runtime::{Authorizer, GrpcServer, MethodRule, MethodTable};
+use badge_proto::identity as pb;
+use badge_runtime::{GrpcServer, MethodRule, MethodTable};
 use badge_store::Store;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -42,6 +43,34 @@ pub struct IdentityConfig {
     pub encryption: EncryptionConfig,
     #[serde(default)]
     pub legacy_tokens: LegacyTokensConfig,
+    #[serde(default)]
+    pub authentication: AuthenticationConfig,
+}
+
+/// Which bearer tokens identity accepts from callers (`authorization: Bearer`):
+/// service-account tokens of these issuers, reviewed exactly as TokenReview does.
+/// Empty: client certificates only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthenticationConfig {
+    /// The token-issuer's `token.issuers`.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Audiences a bearer token must carry one of (default: the issuers, as the
+    /// issuer's API audiences default).
+    #[serde(default)]
+    pub api_audiences: Vec<String>,
+}
+
+impl AuthenticationConfig {
+    pub fn settings(&self) -> badge_core::review::ReviewSettings {
+        let audiences = if self.api_audiences.is_empty() {
+            self.issuers.clone()
+        } else {
+            self.api_audiences.clone()
+        };
+        badge_core::review::ReviewSettings::new(self.issuers.clone(), audiences)
+    }
 }
 
 /// Kubernetes' legacy-serviceaccount-token-cleaner.
@@ -127,6 +156,11 @@ impl Validate for IdentityConfig {
     fn validate(&self, errors: &mut Vec<String>) {
         self.server.validate("server", errors);
         self.database.validate(errors);
+        for (i, issuer) in self.authentication.issuers.iter().enumerate() {
+            if issuer.trim().is_empty() {
+                errors.push(format!("authentication.issuers[{i}]: must not be empty"));
+            }
+        }
         if self.feed.retention_seconds < 60 {
             errors.push(format!(
                 "feed.retention_seconds: must be at least 60, got {}",
@@ -152,47 +186,98 @@ impl Validate for IdentityConfig {
 
 const G: &str = "";
 
-macro_rules! crud {
-    ($svc:literal, $res:literal, $singular:literal, $plural:literal) => {
+/// Verified-signature cache of bearer tokens.
+const BEARER_CACHE_ENTRIES: usize = 10_000;
+
+/// The five standard methods of a kind; each request type says which namespace
+/// and name it acts on (`badge_proto::Scope`).
+macro_rules! crud5 {
+    ($svc:literal, $res:literal, $singular:literal, $plural:literal, $create:ty, $get:ty, $list:ty, $update:ty, $delete:ty) => {
         [
             (
                 concat!("/badge.identity.v1.", $svc, "/Create", $singular),
-                MethodRule::new("create", G, $res),
+                MethodRule::new("create", G, $res).scoped::<$create>(),
             ),
             (
                 concat!("/badge.identity.v1.", $svc, "/Get", $singular),
-                MethodRule::new("get", G, $res),
+                MethodRule::new("get", G, $res).scoped::<$get>(),
             ),
             (
                 concat!("/badge.identity.v1.", $svc, "/List", $plural),
-                MethodRule::new("list", G, $res),
+                MethodRule::new("list", G, $res).scoped::<$list>(),
             ),
             (
                 concat!("/badge.identity.v1.", $svc, "/Update", $singular),
-                MethodRule::new("update", G, $res),
+                MethodRule::new("update", G, $res).scoped::<$update>(),
             ),
             (
                 concat!("/badge.identity.v1.", $svc, "/Delete", $singular),
-                MethodRule::new("delete", G, $res),
+                MethodRule::new("delete", G, $res).scoped::<$delete>(),
             ),
         ]
     };
 }
 
-const NAMESPACES: [(&str, MethodRule); 5] =
-    crud!("NamespaceService", "namespaces", "Namespace", "Namespaces");
-const SERVICE_ACCOUNTS: [(&str, MethodRule); 5] = crud!(
+const NAMESPACES: [(&str, MethodRule); 5] = crud5!(
+    "NamespaceService",
+    "namespaces",
+    "Namespace",
+    "Namespaces",
+    pb::CreateNamespaceRequest,
+    pb::GetNamespaceRequest,
+    pb::ListNamespacesRequest,
+    pb::UpdateNamespaceRequest,
+    pb::DeleteNamespaceRequest
+);
+const SERVICE_ACCOUNTS: [(&str, MethodRule); 5] = crud5!(
     "ServiceAccountService",
     "serviceaccounts",
     "ServiceAccount",
-    "ServiceAccounts"
+    "ServiceAccounts",
+    pb::CreateServiceAccountRequest,
+    pb::GetServiceAccountRequest,
+    pb::ListServiceAccountsRequest,
+    pb::UpdateServiceAccountRequest,
+    pb::DeleteServiceAccountRequest
 );
-const SECRETS: [(&str, MethodRule); 5] = crud!("SecretService", "secrets", "Secret", "Secrets");
-const PODS: [(&str, MethodRule); 5] = crud!("PodService", "pods", "Pod", "Pods");
-const NODES: [(&str, MethodRule); 5] = crud!("NodeService", "nodes", "Node", "Nodes");
+const SECRETS: [(&str, MethodRule); 5] = crud5!(
+    "SecretService",
+    "secrets",
+    "Secret",
+    "Secrets",
+    pb::CreateSecretRequest,
+    pb::GetSecretRequest,
+    pb::ListSecretsRequest,
+    pb::UpdateSecretRequest,
+    pb::DeleteSecretRequest
+);
+const PODS: [(&str, MethodRule); 5] = crud5!(
+    "PodService",
+    "pods",
+    "Pod",
+    "Pods",
+    pb::CreatePodRequest,
+    pb::GetPodRequest,
+    pb::ListPodsRequest,
+    pb::UpdatePodRequest,
+    pb::DeletePodRequest
+);
+const NODES: [(&str, MethodRule); 5] = crud5!(
+    "NodeService",
+    "nodes",
+    "Node",
+    "Nodes",
+    pb::CreateNodeRequest,
+    pb::GetNodeRequest,
+    pb::ListNodesRequest,
+    pb::UpdateNodeRequest,
+    pb::DeleteNodeRequest
+);
+/// A watch needs `watch` on each kind it asks for (the request's `Scope`), in its
+/// namespace; the rule's own resource is not used.
 const WATCH: [(&str, MethodRule); 1] = [(
     "/badge.identity.v1.WatchService/Watch",
-    MethodRule::new("watch", G, "*"),
+    MethodRule::new("watch", G, "*").scoped::<pb::WatchRequest>(),
 )];
 
 /// Every identity method → what it does in RBAC terms.
@@ -252,13 +337,23 @@ pub async fn serve(
     store: Store,
     clock: Arc<dyn Clock>,
     listener: TcpListener,
-    authorizer: Arc<dyn Authorizer>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let tls = TlsMaterial::load(&config.server.tls)?;
     store.check_schema().await?;
-    let objects = Objects::new(store.clone(), clock);
+    // One index for bearer-token reviews and RBAC decisions (no database round
+    // trip per call).
+    let access = badge_access::start(
+        store.clone(),
+        config.authentication.settings(),
+        clock.clone(),
+        BEARER_CACHE_ENTRIES,
+        None,
+        !config.authentication.issuers.is_empty(),
+    );
+    let objects = Objects::new(store.clone(), clock).with_guard(access.guard.clone());
     controllers::bootstrap(&objects).await?;
+    controllers::bootstrap_policy(&objects).await?;
     let server = grpc_server(&objects);
     let names = server.service_names().to_vec();
     server.register_not_serving().await;
@@ -290,7 +385,9 @@ pub async fn serve(
         tracing::warn!("Secret data is stored unencrypted: set encryption.kek_file");
     }
     tracing::info!(addr = %listener.local_addr()?, "identity serving (mTLS gRPC)");
-    server.serve(listener, &tls, authorizer, shutdown).await?;
+    let guard = access.guard.clone();
+    let _access = access;
+    server.serve(listener, &tls, guard, shutdown).await?;
     tracing::info!("identity stopped");
     Ok(())
 }

@@ -39,6 +39,9 @@ pub fn check_key(kind: Kind, namespace: &str, name: &str) -> Result<()> {
 pub struct Objects {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
+    /// The RBAC policy, for escalation checks on Role and binding writes. `None`
+    /// (tools and tests without a policy): no escalation checks.
+    pub guard: Option<Arc<badge_access::Guard>>,
 }
 
 /// One page of a list.
@@ -50,7 +53,17 @@ pub struct Page<T> {
 
 impl Objects {
     pub fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
-        Objects { store, clock }
+        Objects {
+            store,
+            clock,
+            guard: None,
+        }
+    }
+
+    /// Checks Role and binding writes against the caller's own permissions.
+    pub fn with_guard(mut self, guard: Arc<badge_access::Guard>) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     /// Validates metadata of an object in a request field (`field` = e.g.

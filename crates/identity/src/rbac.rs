@@ -9,7 +9,9 @@ use badge_proto::rbac::{
     cluster_role_service_server::ClusterRoleService,
     role_binding_service_server::RoleBindingService, role_service_server::RoleService,
 };
-use badge_runtime::{MethodRule, status};
+use badge_core::Kind;
+use badge_core::rbac::{Attributes, PolicyRule, RBAC_GROUP, uncovered_rules};
+use badge_runtime::{Caller, MethodRule, status};
 use tonic::{Request, Response, Status};
 
 use crate::objects::{Object, Objects};
@@ -73,25 +75,166 @@ fn check_binding<T: Bind>(obj: &mut T, field: &str) -> Result<badge_core::rbac::
     Ok(b)
 }
 
+/// `{APIGroups:["batch"], Resources:["jobs"], Verbs:["get"]}`, as Kubernetes lists
+/// the permissions an escalation attempt lacks.
+fn describe_rule(r: &PolicyRule) -> String {
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut parts = Vec::new();
+    if !r.api_groups.is_empty() {
+        parts.push(format!("APIGroups:[{}]", list(&r.api_groups)));
+    }
+    if !r.resources.is_empty() {
+        parts.push(format!("Resources:[{}]", list(&r.resources)));
+    }
+    if !r.resource_names.is_empty() {
+        parts.push(format!("ResourceNames:[{}]", list(&r.resource_names)));
+    }
+    if !r.non_resource_urls.is_empty() {
+        parts.push(format!("NonResourceURLs:[{}]", list(&r.non_resource_urls)));
+    }
+    parts.push(format!("Verbs:[{}]", list(&r.verbs)));
+    format!("{{{}}}", parts.join(", "))
+}
+
+fn rbac_attrs(verb: &str, resource: &str, namespace: &str, name: &str) -> Attributes {
+    Attributes::Resource {
+        verb: verb.to_owned(),
+        namespace: namespace.to_owned(),
+        api_group: RBAC_GROUP.to_owned(),
+        resource: resource.to_owned(),
+        subresource: String::new(),
+        name: name.to_owned(),
+    }
+}
+
 impl Objects {
-    async fn create_rules<T: Rules>(&self, obj: Option<T>, field: &str) -> Result<T> {
+    /// Escalation prevention (Kubernetes' `ConfirmNoEscalation`): a caller may write
+    /// a role only with rules it holds itself (in the role's namespace), unless it
+    /// may `escalate` roles. Without this, `create roles` + `create rolebindings`
+    /// would be a path to any permission.
+    fn confirm_role(
+        &self,
+        caller: &Caller,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        rules: &[PolicyRule],
+    ) -> Result<()> {
+        let Some(guard) = &self.guard else {
+            return Ok(());
+        };
+        let user = badge_access::user_info(caller);
+        if guard
+            .decide(&user, &rbac_attrs("escalate", resource, namespace, name))
+            .allowed
+        {
+            return Ok(());
+        }
+        let missing = uncovered_rules(&*guard.policy().snapshot(), &user, namespace, rules);
+        escalation_error(caller, resource, name, &missing)
+    }
+
+    /// A caller may bind a role only when it holds every rule of that role (in the
+    /// binding's namespace), unless it may `bind` that role. The role is read from
+    /// the store, not memory: a role created a moment ago must not look empty.
+    async fn confirm_binding(
+        &self,
+        caller: &Caller,
+        resource: &str,
+        b: &badge_core::rbac::Binding,
+    ) -> Result<()> {
+        let Some(guard) = &self.guard else {
+            return Ok(());
+        };
+        let user = badge_access::user_info(caller);
+        let (role_resource, kind, role_ns) = match b.role_ref.kind.as_str() {
+            badge_core::rbac::KIND_ROLE => ("roles", Kind::Role, b.namespace.as_str()),
+            _ => ("clusterroles", Kind::ClusterRole, ""),
+        };
+        if guard
+            .decide(
+                &user,
+                &rbac_attrs("bind", role_resource, &b.namespace, &b.role_ref.name),
+            )
+            .allowed
+        {
+            return Ok(());
+        }
+        // A binding to an absent role grants nothing (until the role appears, when
+        // its creator's own escalation check applied).
+        let rules = match self.store.get(kind, role_ns, &b.role_ref.name).await {
+            Ok(rec) => match kind {
+                Kind::Role => badge_records::decode::<Role>(&rec).map(|r| r.rules)?,
+                _ => badge_records::decode::<ClusterRole>(&rec).map(|r| r.rules)?,
+            },
+            Err(Error::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let rules: Vec<PolicyRule> = rules.iter().map(badge_records::rbac::rule).collect();
+        let missing = uncovered_rules(&*guard.policy().snapshot(), &user, &b.namespace, &rules);
+        escalation_error(caller, resource, &b.name, &missing)
+    }
+
+    async fn create_rules<T: Rules>(
+        &self,
+        caller: &Caller,
+        obj: Option<T>,
+        field: &str,
+        resource: &str,
+    ) -> Result<T> {
         let obj: T = self.prepare(obj, field)?;
         check_rules(&obj, field)?;
+        let role = badge_records::rbac::role(obj.meta(), obj.rules());
+        self.confirm_role(caller, resource, &role.namespace, &role.name, &role.rules)?;
         self.create(obj, vec![]).await
     }
 
-    async fn update_rules<T: Rules>(&self, obj: Option<T>, field: &str) -> Result<T> {
+    async fn update_rules<T: Rules>(
+        &self,
+        caller: &Caller,
+        obj: Option<T>,
+        field: &str,
+        resource: &str,
+    ) -> Result<T> {
+        if let Some(o) = &obj {
+            let role = badge_records::rbac::role(o.meta(), o.rules());
+            self.confirm_role(caller, resource, &role.namespace, &role.name, &role.rules)?;
+        }
         self.update(obj, field, |_, new| check_rules(new, field))
             .await
     }
 
-    async fn create_binding<T: Bind>(&self, obj: Option<T>, field: &str) -> Result<T> {
+    async fn create_binding<T: Bind>(
+        &self,
+        caller: &Caller,
+        obj: Option<T>,
+        field: &str,
+        resource: &str,
+    ) -> Result<T> {
         let mut obj: T = self.prepare(obj, field)?;
-        check_binding(&mut obj, field)?;
+        let b = check_binding(&mut obj, field)?;
+        self.confirm_binding(caller, resource, &b).await?;
         self.create(obj, vec![]).await
     }
 
-    async fn update_binding<T: Bind>(&self, obj: Option<T>, field: &str) -> Result<T> {
+    async fn update_binding<T: Bind>(
+        &self,
+        caller: &Caller,
+        obj: Option<T>,
+        field: &str,
+        resource: &str,
+    ) -> Result<T> {
+        if let Some(o) = &obj {
+            let mut o = o.clone();
+            if let Ok(b) = check_binding(&mut o, field) {
+                self.confirm_binding(caller, resource, &b).await?;
+            }
+        }
         self.update(obj, field, |old, new| {
             let b = check_binding(new, field)?;
             let mut old = old.clone();
@@ -107,30 +250,48 @@ impl Objects {
     }
 }
 
+fn escalation_error(
+    caller: &Caller,
+    resource: &str,
+    name: &str,
+    missing: &[PolicyRule],
+) -> Result<()> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let rules: Vec<String> = missing.iter().map(describe_rule).collect();
+    Err(Error::PermissionDenied(format!(
+        "{resource}.{RBAC_GROUP} {name:?} is forbidden: user {:?} (groups={:?}) is attempting to grant RBAC permissions not currently held:\n{}",
+        caller.user,
+        caller.groups,
+        rules.join("\n")
+    )))
+}
+
 const G: &str = badge_core::rbac::RBAC_GROUP;
 
 macro_rules! crud_rules {
-    ($svc:literal, $res:literal, $singular:literal, $plural:literal) => {
+    ($svc:literal, $res:literal, $singular:literal, $plural:literal, $create:ty, $get:ty, $list:ty, $update:ty, $delete:ty) => {
         [
             (
                 concat!("/badge.rbac.v1.", $svc, "/Create", $singular),
-                MethodRule::new("create", G, $res),
+                MethodRule::new("create", G, $res).scoped::<$create>(),
             ),
             (
                 concat!("/badge.rbac.v1.", $svc, "/Get", $singular),
-                MethodRule::new("get", G, $res),
+                MethodRule::new("get", G, $res).scoped::<$get>(),
             ),
             (
                 concat!("/badge.rbac.v1.", $svc, "/List", $plural),
-                MethodRule::new("list", G, $res),
+                MethodRule::new("list", G, $res).scoped::<$list>(),
             ),
             (
                 concat!("/badge.rbac.v1.", $svc, "/Update", $singular),
-                MethodRule::new("update", G, $res),
+                MethodRule::new("update", G, $res).scoped::<$update>(),
             ),
             (
                 concat!("/badge.rbac.v1.", $svc, "/Delete", $singular),
-                MethodRule::new("delete", G, $res),
+                MethodRule::new("delete", G, $res).scoped::<$delete>(),
             ),
         ]
     };
@@ -138,24 +299,49 @@ macro_rules! crud_rules {
 
 /// Every RBAC method → what it does in RBAC terms.
 pub const METHODS: [(&str, MethodRule); 20] = {
-    let a = crud_rules!("RoleService", "roles", "Role", "Roles");
+    let a = crud_rules!(
+        "RoleService",
+        "roles",
+        "Role",
+        "Roles",
+        pb::CreateRoleRequest,
+        pb::GetRoleRequest,
+        pb::ListRolesRequest,
+        pb::UpdateRoleRequest,
+        pb::DeleteRoleRequest
+    );
     let b = crud_rules!(
         "ClusterRoleService",
         "clusterroles",
         "ClusterRole",
-        "ClusterRoles"
+        "ClusterRoles",
+        pb::CreateClusterRoleRequest,
+        pb::GetClusterRoleRequest,
+        pb::ListClusterRolesRequest,
+        pb::UpdateClusterRoleRequest,
+        pb::DeleteClusterRoleRequest
     );
     let c = crud_rules!(
         "RoleBindingService",
         "rolebindings",
         "RoleBinding",
-        "RoleBindings"
+        "RoleBindings",
+        pb::CreateRoleBindingRequest,
+        pb::GetRoleBindingRequest,
+        pb::ListRoleBindingsRequest,
+        pb::UpdateRoleBindingRequest,
+        pb::DeleteRoleBindingRequest
     );
     let d = crud_rules!(
         "ClusterRoleBindingService",
         "clusterrolebindings",
         "ClusterRoleBinding",
-        "ClusterRoleBindings"
+        "ClusterRoleBindings",
+        pb::CreateClusterRoleBindingRequest,
+        pb::GetClusterRoleBindingRequest,
+        pb::ListClusterRoleBindingsRequest,
+        pb::UpdateClusterRoleBindingRequest,
+        pb::DeleteClusterRoleBindingRequest
     );
     [
         a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4], c[0], c[1], c[2], c[3], c[4],
@@ -166,8 +352,9 @@ pub const METHODS: [(&str, MethodRule); 20] = {
 #[tonic::async_trait]
 impl RoleService for Objects {
     async fn create_role(&self, req: Request<pb::CreateRoleRequest>) -> R<Role> {
+        let caller = badge_runtime::auth::caller(&req)?.clone();
         Ok(Response::new(
-            self.create_rules(req.into_inner().role, "role")
+            self.create_rules(&caller, req.into_inner().role, "role", "roles")
                 .await
                 .map_err(status)?,
         ))
@@ -191,8 +378,9 @@ impl RoleService for Objects {
         }))
     }
     async fn update_role(&self, req: Request<pb::UpdateRoleRequest>) -> R<Role> {
+        let caller = badge_runtime::auth::caller(&req)?.clone();
         Ok(Response::new(
-            self.update_rules(req.into_inner().role, "role")
+            self.update_rules(&caller, req.into_inner().role, "role", "roles")
                 .await
                 .map_err(status)?,
         ))
@@ -213,8 +401,14 @@ impl ClusterRoleService for Objects {
         &self,
         req: Request<pb::CreateClusterRoleRequest>,
     ) -> R<ClusterRole> {
+        let caller = badge_runtime::auth::caller(&req)?.clone();
         Ok(Response::new(
-            self.create_rules(req.into_inner().cluster_role, "cluster_role")
+            self.create_rules(
+                &caller,
+                req.into_inner().cluster_role,
+                "cluster_role",
+                "clusterroles",
+            )
                 .await
                 .map_err(status)?,
         ))
@@ -243,8 +437,14 @@ impl ClusterRoleService for Objects {
         &self,
         req: Request<pb::UpdateClusterRoleRequest>,
     ) -> R<ClusterRole> {
+        let caller = badge_runtime::auth::caller(&req)?.clone();
         Ok(Response::new(
-            self.update_rules(req.into_inner().cluster_role, "cluster_role")
+            self.update_rules(
+                &caller,
+                req.into_inner().cluster_role,
+                "cluster_role",
+                "clusterroles",
+            )
                 .await
                 .map_err(status)?,
         ))
@@ -268,8 +468,14 @@ impl RoleBindingService for Objects {
         &self,
         req: Request<pb::CreateRoleBindingRequest>,
     ) -> R<RoleBinding> {
+        let caller = badge_runtime::auth::caller(&req)?.clone();
         Ok(Response::new(
-            self.create_binding(req.into_inner().role_binding, "role_binding")
+            self.create_binding(
+                &caller,
+                req.into_inner().role_binding,
+                "role_binding",
+                "rolebindings",
+            )
                 .await
                 .map_err(status)?,
         ))
@@ -299,8 +505,14 @@ impl RoleBindingService for Objects {
         &self,
         req: Request<pb::UpdateRoleBindingRequest>,
     ) -> R<RoleBinding> {
+        let caller = badge_runtime::auth::caller(&req)?.clone();
         Ok(Response::new(
-            self.update_binding(req.into_inner().role_binding, "role_binding")
+            self.update_binding(
+                &caller,
+                req.into_inner().role_binding,
+                "role_binding",
+                "rolebindings",
+            )
                 .await
                 .map_err(status)?,
         ))
@@ -324,10 +536,13 @@ impl ClusterRoleBindingService for Objects {
         &self,
         req: Request<pb::CreateClusterRoleBindingRequest>,
     ) -> R<ClusterRoleBinding> {
+        let caller = badge_runtime::auth::caller(&req)?.clone();
         Ok(Response::new(
             self.create_binding(
+                &caller,
                 req.into_inner().cluster_role_binding,
                 "cluster_role_binding",
+                "clusterrolebindings",
             )
             .await
             .map_err(status)?,
@@ -360,10 +575,13 @@ impl ClusterRoleBindingService for Objects {
         &self,
         req: Request<pb::UpdateClusterRoleBindingRequest>,
     ) -> R<ClusterRoleBinding> {
+        let caller = badge_runtime::auth::caller(&req)?.clone();
         Ok(Response::new(
             self.update_binding(
+                &caller,
                 req.into_inner().cluster_role_binding,
                 "cluster_role_binding",
+                "clusterrolebindings",
             )
             .await
             .map_err(status)?,

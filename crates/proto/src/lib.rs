@@ -51,3 +51,6 @@ pub use badge::token::v1 as token;
 /// Encoded `FileDescriptorSet` of every Badge `.proto` file and its imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/badge_descriptor.bin"));
+
+pub mod scope;
+pub use scope::Scope;

@@ -17,6 +17,9 @@ use tokio::sync::watch;
 struct Objects {
     by_kind: HashMap<Kind, HashMap<String, HashMap<String, Record>>>,
     len: usize,
+    /// Bumped on every change of a kind, so derived views (the RBAC policy) know
+    /// when to rebuild without watching every unrelated change.
+    generations: HashMap<Kind, u64>,
 }
 
 impl Objects {
@@ -25,6 +28,7 @@ impl Objects {
     }
 
     fn insert(&mut self, r: Record) {
+        *self.generations.entry(r.kind).or_default() += 1;
         let names = self
             .by_kind
             .entry(r.kind)
@@ -37,6 +41,7 @@ impl Objects {
     }
 
     fn remove(&mut self, kind: Kind, namespace: &str, name: &str) {
+        *self.generations.entry(kind).or_default() += 1;
         let Some(namespaces) = self.by_kind.get_mut(&kind) else {
             return;
         };
@@ -185,6 +190,20 @@ impl Index {
             .unwrap_or_default()
     }
 
+    /// A number that changes whenever an object of one of `kinds` changes.
+    pub fn generation(&self, kinds: &[Kind]) -> u64 {
+        self.inner
+            .objects
+            .read()
+            .map(|m| {
+                kinds
+                    .iter()
+                    .map(|k| m.generations.get(k).copied().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     /// Number of objects held.
     pub fn len(&self) -> usize {
         self.inner.objects.read().map(|m| m.len).unwrap_or(0)
@@ -222,6 +241,10 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
     let wanted: HashSet<Kind> = kinds.iter().copied().collect();
     let mut cursor = listed_at.values().copied().min().unwrap_or(0);
     if let Ok(mut map) = inner.objects.write() {
+        // Generations only grow, even across a relist.
+        for (kind, g) in &map.generations {
+            *fresh.generations.entry(*kind).or_default() += g + 1;
+        }
         *map = fresh;
     }
     loop {

@@ -149,3 +149,35 @@ impl rbac::Policy for IndexPolicy<'_> {
         })
     }
 }
+
+/// A rule in its wire form.
+pub fn rule_to_pb(r: &rbac::PolicyRule) -> pb::PolicyRule {
+    pb::PolicyRule {
+        verbs: r.verbs.clone(),
+        api_groups: r.api_groups.clone(),
+        resources: r.resources.clone(),
+        resource_names: r.resource_names.clone(),
+        non_resource_urls: r.non_resource_urls.clone(),
+    }
+}
+
+/// A ClusterRole in its wire form, with `meta`.
+pub fn cluster_role_to_pb(role: &rbac::Role, meta: ObjectMeta) -> pb::ClusterRole {
+    pb::ClusterRole {
+        metadata: Some(meta),
+        rules: role.rules.iter().map(rule_to_pb).collect(),
+    }
+}
+
+/// A ClusterRoleBinding in its wire form, with `meta`.
+pub fn cluster_role_binding_to_pb(b: &rbac::Binding, meta: ObjectMeta) -> pb::ClusterRoleBinding {
+    pb::ClusterRoleBinding {
+        metadata: Some(meta),
+        subjects: b.subjects.iter().map(subject_to_pb).collect(),
+        role_ref: Some(pb::RoleRef {
+            api_group: b.role_ref.api_group.clone(),
+            kind: b.role_ref.kind.clone(),
+            name: b.role_ref.name.clone(),
+        }),
+    }
+}

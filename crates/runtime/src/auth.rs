@@ -1,29 +1,50 @@
 //! The one authentication/authorization layer every RPC passes through.
 //!
-//! Authentication: the caller is the verified client certificate (CN = user, each
-//! O = a group, as Kubernetes' x509 authenticator). Authorization: every full gRPC
-//! method must have an entry in the method table (verb, API group, resource,
-//! subresource); a method without one is refused, so a new RPC cannot ship
-//! unguarded. The decision itself is an [`Authorizer`]; until RBAC lands only
-//! `system:masters` may do anything.
+//! **Authentication.** An `authorization: Bearer <token>` header, when present, is
+//! the caller: a service-account token validated as TokenReview validates it (with
+//! the API audiences) by the service's [`Authorizer`]; a bad token is
+//! UNAUTHENTICATED, it never falls back to the certificate. Otherwise the verified
+//! client certificate is the caller (CN = user, each O = a group, as Kubernetes'
+//! x509 authenticator). Either way the caller is in `system:authenticated`. No
+//! credential → UNAUTHENTICATED (health checks excepted: load balancers probe
+//! without one, as Kubernetes' `system:public-info-viewer` allows `/healthz`).
+//!
+//! **Authorization.** Every full gRPC method must have an entry in the method table:
+//! (verb, API group, resource, subresource) plus, for methods acting on a namespace
+//! or a named object, the request type whose [`Scope`] names them. The layer decodes
+//! that message (once more; unary requests are small) to build Kubernetes' request
+//! attributes and asks the [`Authorizer`]. A method without an entry is refused, so
+//! a new RPC cannot ship unguarded. Denied → PERMISSION_DENIED with Kubernetes'
+//! "is forbidden" text and the authorizer's reason.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use badge_core::rbac::Attributes;
+use badge_proto::Scope;
 use futures_util::future::BoxFuture;
+use http_body_util::{BodyExt as _, Full, Limited};
 use tonic::Status;
+use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::pki::MASTERS_GROUP;
 
+/// Every authenticated caller is in this group (as in Kubernetes).
+pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
+
 /// Who is calling.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Caller {
     pub user: String,
+    /// The service account's uid for token callers; empty for certificates.
+    pub uid: String,
     pub groups: Vec<String>,
+    /// Token callers: pod-name, pod-uid, node-name, node-uid, credential-id.
+    pub extra: BTreeMap<String, Vec<String>>,
 }
 
 impl Caller {
@@ -32,13 +53,39 @@ impl Caller {
     }
 }
 
+/// What a request names, read from its message by [`Scope`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    pub namespace: String,
+    pub name: String,
+    /// (API group, resource) pairs overriding the method's own (Watch).
+    pub resources: Vec<(&'static str, &'static str)>,
+}
+
+/// Decodes a request message and reads its scope.
+pub type ScopeFn = fn(&[u8]) -> Result<Target, prost::DecodeError>;
+
+fn decode_scope<T: Scope + prost::Message + Default>(
+    message: &[u8],
+) -> Result<Target, prost::DecodeError> {
+    let m = T::decode(message)?;
+    Ok(Target {
+        namespace: m.namespace().to_owned(),
+        name: m.name().to_owned(),
+        resources: m.resources(),
+    })
+}
+
 /// What a method does, in Kubernetes RBAC terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct MethodRule {
     pub verb: &'static str,
     pub api_group: &'static str,
     pub resource: &'static str,
     pub subresource: &'static str,
+    /// How to read the namespace and name from the request; `None`: cluster-wide,
+    /// unnamed (e.g. `create tokenreviews`).
+    pub scope: Option<ScopeFn>,
 }
 
 impl MethodRule {
@@ -48,6 +95,7 @@ impl MethodRule {
             api_group,
             resource,
             subresource: "",
+            scope: None,
         }
     }
 
@@ -57,77 +105,115 @@ impl MethodRule {
             ..self
         }
     }
+
+    /// The request message `T` names the namespace and object (see [`Scope`]).
+    pub const fn scoped<T: Scope + prost::Message + Default>(self) -> Self {
+        MethodRule {
+            scope: Some(decode_scope::<T>),
+            ..self
+        }
+    }
+
+    /// Kubernetes' request attributes for this rule and a target.
+    pub fn attributes(&self, target: &Target) -> Vec<Attributes> {
+        let one = |group: &str, resource: &str| Attributes::Resource {
+            verb: self.verb.to_owned(),
+            namespace: target.namespace.clone(),
+            api_group: group.to_owned(),
+            resource: resource.to_owned(),
+            subresource: self.subresource.to_owned(),
+            name: target.name.clone(),
+        };
+        if target.resources.is_empty() {
+            vec![one(self.api_group, self.resource)]
+        } else {
+            target.resources.iter().map(|(g, r)| one(g, r)).collect()
+        }
+    }
 }
 
 /// Full gRPC method path (`/badge.identity.v1.PodService/CreatePod`) → rule.
 pub type MethodTable = &'static [(&'static str, MethodRule)];
 
-/// Methods any authenticated caller may use: health checks and reflection (which
-/// only describes the schema).
-const OPEN_PREFIXES: [&str; 3] = [
-    "/grpc.health.v1.Health/",
+/// Health checks: anyone, even without a credential.
+const PUBLIC_PREFIXES: [&str; 1] = ["/grpc.health.v1.Health/"];
+/// Reflection only describes the schema: any authenticated caller.
+const AUTHENTICATED_PREFIXES: [&str; 2] = [
     "/grpc.reflection.v1.ServerReflection/",
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
 
-/// Decides whether `caller` may do `rule`.
-pub trait Authorizer: Send + Sync + 'static {
-    /// `Err(reason)` denies.
-    fn authorize(&self, caller: &Caller, rule: &MethodRule) -> Result<(), String>;
+/// Kubernetes' forbidden text: `pods "web" is forbidden: User "bob" cannot get
+/// resource "pods" in API group "" in the namespace "dev": <reason>`.
+pub fn forbidden(caller: &Caller, attrs: &Attributes, reason: &str) -> Status {
+    let message = match attrs {
+        Attributes::Resource {
+            verb,
+            namespace,
+            api_group,
+            resource,
+            subresource,
+            name,
+        } => {
+            let full = if subresource.is_empty() {
+                resource.clone()
+            } else {
+                format!("{resource}/{subresource}")
+            };
+            let what = if name.is_empty() {
+                full.clone()
+            } else {
+                format!("{full} {name:?}")
+            };
+            let scope = if namespace.is_empty() {
+                " at the cluster scope".to_owned()
+            } else {
+                format!(" in the namespace {namespace:?}")
+            };
+            format!(
+                "{what} is forbidden: User {:?} cannot {verb} resource {full:?} in API group {api_group:?}{scope}",
+                caller.user
+            )
+        }
+        Attributes::NonResource { verb, path } => format!(
+            "forbidden: User {:?} cannot {verb} path {path:?}",
+            caller.user
+        ),
+    };
+    if reason.is_empty() {
+        Status::permission_denied(message)
+    } else {
+        Status::permission_denied(format!("{message}: {reason}"))
+    }
 }
 
-/// The policy until RBAC: `system:masters` may do everything, everyone else nothing.
+/// Decides who the caller is (bearer tokens) and what they may do.
+pub trait Authorizer: Send + Sync + 'static {
+    /// `Err` denies: PERMISSION_DENIED (see [`forbidden`]), or UNAVAILABLE while
+    /// the policy is not loaded.
+    fn authorize(&self, caller: &Caller, attrs: &Attributes) -> Result<(), Status>;
+
+    /// The caller a bearer token stands for. Default: bearer tokens are refused.
+    fn authenticate_token<'a>(&'a self, _token: &'a str) -> BoxFuture<'a, Result<Caller, Status>> {
+        Box::pin(async {
+            Err(Status::unauthenticated(
+                "bearer tokens are not accepted by this server: present a client certificate",
+            ))
+        })
+    }
+}
+
+/// `system:masters` may do everything, everyone else nothing (tests, and tools that
+/// run before any policy exists).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MastersOnly;
 
 impl Authorizer for MastersOnly {
-    fn authorize(&self, caller: &Caller, rule: &MethodRule) -> Result<(), String> {
+    fn authorize(&self, caller: &Caller, attrs: &Attributes) -> Result<(), Status> {
         if caller.in_group(MASTERS_GROUP) {
             return Ok(());
         }
-        let resource = if rule.subresource.is_empty() {
-            rule.resource.to_string()
-        } else {
-            format!("{}/{}", rule.resource, rule.subresource)
-        };
-        Err(format!(
-            "user {:?} cannot {} resource {:?} in API group {:?}: no policy allows it",
-            caller.user, rule.verb, resource, rule.api_group
-        ))
-    }
-}
-
-/// What each Badge service may do on the others' APIs before RBAC exists:
-/// (user, verb, API group, resource). Least privilege: only what the calls need.
-const SERVICE_GRANTS: &[(&str, &str, &str, &str)] = &[
-    // token-issuer's legacy-token controller fills and deletes token Secrets.
-    ("system:badge:token-issuer", "get", "", "secrets"),
-    ("system:badge:token-issuer", "update", "", "secrets"),
-    ("system:badge:token-issuer", "delete", "", "secrets"),
-    // token-review records legacy-token use (the last-used label) on Secrets.
-    ("system:badge:token-review", "get", "", "secrets"),
-    ("system:badge:token-review", "update", "", "secrets"),
-];
-
-/// The policy until RBAC: `system:masters` may do everything, the Badge services
-/// what [`SERVICE_GRANTS`] lists, everyone else nothing.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct BootstrapPolicy;
-
-impl Authorizer for BootstrapPolicy {
-    fn authorize(&self, caller: &Caller, rule: &MethodRule) -> Result<(), String> {
-        let granted = caller.in_group(crate::pki::SERVICES_GROUP)
-            && rule.subresource.is_empty()
-            && SERVICE_GRANTS.iter().any(|(user, verb, group, resource)| {
-                *user == caller.user
-                    && *verb == rule.verb
-                    && *group == rule.api_group
-                    && *resource == rule.resource
-            });
-        if granted {
-            return Ok(());
-        }
-        MastersOnly.authorize(caller, rule)
+        Err(forbidden(caller, attrs, "only system:masters may call"))
     }
 }
 
@@ -145,11 +231,67 @@ pub fn caller_from_cert(der: &[u8]) -> Result<Caller, String> {
     if user.is_empty() {
         return Err("client certificate has no common name".into());
     }
-    let groups = subject
+    let mut groups: Vec<String> = subject
         .iter_organization()
         .filter_map(|o| o.as_str().ok().map(str::to_string))
         .collect();
-    Ok(Caller { user, groups })
+    if !groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
+        groups.push(AUTHENTICATED_GROUP.to_owned());
+    }
+    Ok(Caller {
+        user,
+        groups,
+        ..Caller::default()
+    })
+}
+
+/// Largest request message the layer buffers to read its scope (tonic's default
+/// decoding limit).
+const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// The first gRPC message of a buffered request body (5-byte prefix: compressed
+/// flag, big-endian length). An empty body is an empty message.
+fn first_message(body: &[u8]) -> Result<&[u8], Status> {
+    if body.is_empty() {
+        return Ok(body);
+    }
+    let Some(prefix) = body.get(..5) else {
+        return Err(Status::invalid_argument("truncated gRPC message prefix"));
+    };
+    if prefix[0] != 0 {
+        // The servers never advertise compression, so clients do not send it.
+        return Err(Status::unimplemented(
+            "compressed request messages are not supported",
+        ));
+    }
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    body.get(5..5 + len)
+        .ok_or_else(|| Status::invalid_argument("truncated gRPC message"))
+}
+
+/// The token of an `authorization: Bearer <token>` header, if one is present.
+fn bearer(headers: &http::HeaderMap) -> Option<Result<&str, Status>> {
+    let value = headers.get(http::header::AUTHORIZATION)?;
+    let parsed = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Status::unauthenticated("authorization header must be \"Bearer <token>\"")
+        });
+    Some(parsed)
+}
+
+/// What a request presented.
+enum Credential {
+    /// A bearer token, still to be reviewed.
+    Token(String),
+    /// A verified client certificate's identity.
+    Certificate(Caller),
 }
 
 struct State {
@@ -165,45 +307,77 @@ struct State {
 const CALLER_CACHE: usize = 4096;
 
 impl State {
-    fn check<B>(&self, req: &http::Request<B>) -> Result<Caller, Status> {
-        let caller = self.authenticate(req)?;
-        let path = req.uri().path();
-        if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
-            return Ok(caller);
+    /// Authenticates and authorizes; hands back the request (its body rebuilt when
+    /// it had to be read) and the caller.
+    async fn admit(&self, req: http::Request<Body>) -> Result<(http::Request<Body>, Caller), Status> {
+        let path = req.uri().path().to_owned();
+        // Read the credential synchronously: the request body is not `Sync`, so no
+        // borrow of the request may live across an await.
+        let credential = self.credential(&req);
+        if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            return Ok((req, Caller::default()));
         }
-        let Some(rule) = self.rules.get(path) else {
+        let caller = match credential? {
+            Credential::Token(token) => self.authorizer.authenticate_token(&token).await?,
+            Credential::Certificate(caller) => caller,
+        };
+        if AUTHENTICATED_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            return Ok((req, caller));
+        }
+        let Some(rule) = self.rules.get(path.as_str()).copied() else {
             // Fail closed: a method nobody wrote a rule for is not callable.
             return Err(Status::permission_denied(format!(
                 "method {path} has no authorization rule"
             )));
         };
-        self.authorizer
-            .authorize(&caller, rule)
-            .map_err(Status::permission_denied)?;
-        Ok(caller)
+        let (req, target) = match rule.scope {
+            None => (req, Target::default()),
+            Some(scope) => {
+                let (parts, body) = req.into_parts();
+                let bytes = Limited::new(body, MAX_MESSAGE + 5)
+                    .collect()
+                    .await
+                    .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+                        Ok(_) => Status::resource_exhausted(format!(
+                            "request message larger than {MAX_MESSAGE} bytes"
+                        )),
+                        Err(e) => Status::from_error(e),
+                    })?
+                    .to_bytes();
+                let target = scope(first_message(&bytes)?).map_err(|e| {
+                    Status::invalid_argument(format!("request message could not be decoded: {e}"))
+                })?;
+                (
+                    http::Request::from_parts(parts, Body::new(Full::new(bytes))),
+                    target,
+                )
+            }
+        };
+        for attrs in rule.attributes(&target) {
+            self.authorizer.authorize(&caller, &attrs)?;
+        }
+        Ok((req, caller))
     }
-}
 
-impl State {
-    fn authenticate<B>(&self, req: &http::Request<B>) -> Result<Caller, Status> {
+    fn credential<B>(&self, req: &http::Request<B>) -> Result<Credential, Status> {
+        if let Some(token) = bearer(req.headers()) {
+            return Ok(Credential::Token(token?.to_owned()));
+        }
         let certs = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs);
-        let Some(certs) = certs else {
+        let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
             return Err(Status::unauthenticated(
-                "no client certificate: present one issued by the configured CA",
+                "no credentials: present a client certificate issued by the configured CA, or an authorization: Bearer <service-account token> header",
             ));
-        };
-        let Some(leaf) = certs.first() else {
-            return Err(Status::unauthenticated("no client certificate"));
         };
         // rustls has verified the chain before the request got here.
         let der = leaf.as_ref();
         if let Ok(cache) = self.callers.read()
             && let Some(c) = cache.get(der)
         {
-            return Ok(c.clone());
+            return Ok(Credential::Certificate(c.clone()));
         }
         let caller = caller_from_cert(der).map_err(Status::unauthenticated)?;
         if let Ok(mut cache) = self.callers.write() {
@@ -212,7 +386,7 @@ impl State {
             }
             cache.insert(der.to_vec(), caller.clone());
         }
-        Ok(caller)
+        Ok(Credential::Certificate(caller))
     }
 }
 
@@ -256,14 +430,10 @@ pub struct AuthService<S> {
     state: Arc<State>,
 }
 
-impl<S, B> Service<http::Request<B>> for AuthService<S>
+impl<S> Service<http::Request<Body>> for AuthService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -273,21 +443,24 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        match self.state.check(&req) {
-            Ok(caller) => {
-                tracing::debug!(user = %caller.user, method = %req.uri().path(), "authorized");
-                req.extensions_mut().insert(caller);
-                // Take the service that was polled ready; leave a fresh clone behind.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(req))
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // Take the service that was polled ready; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
+        Box::pin(async move {
+            match state.admit(req).await {
+                Ok((mut req, caller)) => {
+                    tracing::debug!(user = %caller.user, method = %req.uri().path(), "authorized");
+                    req.extensions_mut().insert(caller);
+                    inner.call(req).await
+                }
+                Err(status) => {
+                    tracing::info!(code = ?status.code(), reason = %status.message(), "refused");
+                    Ok(status.into_http())
+                }
             }
-            Err(status) => {
-                tracing::info!(method = %req.uri().path(), code = ?status.code(), reason = %status.message(), "refused");
-                Box::pin(async move { Ok(status.into_http()) })
-            }
-        }
+        })
     }
 }
 
@@ -296,4 +469,120 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<&Caller, Status> {
     req.extensions()
         .get::<Caller>()
         .ok_or_else(|| Status::unauthenticated("request did not pass the auth layer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(ns: &str, name: &str, sub: &str) -> Attributes {
+        Attributes::Resource {
+            verb: "get".into(),
+            namespace: ns.into(),
+            api_group: "".into(),
+            resource: "pods".into(),
+            subresource: sub.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn forbidden_texts() {
+        let bob = Caller {
+            user: "bob".into(),
+            ..Caller::default()
+        };
+        let cases = [
+            (
+                attrs("dev", "web", ""),
+                "no RBAC policy matched",
+                "pods \"web\" is forbidden: User \"bob\" cannot get resource \"pods\" in API group \"\" in the namespace \"dev\": no RBAC policy matched",
+            ),
+            (
+                attrs("", "", ""),
+                "",
+                "pods is forbidden: User \"bob\" cannot get resource \"pods\" in API group \"\" at the cluster scope",
+            ),
+            (
+                attrs("dev", "sa", "token"),
+                "x",
+                "pods/token \"sa\" is forbidden: User \"bob\" cannot get resource \"pods/token\" in API group \"\" in the namespace \"dev\": x",
+            ),
+        ];
+        for (a, reason, want) in cases {
+            let s = forbidden(&bob, &a, reason);
+            assert_eq!(s.code(), tonic::Code::PermissionDenied);
+            assert_eq!(s.message(), want);
+        }
+    }
+
+    #[test]
+    fn message_prefix() {
+        assert_eq!(first_message(&[]).unwrap(), &[] as &[u8]);
+        assert_eq!(first_message(&[0, 0, 0, 0, 2, 8, 1]).unwrap(), &[8, 1]);
+        assert_eq!(
+            first_message(&[0, 0, 0, 0, 9, 8]).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            first_message(&[1, 0, 0, 0, 1, 8]).unwrap_err().code(),
+            tonic::Code::Unimplemented
+        );
+        assert_eq!(
+            first_message(&[0, 0]).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn bearer_header() {
+        let mut h = http::HeaderMap::new();
+        assert!(bearer(&h).is_none());
+        h.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h).unwrap().unwrap(), "abc");
+        h.insert("authorization", "bearer  abc ".parse().unwrap());
+        assert_eq!(bearer(&h).unwrap().unwrap(), "abc");
+        for bad in ["Basic abc", "Bearer", "Bearer  ", "abc"] {
+            h.insert("authorization", bad.parse().unwrap());
+            assert_eq!(
+                bearer(&h).unwrap().unwrap_err().code(),
+                tonic::Code::Unauthenticated,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn scoped_rules_read_namespace_and_name() {
+        use prost::Message as _;
+        let rule = MethodRule::new("get", "", "pods")
+            .scoped::<badge_proto::identity::GetPodRequest>();
+        let msg = badge_proto::identity::GetPodRequest {
+            namespace: "dev".into(),
+            name: "web".into(),
+        }
+        .encode_to_vec();
+        let target = (rule.scope.unwrap())(&msg).unwrap();
+        assert_eq!(rule.attributes(&target), vec![attrs("dev", "web", "")]);
+        let watch = MethodRule::new("watch", "", "*")
+            .scoped::<badge_proto::identity::WatchRequest>();
+        let msg = badge_proto::identity::WatchRequest {
+            kinds: vec![4, 3, 4],
+            namespace: "dev".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let target = (watch.scope.unwrap())(&msg).unwrap();
+        let resources: Vec<String> = watch
+            .attributes(&target)
+            .iter()
+            .map(|a| match a {
+                Attributes::Resource { resource, verb, namespace, .. } => {
+                    format!("{verb} {resource} in {namespace}")
+                }
+                Attributes::NonResource { .. } => unreachable!(),
+            })
+            .collect();
+        assert_eq!(resources, ["watch pods in dev", "watch secrets in dev"]);
+    }
 }

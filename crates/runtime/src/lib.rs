@@ -11,6 +11,8 @@ pub mod status;
 pub mod telemetry;
 pub mod tls;
 
-pub use auth::{Authorizer, BootstrapPolicy, Caller, MastersOnly, MethodRule, MethodTable};
+pub use auth::{
+    AUTHENTICATED_GROUP, Authorizer, Caller, MastersOnly, MethodRule, MethodTable, Target, forbidden,
+};
 pub use server::GrpcServer;
 pub use status::status;

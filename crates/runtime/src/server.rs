@@ -134,7 +134,7 @@ impl GrpcServer {
                 .map_err(|e| ServeError::Reflection(e.to_string()))?,
         );
         tonic::transport::Server::builder()
-            .tls_config(tls.server_config(false))?
+            .tls_config(tls.server_config(true))?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(auth)
             .add_routes(routes.routes())

@@ -17,16 +17,15 @@ use std::time::Duration;
 use anyhow::Context;
 use badge_core::key_lifecycle::Policy;
 use badge_core::token::MAX_EXPIRATION_SECONDS;
-use badge_core::{Clock, Kind};
+use badge_core::Clock;
 use badge_keys::{Algorithm, Kek, PublicKey, SigningKey};
 use badge_proto::externaljwt::{v1, v1alpha1};
 use badge_proto::identity::secret_service_client::SecretServiceClient;
 use badge_proto::token::{
     key_service_server::KeyServiceServer, token_service_server::TokenServiceServer,
 };
-use badge_records::Index;
 use badge_runtime::tls::TlsMaterial;
-use badge_runtime::{Authorizer, GrpcServer};
+use badge_runtime::GrpcServer;
 use badge_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -71,6 +70,9 @@ fn max_token_lifetime(config: &IssuerConfig) -> Duration {
     Duration::from_secs(u64::try_from(cap.max(extended)).unwrap_or(u64::MAX / 4))
 }
 
+/// Verified-signature cache of bearer tokens.
+const BEARER_CACHE_ENTRIES: usize = 10_000;
+
 /// Runs the token-issuer until `shutdown`. Refuses to start on an unknown schema, a
 /// wrong key-encryption key or unreadable key files.
 pub async fn serve(
@@ -78,7 +80,6 @@ pub async fn serve(
     store: Store,
     clock: Arc<dyn Clock>,
     listeners: Listeners,
-    authorizer: Arc<dyn Authorizer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let tls = TlsMaterial::load(&config.server.tls)?;
@@ -104,16 +105,21 @@ pub async fn serve(
         kek,
     ));
 
-    let index = Index::start(
+    // One index for the token checks, bearer-token callers (reviewed as TokenReview
+    // does, with this issuer's API audiences) and RBAC decisions.
+    let access = badge_access::start(
         store.clone(),
-        &[
-            Kind::ServiceAccount,
-            Kind::Pod,
-            Kind::Secret,
-            Kind::Node,
-            Kind::SigningKey,
-        ],
+        badge_core::review::ReviewSettings::new(
+            settings.issuers.clone(),
+            settings.api_audiences.clone(),
+        ),
+        clock.clone(),
+        BEARER_CACHE_ENTRIES,
+        None,
+        true,
     );
+    let index = access.reviewer.index.clone();
+    let guard = access.guard.clone();
     tokio::time::timeout(Duration::from_secs(30), index.ready())
         .await
         .context("loading objects from the store")?;
@@ -265,7 +271,8 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    server.serve(listeners.grpc, &tls, authorizer, stop).await?;
+    let _access = access;
+    server.serve(listeners.grpc, &tls, guard, stop).await?;
     tracing::info!("token-issuer stopped");
     Ok(())
 }

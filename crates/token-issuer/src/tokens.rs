@@ -26,7 +26,9 @@ use crate::rotation::Rotator;
 pub const METHODS: MethodTable = &[
     (
         "/badge.token.v1.TokenService/CreateToken",
-        MethodRule::new("create", "", "serviceaccounts").sub("token"),
+        MethodRule::new("create", "", "serviceaccounts")
+            .sub("token")
+            .scoped::<pb::CreateTokenRequest>(),
     ),
     (
         "/badge.token.v1.TokenService/RevokeToken",

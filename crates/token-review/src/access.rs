@@ -5,8 +5,9 @@
 use badge_core::rbac::{self, Attributes};
 use badge_core::{Error, FieldViolation, Result};
 use badge_proto::review::{self as pb, access_review_service_server::AccessReviewService};
-use badge_records::Index;
-use badge_records::rbac::IndexPolicy;
+use std::sync::Arc;
+
+use badge_access::Guard;
 use badge_runtime::{MethodRule, MethodTable, status};
 use tonic::{Request, Response, Status};
 
@@ -24,11 +25,10 @@ pub const METHODS: MethodTable = &[
 ];
 
 /// The group that bypasses RBAC, as Kubernetes' privileged-group authorizer.
-const MASTERS: &str = "system:masters";
 
 #[derive(Clone)]
 pub struct AccessService {
-    pub index: Index,
+    pub guard: Arc<Guard>,
 }
 
 /// Exactly one attribute block (Kubernetes' validation), as the rules' input.
@@ -86,14 +86,7 @@ fn attributes(
 
 impl AccessService {
     fn decide(&self, user: &rbac::UserInfo, attrs: &Attributes) -> pb::SubjectAccessReviewStatus {
-        if user.groups.iter().any(|g| g == MASTERS) {
-            return pb::SubjectAccessReviewStatus {
-                allowed: true,
-                reason: "system:masters is not subject to RBAC".into(),
-                ..Default::default()
-            };
-        }
-        let d = rbac::authorize(&IndexPolicy(&self.index), user, attrs);
+        let d = self.guard.decide(user, attrs);
         pb::SubjectAccessReviewStatus {
             allowed: d.allowed,
             denied: false,
@@ -172,7 +165,7 @@ impl AccessReviewService for AccessService {
 /// SubjectAccessReview JSON in `authorization.k8s.io/v1` or `v1beta1` (whose groups
 /// field is `group`), answered in the version asked. `Err` is a 400 message.
 pub fn webhook(
-    index: &Index,
+    guard: &Arc<Guard>,
     body: &serde_json::Value,
 ) -> std::result::Result<serde_json::Value, String> {
     use serde_json::{Value, json};
@@ -224,7 +217,7 @@ pub fn webhook(
         return Err("spec.user: at least one of user or groups must be specified".into());
     }
     let decision = AccessService {
-        index: index.clone(),
+        guard: guard.clone(),
     }
     .decide(&rbac::UserInfo { name: user, groups }, &attrs);
     let mut status = json!({"allowed": decision.allowed});

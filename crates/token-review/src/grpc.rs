@@ -8,7 +8,7 @@ use badge_proto::review::{self as pb, token_review_service_server::TokenReviewSe
 use badge_runtime::{Caller, MethodRule, MethodTable, status};
 use tonic::{Request, Response, Status};
 
-use crate::reviewer::{Reviewer, Via};
+use badge_access::{Reviewer, Via};
 
 /// Every method → what it does in RBAC terms: Kubernetes' `create` on
 /// `tokenreviews` in `authentication.k8s.io` (granted by `system:auth-delegator`).

@@ -119,10 +119,7 @@
 pub mod access;
 pub mod config;
 pub mod grpc;
-pub mod keys;
 pub mod last_used;
-pub mod lookup;
-pub mod reviewer;
 pub mod webhook;
 
 use std::future::Future;
@@ -134,10 +131,9 @@ use anyhow::Context;
 use badge_core::{Clock, Kind};
 use badge_proto::identity::secret_service_client::SecretServiceClient;
 use badge_proto::review::token_review_service_server::TokenReviewServiceServer;
-use badge_records::Index;
 use badge_runtime::server::Tasks;
 use badge_runtime::tls::TlsMaterial;
-use badge_runtime::{Authorizer, GrpcServer};
+use badge_runtime::GrpcServer;
 use badge_store::{ListQuery, Record, Store};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -146,27 +142,7 @@ use tonic_health::server::HealthReporter;
 
 pub use config::ReviewConfig;
 pub use grpc::{METHODS, ReviewService};
-pub use reviewer::{Reviewer, Via};
-
-/// The kinds the review index follows.
-pub const INDEXED_KINDS: [Kind; 10] = [
-    Kind::ServiceAccount,
-    Kind::Pod,
-    Kind::Secret,
-    Kind::Node,
-    Kind::SigningKey,
-    Kind::Revocation,
-    // For SubjectAccessReview.
-    Kind::Role,
-    Kind::ClusterRole,
-    Kind::RoleBinding,
-    Kind::ClusterRoleBinding,
-];
-
-/// How often the key follower re-reads every SigningKey record of the index (it
-/// checks the keys it knows on every feed batch; new keys are also found by the
-/// unknown-kid refresh).
-const KEY_SCAN_INTERVAL: Duration = Duration::from_secs(5);
+pub use badge_access::{INDEXED_KINDS, Reviewer, Via, keys, lookup, reviewer};
 
 /// The sockets the service serves on (injected so tests use ephemeral ports).
 pub struct Listeners {
@@ -174,50 +150,6 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// The webhook (HTTPS); required when `webhook` is configured.
     pub webhook: Option<TcpListener>,
-}
-
-/// Waits for the index, installs the keys, marks the reviewer ready, then keeps
-/// the keys in step with the SigningKey records.
-async fn follow_keys(reviewer: Arc<Reviewer>) {
-    let index = reviewer.index.clone();
-    index.ready().await;
-    reviewer
-        .keys
-        .install(&index.list(Kind::SigningKey), index.revision());
-    reviewer.ready.store(true, Ordering::Release);
-    tracing::info!(
-        objects = index.len(),
-        keys = reviewer.keys.snapshot().set.len(),
-        revision = index.revision(),
-        "review index loaded"
-    );
-    let mut rx = index.subscribe();
-    let mut last_scan = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep_until(last_scan + KEY_SCAN_INTERVAL) => {}
-        }
-        let current = reviewer.keys.snapshot();
-        let revision = index.revision();
-        if revision < current.revision {
-            // Keys were just read from the store, ahead of the index.
-            continue;
-        }
-        let scan = last_scan.elapsed() >= KEY_SCAN_INTERVAL;
-        let changed = current.versions.iter().any(|(kid, rv)| {
-            index
-                .get(Kind::SigningKey, "", kid)
-                .map(|r| r.resource_version)
-                != Some(*rv)
-        });
-        if scan || changed {
-            reviewer
-                .keys
-                .install(&index.list(Kind::SigningKey), revision);
-            last_scan = tokio::time::Instant::now();
-        }
-    }
 }
 
 async fn set_health(health: &HealthReporter, names: &[&'static str], status: ServingStatus) {
@@ -285,7 +217,6 @@ pub async fn serve(
     store: Store,
     clock: Arc<dyn Clock>,
     listeners: Listeners,
-    authorizer: Arc<dyn Authorizer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let tls = TlsMaterial::load(&config.server.tls)?;
@@ -319,16 +250,16 @@ pub async fn serve(
         }
     };
 
-    let index = Index::start(store.clone(), &INDEXED_KINDS);
-    let reviewer = Arc::new(Reviewer::new(
-        config.review.settings(),
-        index,
+    let access = badge_access::start(
         store.clone(),
+        config.review.settings(),
         clock,
         config.review.cache_entries,
         last_used_tx,
-    ));
-    tasks.push(tokio::spawn(follow_keys(reviewer.clone())));
+        true,
+    );
+    let reviewer = access.reviewer.clone();
+    let guard = access.guard.clone();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -348,8 +279,8 @@ pub async fn serve(
                 client_certificates = w.client_ca.is_some(),
                 "token webhook serving (https)"
             );
-            let r = reviewer.clone();
-            let handler = move |req| webhook::handle(r.clone(), req);
+            let (r, g) = (reviewer.clone(), guard.clone());
+            let handler = move |req| webhook::handle(r.clone(), g.clone(), req);
             tasks.push(tokio::spawn(badge_runtime::https::serve(
                 listener,
                 acceptor,
@@ -371,7 +302,7 @@ pub async fn serve(
         .add_service(
             badge_proto::review::access_review_service_server::AccessReviewServiceServer::new(
                 access::AccessService {
-                    index: reviewer.index.clone(),
+                    guard: guard.clone(),
                 },
             ),
             access::METHODS,
@@ -382,13 +313,13 @@ pub async fn serve(
     let health = server.health();
     let names = server.service_names().to_vec();
     tasks.push(tokio::spawn(readiness(health, names, reviewer.clone())));
-    let _tasks = tasks;
+    let _tasks = (tasks, access);
     tracing::info!(addr = %listeners.grpc.local_addr()?, "token-review serving (mTLS gRPC)");
     let stop = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    server.serve(listeners.grpc, &tls, authorizer, stop).await?;
+    server.serve(listeners.grpc, &tls, guard, stop).await?;
     tracing::info!("token-review stopped");
     Ok(())
 }

@@ -34,7 +34,7 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
 use crate::grpc::TOKEN_REQUIRED;
-use crate::reviewer::{Reviewer, Via};
+use badge_access::{Reviewer, Via};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -190,7 +190,11 @@ fn refuse(r: Refusal) -> Response<Full> {
 }
 
 /// Answers one webhook request.
-pub async fn handle(reviewer: Arc<Reviewer>, req: Request<Incoming>) -> Response<Full> {
+pub async fn handle(
+    reviewer: Arc<Reviewer>,
+    guard: Arc<badge_access::Guard>,
+    req: Request<Incoming>,
+) -> Response<Full> {
     if req.method() != Method::POST {
         return refuse(Refusal {
             code: StatusCode::METHOD_NOT_ALLOWED,
@@ -216,7 +220,7 @@ pub async fn handle(reviewer: Arc<Reviewer>, req: Request<Incoming>) -> Response
             .as_str()
             .is_some_and(|a| a.starts_with("authorization.k8s.io/"))
     {
-        return match crate::access::webhook(&reviewer.index, &v) {
+        return match crate::access::webhook(&guard, &v) {
             Ok(answer) => json_response(StatusCode::OK, &answer),
             Err(m) => refuse(bad_request(m)),
         };

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use badge_identity::IdentityConfig;
-use badge_runtime::{BootstrapPolicy, config};
+use badge_runtime::config;
 use badge_store::{Store, StoreOptions};
 use clap::{Parser, Subcommand};
 
@@ -56,7 +56,6 @@ async fn run() -> anyhow::Result<()> {
                 store,
                 Arc::new(badge_core::SystemClock),
                 listener,
-                Arc::new(BootstrapPolicy),
                 badge_runtime::server::shutdown_signal(),
             )
             .await?;

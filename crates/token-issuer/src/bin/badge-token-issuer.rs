@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use badge_runtime::{BootstrapPolicy, config};
+use badge_runtime::config;
 use badge_store::{Store, StoreOptions};
 use badge_token_issuer::{IssuerConfig, Listeners};
 use clap::{Parser, Subcommand};
@@ -62,7 +62,6 @@ async fn run() -> anyhow::Result<()> {
                 store,
                 Arc::new(badge_core::SystemClock),
                 listeners,
-                Arc::new(BootstrapPolicy),
                 badge_runtime::server::shutdown_signal(),
             )
             .await?;

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use badge_runtime::BootstrapPolicy;
 use badge_runtime::config::ConfigArgs;
 use badge_store::{Store, StoreOptions};
 use badge_token_review::{Listeners, ReviewConfig};
@@ -54,7 +53,6 @@ async fn main() -> anyhow::Result<()> {
                 store,
                 Arc::new(badge_core::SystemClock),
                 listeners,
-                Arc::new(BootstrapPolicy),
                 badge_runtime::server::shutdown_signal(),
             )
             .await?;

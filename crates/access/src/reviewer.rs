@@ -35,6 +35,8 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Via {
     Grpc,
     Webhook,
+    /// An `authorization: Bearer` caller of any Badge RPC.
+    Bearer,
 }
 
 impl Via {
@@ -42,6 +44,7 @@ impl Via {
         match self {
             Via::Grpc => "grpc",
             Via::Webhook => "webhook",
+            Via::Bearer => "bearer",
         }
     }
 }

@@ -1,0 +1,105 @@
+//! [`Guard`]: the [`Authorizer`] every Badge service puts in its auth layer.
+//!
+//! - `system:masters` may do everything (Kubernetes' superuser group; the dev
+//!   PKI's admin certificate is in it).
+//! - Everyone else is decided by RBAC over the in-memory policy ([`RbacPolicy`]);
+//!   until the index has loaded once, calls are UNAVAILABLE rather than denied, so
+//!   a starting replica never answers "forbidden" for a caller who is allowed.
+//! - A bearer token is reviewed exactly as TokenReview reviews it (same index, same
+//!   keys, the API audiences); the caller is the service account it stands for,
+//!   with its groups and extra. A token that fails is UNAUTHENTICATED with
+//!   Kubernetes' review error text (never the token).
+
+use std::sync::Arc;
+
+use badge_core::rbac::{Attributes, UserInfo, authorize};
+use badge_runtime::{Authorizer, Caller, forbidden};
+use futures_util::future::BoxFuture;
+use tonic::Status;
+
+use crate::policy::RbacPolicy;
+use crate::reviewer::{Reviewer, Via};
+
+/// The group that bypasses RBAC.
+pub const MASTERS_GROUP: &str = "system:masters";
+
+pub struct Guard {
+    policy: RbacPolicy,
+    /// `None`: this service accepts no bearer tokens (no issuers configured).
+    reviewer: Option<Arc<Reviewer>>,
+}
+
+impl Guard {
+    pub fn new(policy: RbacPolicy, reviewer: Option<Arc<Reviewer>>) -> Self {
+        Guard { policy, reviewer }
+    }
+
+    pub fn policy(&self) -> &RbacPolicy {
+        &self.policy
+    }
+
+    /// RBAC's decision for `user` (masters included), for callers that need more
+    /// than yes/no (escalation checks, SubjectAccessReview).
+    pub fn decide(&self, user: &UserInfo, attrs: &Attributes) -> badge_core::rbac::Decision {
+        if user.groups.iter().any(|g| g == MASTERS_GROUP) {
+            return badge_core::rbac::Decision {
+                allowed: true,
+                reason: format!("{MASTERS_GROUP} may do everything"),
+            };
+        }
+        authorize(&*self.policy.snapshot(), user, attrs)
+    }
+}
+
+/// The RBAC user of a caller.
+pub fn user_info(caller: &Caller) -> UserInfo {
+    UserInfo {
+        name: caller.user.clone(),
+        groups: caller.groups.clone(),
+    }
+}
+
+impl Authorizer for Guard {
+    fn authorize(&self, caller: &Caller, attrs: &Attributes) -> Result<(), Status> {
+        if caller.in_group(MASTERS_GROUP) {
+            return Ok(());
+        }
+        if !self.policy.is_loaded() {
+            return Err(Status::unavailable(
+                "authorization policy is still loading from the store: retry",
+            ));
+        }
+        let decision = authorize(&*self.policy.snapshot(), &user_info(caller), attrs);
+        if decision.allowed {
+            tracing::trace!(user = %caller.user, reason = %decision.reason, "allowed");
+            Ok(())
+        } else {
+            Err(forbidden(caller, attrs, &decision.reason))
+        }
+    }
+
+    fn authenticate_token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, Status>> {
+        Box::pin(async move {
+            let Some(reviewer) = &self.reviewer else {
+                return Err(Status::unauthenticated(
+                    "bearer tokens are not accepted by this server (no token issuers configured): present a client certificate",
+                ));
+            };
+            let report = reviewer
+                .review(token, &[], Via::Bearer, "")
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            match report.outcome {
+                Ok(a) => Ok(Caller {
+                    user: a.user.username,
+                    uid: a.user.uid,
+                    groups: a.user.groups,
+                    extra: a.user.extra,
+                }),
+                Err(e) => Err(Status::unauthenticated(format!(
+                    "invalid bearer token: {e}"
+                ))),
+            }
+        })
+    }
+}

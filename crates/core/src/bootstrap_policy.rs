@@ -1,0 +1,311 @@
+//! The roles and bindings every Badge installation starts with, as Kubernetes'
+//! bootstrap policy (`plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go`),
+//! trimmed to the resources Badge serves, plus the roles Badge's own services need
+//! to call each other. Identity creates them at first start, labelled
+//! `kubernetes.io/bootstrapping: rbac-defaults`, and keeps them current on later
+//! starts while their `rbac.authorization.kubernetes.io/autoupdate` annotation is
+//! `"true"` (set it to `"false"` to keep local edits).
+//!
+//! Service accounts get nothing beyond discovery by default: access is granted by
+//! binding `view`, `edit`, `admin` or a role of your own.
+
+use crate::rbac::{Binding, KIND_CLUSTER_ROLE, KIND_GROUP, KIND_USER, PolicyRule, RBAC_GROUP, Role, RoleRef, Subject};
+
+/// Label on every bootstrap object.
+pub const BOOTSTRAP_LABEL: (&str, &str) = ("kubernetes.io/bootstrapping", "rbac-defaults");
+/// While `"true"`, a start reconciles the object back to the defaults.
+pub const AUTOUPDATE_ANNOTATION: &str = "rbac.authorization.kubernetes.io/autoupdate";
+
+pub const AUTHENTICATED: &str = "system:authenticated";
+pub const UNAUTHENTICATED: &str = "system:unauthenticated";
+pub const SERVICE_ACCOUNTS: &str = "system:serviceaccounts";
+pub const MASTERS: &str = "system:masters";
+
+/// The client-certificate user of the token-issuer service (`CN`).
+pub const TOKEN_ISSUER_USER: &str = "system:badge:token-issuer";
+/// The client-certificate user of the token-review service.
+pub const TOKEN_REVIEW_USER: &str = "system:badge:token-review";
+
+fn strings(values: &[&str]) -> Vec<String> {
+    values.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn resources(verbs: &[&str], group: &str, res: &[&str]) -> PolicyRule {
+    PolicyRule {
+        verbs: strings(verbs),
+        api_groups: strings(&[group]),
+        resources: strings(res),
+        ..PolicyRule::default()
+    }
+}
+
+fn urls(verbs: &[&str], paths: &[&str]) -> PolicyRule {
+    PolicyRule {
+        verbs: strings(verbs),
+        non_resource_urls: strings(paths),
+        ..PolicyRule::default()
+    }
+}
+
+fn cluster_role(name: &str, rules: Vec<PolicyRule>) -> Role {
+    Role {
+        namespace: String::new(),
+        name: name.to_owned(),
+        rules,
+    }
+}
+
+const READ: [&str; 3] = ["get", "list", "watch"];
+const WRITE: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+const ALL_RBAC: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// The bootstrap ClusterRoles.
+pub fn cluster_roles() -> Vec<Role> {
+    let view = vec![
+        resources(&READ, "", &["pods", "serviceaccounts", "namespaces"]),
+        resources(&READ, "", &["nodes"]),
+    ];
+    let mut edit = view.clone();
+    edit.extend([
+        resources(&WRITE, "", &["pods", "serviceaccounts", "secrets"]),
+        resources(&READ, "", &["secrets"]),
+        resources(&["create"], "", &["serviceaccounts/token"]),
+        resources(&["impersonate"], "", &["serviceaccounts"]),
+    ]);
+    let mut admin = edit.clone();
+    admin.push(resources(&ALL_RBAC, RBAC_GROUP, &["roles", "rolebindings"]));
+    vec![
+        cluster_role(
+            "cluster-admin",
+            vec![
+                resources(&["*"], "*", &["*"]),
+                urls(&["*"], &["*"]),
+            ],
+        ),
+        cluster_role(
+            "system:discovery",
+            vec![urls(
+                &["get"],
+                &[
+                    "/livez", "/readyz", "/healthz", "/version", "/version/", "/openapi",
+                    "/openapi/*", "/api", "/api/*", "/apis", "/apis/*",
+                ],
+            )],
+        ),
+        cluster_role(
+            "system:basic-user",
+            vec![
+                resources(
+                    &["create"],
+                    "authorization.k8s.io",
+                    &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                ),
+                resources(&["create"], "authentication.k8s.io", &["selfsubjectreviews"]),
+            ],
+        ),
+        cluster_role(
+            "system:public-info-viewer",
+            vec![urls(
+                &["get"],
+                &["/livez", "/readyz", "/healthz", "/version", "/version/"],
+            )],
+        ),
+        cluster_role(
+            "system:service-account-issuer-discovery",
+            vec![urls(
+                &["get"],
+                &[
+                    "/.well-known/openid-configuration",
+                    "/.well-known/openid-configuration/",
+                    "/openid/v1/jwks",
+                    "/openid/v1/jwks/",
+                ],
+            )],
+        ),
+        cluster_role(
+            "system:auth-delegator",
+            vec![
+                resources(&["create"], "authentication.k8s.io", &["tokenreviews"]),
+                resources(&["create"], "authorization.k8s.io", &["subjectaccessreviews"]),
+            ],
+        ),
+        cluster_role("view", view),
+        cluster_role("edit", edit),
+        cluster_role("admin", admin),
+        // Badge's services, least privilege: only what their calls to identity need.
+        // The issuer's legacy-token controller fills and deletes token Secrets.
+        cluster_role(
+            TOKEN_ISSUER_USER,
+            vec![resources(&["get", "update", "delete"], "", &["secrets"])],
+        ),
+        // token-review records legacy-token use (the last-used label) on Secrets.
+        cluster_role(
+            TOKEN_REVIEW_USER,
+            vec![resources(&["get", "update"], "", &["secrets"])],
+        ),
+    ]
+}
+
+fn subject(kind: &str, name: &str) -> Subject {
+    Subject {
+        kind: kind.to_owned(),
+        api_group: RBAC_GROUP.to_owned(),
+        name: name.to_owned(),
+        namespace: String::new(),
+    }
+}
+
+fn cluster_binding(role: &str, subjects: Vec<Subject>) -> Binding {
+    Binding {
+        namespace: String::new(),
+        name: role.to_owned(),
+        role_ref: RoleRef {
+            api_group: RBAC_GROUP.to_owned(),
+            kind: KIND_CLUSTER_ROLE.to_owned(),
+            name: role.to_owned(),
+        },
+        subjects,
+    }
+}
+
+/// The bootstrap ClusterRoleBindings (each named after its role).
+pub fn cluster_role_bindings() -> Vec<Binding> {
+    vec![
+        cluster_binding("cluster-admin", vec![subject(KIND_GROUP, MASTERS)]),
+        cluster_binding("system:discovery", vec![subject(KIND_GROUP, AUTHENTICATED)]),
+        cluster_binding("system:basic-user", vec![subject(KIND_GROUP, AUTHENTICATED)]),
+        cluster_binding(
+            "system:public-info-viewer",
+            vec![
+                subject(KIND_GROUP, AUTHENTICATED),
+                subject(KIND_GROUP, UNAUTHENTICATED),
+            ],
+        ),
+        cluster_binding(
+            "system:service-account-issuer-discovery",
+            vec![subject(KIND_GROUP, SERVICE_ACCOUNTS)],
+        ),
+        cluster_binding(TOKEN_ISSUER_USER, vec![subject(KIND_USER, TOKEN_ISSUER_USER)]),
+        cluster_binding(TOKEN_REVIEW_USER, vec![subject(KIND_USER, TOKEN_REVIEW_USER)]),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rbac::{Attributes, Policy, UserInfo, authorize, validate_binding, validate_role};
+
+    struct Defaults;
+    impl Policy for Defaults {
+        fn cluster_role(&self, name: &str) -> Option<Role> {
+            cluster_roles().into_iter().find(|r| r.name == name)
+        }
+        fn role(&self, _: &str, _: &str) -> Option<Role> {
+            None
+        }
+        fn cluster_role_bindings(&self) -> Vec<Binding> {
+            cluster_role_bindings()
+        }
+        fn role_bindings(&self, _: &str) -> Vec<Binding> {
+            Vec::new()
+        }
+    }
+
+    fn res(verb: &str, ns: &str, group: &str, resource: &str, sub: &str) -> Attributes {
+        Attributes::Resource {
+            verb: verb.into(),
+            namespace: ns.into(),
+            api_group: group.into(),
+            resource: resource.into(),
+            subresource: sub.into(),
+            name: String::new(),
+        }
+    }
+
+    fn user(name: &str, groups: &[&str]) -> UserInfo {
+        UserInfo {
+            name: name.into(),
+            groups: strings(groups),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        for r in cluster_roles() {
+            assert!(validate_role(&r, "role").is_empty(), "{}", r.name);
+        }
+        for b in cluster_role_bindings() {
+            assert!(validate_binding(&b, "binding").is_empty(), "{}", b.name);
+            assert!(
+                cluster_roles().iter().any(|r| r.name == b.role_ref.name),
+                "{} binds an absent role",
+                b.name
+            );
+        }
+    }
+
+    #[test]
+    fn what_the_defaults_grant() {
+        let sa = user(
+            "system:serviceaccount:dev:app",
+            &[SERVICE_ACCOUNTS, "system:serviceaccounts:dev", AUTHENTICATED],
+        );
+        let anon = user("system:anonymous", &[UNAUTHENTICATED]);
+        let issuer = user(TOKEN_ISSUER_USER, &["system:badge-services", AUTHENTICATED]);
+        let review = user(TOKEN_REVIEW_USER, &["system:badge-services", AUTHENTICATED]);
+        let jwks = Attributes::NonResource {
+            verb: "get".into(),
+            path: "/openid/v1/jwks".into(),
+        };
+        let healthz = Attributes::NonResource {
+            verb: "get".into(),
+            path: "/healthz".into(),
+        };
+        let self_sar = res("create", "", "authorization.k8s.io", "selfsubjectaccessreviews", "");
+        let cases: Vec<(&UserInfo, Attributes, bool)> = vec![
+            (&sa, self_sar.clone(), true),
+            (&sa, jwks.clone(), true),
+            (&anon, jwks, false),
+            (&anon, healthz, true),
+            (&anon, self_sar, false),
+            // Service accounts get nothing else by default.
+            (&sa, res("get", "dev", "", "pods", ""), false),
+            (&sa, res("create", "dev", "", "serviceaccounts", "token"), false),
+            (&sa, res("create", "", "authentication.k8s.io", "tokenreviews", ""), false),
+            (&issuer, res("update", "dev", "", "secrets", ""), true),
+            (&issuer, res("delete", "dev", "", "secrets", ""), true),
+            (&issuer, res("create", "dev", "", "secrets", ""), false),
+            (&review, res("update", "dev", "", "secrets", ""), true),
+            (&review, res("delete", "dev", "", "secrets", ""), false),
+        ];
+        for (u, a, want) in cases {
+            let d = authorize(&Defaults, u, &a);
+            assert_eq!(d.allowed, want, "{} {a:?}: {}", u.name, d.reason);
+        }
+    }
+
+    #[test]
+    fn aggregated_roles_nest() {
+        let roles = cluster_roles();
+        let get = |n: &str| roles.iter().find(|r| r.name == n).unwrap().rules.clone();
+        let uncovered = crate::rbac::uncovered;
+        assert!(uncovered(&get("edit"), &get("view")).is_empty());
+        assert!(uncovered(&get("admin"), &get("edit")).is_empty());
+        assert!(!uncovered(&get("view"), &get("edit")).is_empty());
+        // edit and admin may request tokens; view may not read secrets.
+        let token = [resources(&["create"], "", &["serviceaccounts/token"])];
+        assert!(uncovered(&get("edit"), &token).is_empty());
+        assert!(!uncovered(&get("view"), &token).is_empty());
+        let secrets = [resources(&["get"], "", &["secrets"])];
+        assert!(!uncovered(&get("view"), &secrets).is_empty());
+    }
+}
