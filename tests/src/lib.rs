@@ -305,11 +305,21 @@ impl IssuerServer {
     }
 
     pub async fn start(identity: &IdentityServer, opts: IssuerOptions) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let oidc = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let oidc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on(identity, opts, oidc).await
+    }
+
+    /// As [`IssuerServer::start`], with OIDC discovery on `oidc` (bound first, so
+    /// the issuer URL `https://127.0.0.1:<port>` can be given to identity).
+    pub async fn start_on(
+        identity: &IdentityServer,
+        opts: IssuerOptions,
+        oidc: tokio::net::TcpListener,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let (grpc_addr, oidc_addr) = (grpc.local_addr().expect("a"), oidc.local_addr().expect("a"));

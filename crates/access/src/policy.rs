@@ -61,9 +61,15 @@ impl Snapshot {
         }
         for r in index.list(Kind::RoleBinding) {
             if let Ok(o) = decode::<pb::RoleBinding>(&r) {
-                let b =
-                    badge_records::rbac::binding(o.metadata.as_ref(), &o.subjects, o.role_ref.as_ref());
-                s.role_bindings.entry(b.namespace.clone()).or_default().push(b);
+                let b = badge_records::rbac::binding(
+                    o.metadata.as_ref(),
+                    &o.subjects,
+                    o.role_ref.as_ref(),
+                );
+                s.role_bindings
+                    .entry(b.namespace.clone())
+                    .or_default()
+                    .push(b);
             }
         }
         // Deterministic order, so the binding named in a reason does not depend on

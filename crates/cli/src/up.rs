@@ -233,35 +233,20 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     };
     let clock: Arc<dyn badge_core::Clock> = Arc::new(badge_core::SystemClock);
     let id_task = {
-        let (cfg, store, clock, stop) = (
-            identity.clone(),
-            store.clone(),
-            clock.clone(),
-            stopped(),
-        );
-        tokio::spawn(async move {
-            badge_identity::serve(&cfg, store, clock, id_listener, stop).await
-        })
+        let (cfg, store, clock, stop) = (identity.clone(), store.clone(), clock.clone(), stopped());
+        tokio::spawn(
+            async move { badge_identity::serve(&cfg, store, clock, id_listener, stop).await },
+        )
     };
     let is_task = {
-        let (cfg, store, clock, stop) = (
-            issuer.clone(),
-            store.clone(),
-            clock.clone(),
-            stopped(),
-        );
-        tokio::spawn(async move {
-            badge_token_issuer::serve(&cfg, store, clock, listeners, stop).await
-        })
+        let (cfg, store, clock, stop) = (issuer.clone(), store.clone(), clock.clone(), stopped());
+        tokio::spawn(
+            async move { badge_token_issuer::serve(&cfg, store, clock, listeners, stop).await },
+        )
     };
 
     let rv_task = {
-        let (cfg, store, clock, stop) = (
-            review.clone(),
-            store.clone(),
-            clock.clone(),
-            stopped(),
-        );
+        let (cfg, store, clock, stop) = (review.clone(), store.clone(), clock.clone(), stopped());
         tokio::spawn(async move {
             badge_token_review::serve(&cfg, store, clock, review_listeners, stop).await
         })

@@ -9,7 +9,10 @@
 //! Service accounts get nothing beyond discovery by default: access is granted by
 //! binding `view`, `edit`, `admin` or a role of your own.
 
-use crate::rbac::{Binding, KIND_CLUSTER_ROLE, KIND_GROUP, KIND_USER, PolicyRule, RBAC_GROUP, Role, RoleRef, Subject};
+use crate::rbac::{
+    Binding, KIND_CLUSTER_ROLE, KIND_GROUP, KIND_USER, PolicyRule, RBAC_GROUP, Role, RoleRef,
+    Subject,
+};
 
 /// Label on every bootstrap object.
 pub const BOOTSTRAP_LABEL: (&str, &str) = ("kubernetes.io/bootstrapping", "rbac-defaults");
@@ -86,18 +89,24 @@ pub fn cluster_roles() -> Vec<Role> {
     vec![
         cluster_role(
             "cluster-admin",
-            vec![
-                resources(&["*"], "*", &["*"]),
-                urls(&["*"], &["*"]),
-            ],
+            vec![resources(&["*"], "*", &["*"]), urls(&["*"], &["*"])],
         ),
         cluster_role(
             "system:discovery",
             vec![urls(
                 &["get"],
                 &[
-                    "/livez", "/readyz", "/healthz", "/version", "/version/", "/openapi",
-                    "/openapi/*", "/api", "/api/*", "/apis", "/apis/*",
+                    "/livez",
+                    "/readyz",
+                    "/healthz",
+                    "/version",
+                    "/version/",
+                    "/openapi",
+                    "/openapi/*",
+                    "/api",
+                    "/api/*",
+                    "/apis",
+                    "/apis/*",
                 ],
             )],
         ),
@@ -109,7 +118,11 @@ pub fn cluster_roles() -> Vec<Role> {
                     "authorization.k8s.io",
                     &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
                 ),
-                resources(&["create"], "authentication.k8s.io", &["selfsubjectreviews"]),
+                resources(
+                    &["create"],
+                    "authentication.k8s.io",
+                    &["selfsubjectreviews"],
+                ),
             ],
         ),
         cluster_role(
@@ -135,7 +148,11 @@ pub fn cluster_roles() -> Vec<Role> {
             "system:auth-delegator",
             vec![
                 resources(&["create"], "authentication.k8s.io", &["tokenreviews"]),
-                resources(&["create"], "authorization.k8s.io", &["subjectaccessreviews"]),
+                resources(
+                    &["create"],
+                    "authorization.k8s.io",
+                    &["subjectaccessreviews"],
+                ),
             ],
         ),
         cluster_role("view", view),
@@ -182,7 +199,10 @@ pub fn cluster_role_bindings() -> Vec<Binding> {
     vec![
         cluster_binding("cluster-admin", vec![subject(KIND_GROUP, MASTERS)]),
         cluster_binding("system:discovery", vec![subject(KIND_GROUP, AUTHENTICATED)]),
-        cluster_binding("system:basic-user", vec![subject(KIND_GROUP, AUTHENTICATED)]),
+        cluster_binding(
+            "system:basic-user",
+            vec![subject(KIND_GROUP, AUTHENTICATED)],
+        ),
         cluster_binding(
             "system:public-info-viewer",
             vec![
@@ -194,8 +214,14 @@ pub fn cluster_role_bindings() -> Vec<Binding> {
             "system:service-account-issuer-discovery",
             vec![subject(KIND_GROUP, SERVICE_ACCOUNTS)],
         ),
-        cluster_binding(TOKEN_ISSUER_USER, vec![subject(KIND_USER, TOKEN_ISSUER_USER)]),
-        cluster_binding(TOKEN_REVIEW_USER, vec![subject(KIND_USER, TOKEN_REVIEW_USER)]),
+        cluster_binding(
+            TOKEN_ISSUER_USER,
+            vec![subject(KIND_USER, TOKEN_ISSUER_USER)],
+        ),
+        cluster_binding(
+            TOKEN_REVIEW_USER,
+            vec![subject(KIND_USER, TOKEN_REVIEW_USER)],
+        ),
     ]
 }
 
@@ -257,7 +283,11 @@ mod tests {
     fn what_the_defaults_grant() {
         let sa = user(
             "system:serviceaccount:dev:app",
-            &[SERVICE_ACCOUNTS, "system:serviceaccounts:dev", AUTHENTICATED],
+            &[
+                SERVICE_ACCOUNTS,
+                "system:serviceaccounts:dev",
+                AUTHENTICATED,
+            ],
         );
         let anon = user("system:anonymous", &[UNAUTHENTICATED]);
         let issuer = user(TOKEN_ISSUER_USER, &["system:badge-services", AUTHENTICATED]);
@@ -270,7 +300,13 @@ mod tests {
             verb: "get".into(),
             path: "/healthz".into(),
         };
-        let self_sar = res("create", "", "authorization.k8s.io", "selfsubjectaccessreviews", "");
+        let self_sar = res(
+            "create",
+            "",
+            "authorization.k8s.io",
+            "selfsubjectaccessreviews",
+            "",
+        );
         let cases: Vec<(&UserInfo, Attributes, bool)> = vec![
             (&sa, self_sar.clone(), true),
             (&sa, jwks.clone(), true),
@@ -279,8 +315,16 @@ mod tests {
             (&anon, self_sar, false),
             // Service accounts get nothing else by default.
             (&sa, res("get", "dev", "", "pods", ""), false),
-            (&sa, res("create", "dev", "", "serviceaccounts", "token"), false),
-            (&sa, res("create", "", "authentication.k8s.io", "tokenreviews", ""), false),
+            (
+                &sa,
+                res("create", "dev", "", "serviceaccounts", "token"),
+                false,
+            ),
+            (
+                &sa,
+                res("create", "", "authentication.k8s.io", "tokenreviews", ""),
+                false,
+            ),
             (&issuer, res("update", "dev", "", "secrets", ""), true),
             (&issuer, res("delete", "dev", "", "secrets", ""), true),
             (&issuer, res("create", "dev", "", "secrets", ""), false),

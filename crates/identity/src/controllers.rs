@@ -223,7 +223,10 @@ pub async fn bootstrap_policy(objects: &Objects) -> badge_core::Result<()> {
                 m.resource_version = record.resource_version.to_string();
                 m.uid = uid;
                 tracing::info!(kind = ?T::KIND, %name, "bootstrap policy: restoring defaults");
-                match objects.update(Some(update), "bootstrap", |_, _| Ok(())).await {
+                match objects
+                    .update(Some(update), "bootstrap", |_, _| Ok(()))
+                    .await
+                {
                     Ok(_) | Err(Error::Conflict(_)) => Ok(()),
                     Err(e) => Err(e),
                 }

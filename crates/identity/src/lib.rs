@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use badge_core::Clock;
+use badge_proto::identity as pb;
 use badge_proto::identity::{
     namespace_service_server::NamespaceServiceServer, node_service_server::NodeServiceServer,
     pod_service_server::PodServiceServer, secret_service_server::SecretServiceServer,
@@ -21,7 +22,6 @@ use badge_proto::identity::{
 };
 use badge_runtime::config::{DatabaseConfig, ListenConfig, LogConfig, Validate};
 use badge_runtime::tls::TlsMaterial;
-use badge_proto::identity as pb;
 use badge_runtime::{GrpcServer, MethodRule, MethodTable};
 use badge_store::Store;
 use serde::Deserialize;

@@ -2,6 +2,8 @@
 //! ClusterRoleBinding with the standard methods and the change feed. Validation
 //! and defaulting are Kubernetes' (reference §11), in `badge_core::rbac`.
 
+use badge_core::Kind;
+use badge_core::rbac::{Attributes, PolicyRule, RBAC_GROUP, uncovered_rules};
 use badge_core::{Error, Result};
 use badge_proto::rbac::{
     self as pb, ClusterRole, ClusterRoleBinding, Role, RoleBinding,
@@ -9,8 +11,6 @@ use badge_proto::rbac::{
     cluster_role_service_server::ClusterRoleService,
     role_binding_service_server::RoleBindingService, role_service_server::RoleService,
 };
-use badge_core::Kind;
-use badge_core::rbac::{Attributes, PolicyRule, RBAC_GROUP, uncovered_rules};
 use badge_runtime::{Caller, MethodRule, status};
 use tonic::{Request, Response, Status};
 
@@ -409,8 +409,8 @@ impl ClusterRoleService for Objects {
                 "cluster_role",
                 "clusterroles",
             )
-                .await
-                .map_err(status)?,
+            .await
+            .map_err(status)?,
         ))
     }
     async fn get_cluster_role(&self, req: Request<pb::GetClusterRoleRequest>) -> R<ClusterRole> {
@@ -445,8 +445,8 @@ impl ClusterRoleService for Objects {
                 "cluster_role",
                 "clusterroles",
             )
-                .await
-                .map_err(status)?,
+            .await
+            .map_err(status)?,
         ))
     }
     async fn delete_cluster_role(
@@ -476,8 +476,8 @@ impl RoleBindingService for Objects {
                 "role_binding",
                 "rolebindings",
             )
-                .await
-                .map_err(status)?,
+            .await
+            .map_err(status)?,
         ))
     }
     async fn get_role_binding(&self, req: Request<pb::GetRoleBindingRequest>) -> R<RoleBinding> {
@@ -513,8 +513,8 @@ impl RoleBindingService for Objects {
                 "role_binding",
                 "rolebindings",
             )
-                .await
-                .map_err(status)?,
+            .await
+            .map_err(status)?,
         ))
     }
     async fn delete_role_binding(

@@ -280,9 +280,7 @@ fn bearer(headers: &http::HeaderMap) -> Option<Result<&str, Status>> {
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            Status::unauthenticated("authorization header must be \"Bearer <token>\"")
-        });
+        .ok_or_else(|| Status::unauthenticated("authorization header must be \"Bearer <token>\""));
     Some(parsed)
 }
 
@@ -309,7 +307,10 @@ const CALLER_CACHE: usize = 4096;
 impl State {
     /// Authenticates and authorizes; hands back the request (its body rebuilt when
     /// it had to be read) and the caller.
-    async fn admit(&self, req: http::Request<Body>) -> Result<(http::Request<Body>, Caller), Status> {
+    async fn admit(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<(http::Request<Body>, Caller), Status> {
         let path = req.uri().path().to_owned();
         // Read the credential synchronously: the request body is not `Sync`, so no
         // borrow of the request may live across an await.
@@ -518,18 +519,22 @@ mod tests {
 
     #[test]
     fn message_prefix() {
-        assert_eq!(first_message(&[]).unwrap(), &[] as &[u8]);
-        assert_eq!(first_message(&[0, 0, 0, 0, 2, 8, 1]).unwrap(), &[8, 1]);
+        assert_eq!(first_message(&[]).expect("ok"), &[] as &[u8]);
+        assert_eq!(first_message(&[0, 0, 0, 0, 2, 8, 1]).expect("ok"), &[8, 1]);
         assert_eq!(
-            first_message(&[0, 0, 0, 0, 9, 8]).unwrap_err().code(),
+            first_message(&[0, 0, 0, 0, 9, 8])
+                .expect_err("should fail")
+                .code(),
             tonic::Code::InvalidArgument
         );
         assert_eq!(
-            first_message(&[1, 0, 0, 0, 1, 8]).unwrap_err().code(),
+            first_message(&[1, 0, 0, 0, 1, 8])
+                .expect_err("should fail")
+                .code(),
             tonic::Code::Unimplemented
         );
         assert_eq!(
-            first_message(&[0, 0]).unwrap_err().code(),
+            first_message(&[0, 0]).expect_err("should fail").code(),
             tonic::Code::InvalidArgument
         );
     }
@@ -538,14 +543,14 @@ mod tests {
     fn bearer_header() {
         let mut h = http::HeaderMap::new();
         assert!(bearer(&h).is_none());
-        h.insert("authorization", "Bearer abc".parse().unwrap());
-        assert_eq!(bearer(&h).unwrap().unwrap(), "abc");
-        h.insert("authorization", "bearer  abc ".parse().unwrap());
-        assert_eq!(bearer(&h).unwrap().unwrap(), "abc");
+        h.insert("authorization", "Bearer abc".parse().expect("ok"));
+        assert_eq!(bearer(&h).expect("ok").expect("ok"), "abc");
+        h.insert("authorization", "bearer  abc ".parse().expect("ok"));
+        assert_eq!(bearer(&h).expect("ok").expect("ok"), "abc");
         for bad in ["Basic abc", "Bearer", "Bearer  ", "abc"] {
-            h.insert("authorization", bad.parse().unwrap());
+            h.insert("authorization", bad.parse().expect("ok"));
             assert_eq!(
-                bearer(&h).unwrap().unwrap_err().code(),
+                bearer(&h).expect("ok").expect_err("should fail").code(),
                 tonic::Code::Unauthenticated,
                 "{bad}"
             );
@@ -555,29 +560,34 @@ mod tests {
     #[test]
     fn scoped_rules_read_namespace_and_name() {
         use prost::Message as _;
-        let rule = MethodRule::new("get", "", "pods")
-            .scoped::<badge_proto::identity::GetPodRequest>();
+        let rule =
+            MethodRule::new("get", "", "pods").scoped::<badge_proto::identity::GetPodRequest>();
         let msg = badge_proto::identity::GetPodRequest {
             namespace: "dev".into(),
             name: "web".into(),
         }
         .encode_to_vec();
-        let target = (rule.scope.unwrap())(&msg).unwrap();
+        let target = (rule.scope.expect("ok"))(&msg).expect("ok");
         assert_eq!(rule.attributes(&target), vec![attrs("dev", "web", "")]);
-        let watch = MethodRule::new("watch", "", "*")
-            .scoped::<badge_proto::identity::WatchRequest>();
+        let watch =
+            MethodRule::new("watch", "", "*").scoped::<badge_proto::identity::WatchRequest>();
         let msg = badge_proto::identity::WatchRequest {
             kinds: vec![4, 3, 4],
             namespace: "dev".into(),
             ..Default::default()
         }
         .encode_to_vec();
-        let target = (watch.scope.unwrap())(&msg).unwrap();
+        let target = (watch.scope.expect("ok"))(&msg).expect("ok");
         let resources: Vec<String> = watch
             .attributes(&target)
             .iter()
             .map(|a| match a {
-                Attributes::Resource { resource, verb, namespace, .. } => {
+                Attributes::Resource {
+                    resource,
+                    verb,
+                    namespace,
+                    ..
+                } => {
                     format!("{verb} {resource} in {namespace}")
                 }
                 Attributes::NonResource { .. } => unreachable!(),

@@ -12,7 +12,8 @@ pub mod telemetry;
 pub mod tls;
 
 pub use auth::{
-    AUTHENTICATED_GROUP, Authorizer, Caller, MastersOnly, MethodRule, MethodTable, Target, forbidden,
+    AUTHENTICATED_GROUP, Authorizer, Caller, MastersOnly, MethodRule, MethodTable, Target,
+    forbidden,
 };
 pub use server::GrpcServer;
 pub use status::status;

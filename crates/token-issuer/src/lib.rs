@@ -15,17 +15,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use badge_core::Clock;
 use badge_core::key_lifecycle::Policy;
 use badge_core::token::MAX_EXPIRATION_SECONDS;
-use badge_core::Clock;
 use badge_keys::{Algorithm, Kek, PublicKey, SigningKey};
 use badge_proto::externaljwt::{v1, v1alpha1};
 use badge_proto::identity::secret_service_client::SecretServiceClient;
 use badge_proto::token::{
     key_service_server::KeyServiceServer, token_service_server::TokenServiceServer,
 };
-use badge_runtime::tls::TlsMaterial;
 use badge_runtime::GrpcServer;
+use badge_runtime::tls::TlsMaterial;
 use badge_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;

@@ -131,18 +131,18 @@ use anyhow::Context;
 use badge_core::{Clock, Kind};
 use badge_proto::identity::secret_service_client::SecretServiceClient;
 use badge_proto::review::token_review_service_server::TokenReviewServiceServer;
+use badge_runtime::GrpcServer;
 use badge_runtime::server::Tasks;
 use badge_runtime::tls::TlsMaterial;
-use badge_runtime::GrpcServer;
 use badge_store::{ListQuery, Record, Store};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+pub use badge_access::{INDEXED_KINDS, Reviewer, Via, keys, lookup, reviewer};
 pub use config::ReviewConfig;
 pub use grpc::{METHODS, ReviewService};
-pub use badge_access::{INDEXED_KINDS, Reviewer, Via, keys, lookup, reviewer};
 
 /// The sockets the service serves on (injected so tests use ephemeral ports).
 pub struct Listeners {
