@@ -340,7 +340,14 @@ mod tests {
     #[test]
     fn aggregated_roles_nest() {
         let roles = cluster_roles();
-        let get = |n: &str| roles.iter().find(|r| r.name == n).unwrap().rules.clone();
+        let get = |n: &str| {
+            roles
+                .iter()
+                .find(|r| r.name == n)
+                .expect("role")
+                .rules
+                .clone()
+        };
         let uncovered = crate::rbac::uncovered;
         assert!(uncovered(&get("edit"), &get("view")).is_empty());
         assert!(uncovered(&get("admin"), &get("edit")).is_empty());
