@@ -1,3 +1,5 @@
-//! The `badge` command: operator tasks and `badge up`.
+//! The `badge` command: operator tasks, `badge up` and `badge health`.
 
+pub mod cli;
+pub mod health;
 pub mod up;

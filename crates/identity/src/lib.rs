@@ -2,6 +2,7 @@
 //! Kubernetes semantics (names, admission, the `default` ServiceAccount), and the
 //! change feed as `WatchService.Watch`.
 
+pub mod cli;
 pub mod controllers;
 pub mod objects;
 pub mod rbac;

@@ -2,6 +2,7 @@
 //! with rotation, OIDC discovery, legacy Secret tokens, and Kubernetes'
 //! ExternalJWTSigner.
 
+pub mod cli;
 pub mod config;
 pub mod external;
 pub mod keyring;

@@ -117,6 +117,7 @@
 //! certificate from `webhook.client_ca`.
 
 pub mod access;
+pub mod cli;
 pub mod config;
 pub mod grpc;
 pub mod last_used;

@@ -1,0 +1,63 @@
+//! The `badge-token-issuer` command line (parsed by the tests that keep
+//! `docker-compose.yml` and the docs in step with it).
+
+use std::sync::Arc;
+
+use badge_runtime::config;
+use badge_store::{Store, StoreOptions};
+use clap::{Parser, Subcommand};
+
+use crate::{IssuerConfig, Listeners};
+
+#[derive(Debug, Parser)]
+#[command(name = "badge-token-issuer", version, about = "Badge token issuer")]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: config::ConfigArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (mTLS), OIDC discovery (HTTPS) and, if configured, the
+    /// ExternalJWTSigner socket.
+    Serve,
+}
+
+/// Loads the configuration and runs the command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg: IssuerConfig = cli.config.load()?;
+    badge_runtime::telemetry::init(&cfg.log);
+    match cli.command {
+        Command::Serve => {
+            let store = Store::connect(
+                &cfg.database.url,
+                StoreOptions {
+                    max_connections: cfg.database.max_connections,
+                    // The same key-encryption key opens Secret data sealed by identity.
+                    sealer: badge_keys::Kek::load(
+                        cfg.keys.kek_file.as_deref(),
+                        cfg.keys.kek.as_deref(),
+                    )?
+                    .map(|k| Arc::new(k) as Arc<dyn badge_core::seal::DataSealer>),
+                    ..StoreOptions::default()
+                },
+            )
+            .await?;
+            let listeners = Listeners {
+                grpc: tokio::net::TcpListener::bind(cfg.server.listen).await?,
+                oidc: tokio::net::TcpListener::bind(cfg.oidc.listen).await?,
+            };
+            crate::serve(
+                &cfg,
+                store,
+                Arc::new(badge_core::SystemClock),
+                listeners,
+                badge_runtime::server::shutdown_signal(),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
