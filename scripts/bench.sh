@@ -44,6 +44,12 @@ for alg in ES256 RS256; do
     "$B" run --target "$BADGE_REVIEW_ENDPOINT" "${TLS[@]}" --connections "$N" --in-flight "$M" \
       --duration "$DUR" token-review --token-file "$work/token" --audience bench \
       | grep -E "rate|latency|errors"
+    echo "== CreateSubjectAccessReview (RBAC decisions from memory)"
+    "$B" run --target "$BADGE_REVIEW_ENDPOINT" "${TLS[@]}" --connections "$N" --in-flight "$M" \
+      --duration "$DUR" subject-access-review --user system:serviceaccount:default:default \
+      --group system:serviceaccounts --group system:authenticated \
+      --verb create --api-group authorization.k8s.io --resource selfsubjectaccessreviews --expect-allowed \
+      | grep -E "rate|latency|errors"
   fi
   pkill -f "badge up --data-dir $work/$alg" || true
   sleep 1

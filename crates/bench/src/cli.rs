@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use badge_proto::identity::GetServiceAccountRequest;
-use badge_proto::review::{CreateTokenReviewRequest, TokenReviewSpec};
+use badge_proto::review::{
+    CreateSubjectAccessReviewRequest, CreateTokenReviewRequest, ResourceAttributes,
+    SubjectAccessReviewSpec, TokenReviewSpec,
+};
 use badge_proto::token::{BoundObjectReference, CreateTokenRequest};
 use badge_runtime::tls::{TlsFiles, TlsMaterial};
 use clap::{ArgAction, Args, Parser, Subcommand};
@@ -176,6 +179,27 @@ pub enum ScenarioArgs {
         #[arg(long = "audience")]
         audiences: Vec<String>,
     },
+    /// badge.review.v1.AccessReviewService/CreateSubjectAccessReview: one RBAC
+    /// decision per request, from token-review's in-memory policy.
+    SubjectAccessReview {
+        /// The user asked about (e.g. system:serviceaccount:dev:builder).
+        #[arg(long)]
+        user: String,
+        /// Repeatable.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[arg(long)]
+        verb: String,
+        #[arg(long)]
+        resource: String,
+        #[arg(long, default_value = "")]
+        api_group: String,
+        #[arg(long, default_value = "")]
+        namespace: String,
+        /// Count a denial as an error.
+        #[arg(long)]
+        expect_allowed: bool,
+    },
 }
 
 impl ScenarioArgs {
@@ -221,6 +245,31 @@ impl ScenarioArgs {
                     spec: Some(TokenReviewSpec { token, audiences }),
                 })
             }
+            ScenarioArgs::SubjectAccessReview {
+                user,
+                groups,
+                verb,
+                resource,
+                api_group,
+                namespace,
+                expect_allowed,
+            } => Scenario::SubjectAccessReview {
+                request: CreateSubjectAccessReviewRequest {
+                    spec: Some(SubjectAccessReviewSpec {
+                        resource_attributes: Some(ResourceAttributes {
+                            namespace,
+                            verb,
+                            group: api_group,
+                            resource,
+                            ..Default::default()
+                        }),
+                        user,
+                        groups,
+                        ..Default::default()
+                    }),
+                },
+                expect_allowed,
+            },
         })
     }
 }

@@ -4,8 +4,9 @@
 
 use badge_proto::identity::GetServiceAccountRequest;
 use badge_proto::identity::service_account_service_client::ServiceAccountServiceClient;
-use badge_proto::review::CreateTokenReviewRequest;
+use badge_proto::review::access_review_service_client::AccessReviewServiceClient;
 use badge_proto::review::token_review_service_client::TokenReviewServiceClient;
+use badge_proto::review::{CreateSubjectAccessReviewRequest, CreateTokenReviewRequest};
 use badge_proto::token::CreateTokenRequest;
 use badge_proto::token::token_service_client::TokenServiceClient;
 use prost::bytes::Bytes;
@@ -27,6 +28,13 @@ pub enum Scenario {
     /// `badge.review.v1.TokenReviewService/CreateTokenReview`; an answer with
     /// `authenticated = false` counts as an `Unauthenticated` error.
     TokenReview(CreateTokenReviewRequest),
+    /// `badge.review.v1.AccessReviewService/CreateSubjectAccessReview` (an RBAC
+    /// decision); with `expect_allowed`, a denial counts as a `PermissionDenied`
+    /// error.
+    SubjectAccessReview {
+        request: CreateSubjectAccessReviewRequest,
+        expect_allowed: bool,
+    },
 }
 
 impl Scenario {
@@ -44,6 +52,7 @@ impl Scenario {
             Scenario::CreateToken(_) => "create-token",
             Scenario::GetServiceAccount(_) => "get-service-account",
             Scenario::TokenReview(_) => "token-review",
+            Scenario::SubjectAccessReview { .. } => "subject-access-review",
         }
     }
 
@@ -81,6 +90,21 @@ impl Scenario {
                     return Err(Status::unauthenticated(format!(
                         "token not authenticated: {}",
                         status.error
+                    )));
+                }
+            }
+            Scenario::SubjectAccessReview {
+                request,
+                expect_allowed,
+            } => {
+                let reply = AccessReviewServiceClient::new(channel)
+                    .create_subject_access_review(request.clone())
+                    .await?;
+                let status = reply.into_inner().status.unwrap_or_default();
+                if *expect_allowed && !status.allowed {
+                    return Err(Status::permission_denied(format!(
+                        "not allowed: {}",
+                        status.reason
                     )));
                 }
             }
