@@ -54,6 +54,7 @@ impl IdentityServer {
         .expect("store");
         let server = pki.server("identity");
         let config = IdentityConfig {
+            telemetry: Default::default(),
             server: ListenConfig {
                 listen: "127.0.0.1:0".parse().expect("addr"),
                 tls: TlsFiles {
@@ -254,6 +255,7 @@ impl IssuerServer {
         let server = identity.pki.server("token-issuer");
         let client = identity.pki.client("token-issuer");
         IssuerConfig {
+            telemetry: Default::default(),
             server: ListenConfig {
                 listen: "127.0.0.1:0".parse().expect("addr"),
                 tls: TlsFiles {
@@ -556,6 +558,7 @@ impl ReviewServer {
         // The feed follower, probes and slow paths need few connections.
         database.max_connections = 4;
         ReviewConfig {
+            telemetry: Default::default(),
             server: ListenConfig {
                 listen: "127.0.0.1:0".parse().expect("addr"),
                 tls: TlsFiles {

@@ -71,10 +71,12 @@ pub fn start(
     settings: ReviewSettings,
     clock: Arc<dyn Clock>,
     cache_entries: usize,
-    last_used: Option<mpsc::Sender<(String, String)>>,
+    last_used: Option<mpsc::Sender<reviewer::LastUse>>,
     bearer: bool,
+    service: &'static str,
 ) -> Access {
     let index = Index::start(store.clone(), &INDEXED_KINDS);
+    observe(service, &index);
     let reviewer = Arc::new(Reviewer::new(
         settings,
         index.clone(),
@@ -93,6 +95,62 @@ pub fn start(
         guard,
         task,
     }
+}
+
+/// The indexes the `badge.index.*` gauges report, by service.
+static OBSERVED: std::sync::Mutex<Vec<(&'static str, badge_records::index::WeakIndex)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Registers `index` with the gauges `badge.index.objects` (objects held) and
+/// `badge.index.feed_lag` (feed revisions announced but not applied yet), both by
+/// `badge.service`. The gauges are created once per process; dropped indexes fall
+/// out of them.
+fn observe(service: &'static str, index: &Index) {
+    static GAUGES: std::sync::OnceLock<(
+        opentelemetry::metrics::ObservableGauge<u64>,
+        opentelemetry::metrics::ObservableGauge<u64>,
+    )> = std::sync::OnceLock::new();
+    if let Ok(mut o) = OBSERVED.lock() {
+        o.retain(|(_, w)| w.upgrade().is_some());
+        o.push((service, index.downgrade()));
+    }
+    fn each(f: impl Fn(&'static str, &Index)) {
+        if let Ok(o) = OBSERVED.lock() {
+            for (service, weak) in o.iter() {
+                if let Some(index) = weak.upgrade() {
+                    f(service, &index);
+                }
+            }
+        }
+    }
+    GAUGES.get_or_init(|| {
+        let meter = badge_runtime::telemetry::metrics::meter();
+        let objects = meter
+            .u64_observable_gauge("badge.index.objects")
+            .with_description("objects held by the in-memory index")
+            .with_callback(|o| {
+                each(|service, index| {
+                    o.observe(
+                        index.len() as u64,
+                        &[opentelemetry::KeyValue::new("badge.service", service)],
+                    );
+                });
+            })
+            .build();
+        let lag = meter
+            .u64_observable_gauge("badge.index.feed_lag")
+            .with_description("change-feed revisions announced but not yet applied by the index")
+            .with_callback(|o| {
+                each(|service, index| {
+                    o.observe(
+                        u64::try_from(index.feed_lag()).unwrap_or(0),
+                        &[opentelemetry::KeyValue::new("badge.service", service)],
+                    );
+                });
+            })
+            .build();
+        (objects, lag)
+    });
 }
 
 /// Waits for the index, installs the keys, marks the reviewer ready, then keeps

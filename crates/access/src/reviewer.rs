@@ -30,6 +30,10 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an unknown-kid refresh may take.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A legacy Secret (namespace, name) whose use to record, with the trace context
+/// of the review that used it.
+pub type LastUse = (String, String, badge_runtime::telemetry::TraceContext);
+
 /// Where a review came from (for the audit event).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -69,7 +73,7 @@ pub struct Reviewer {
     /// reviews are answered from the index alone (no catch-up or refresh).
     pub store_ok: AtomicBool,
     /// Legacy Secrets whose last-used label needs today's date (see `last_used`).
-    pub last_used: Option<mpsc::Sender<(String, String)>>,
+    pub last_used: Option<mpsc::Sender<LastUse>>,
     /// When the last unknown-kid refresh started.
     key_refresh: Mutex<Option<Instant>>,
     /// When the last index catch-up started.
@@ -83,7 +87,7 @@ impl Reviewer {
         store: Store,
         clock: Arc<dyn Clock>,
         cache_entries: usize,
-        last_used: Option<mpsc::Sender<(String, String)>>,
+        last_used: Option<mpsc::Sender<LastUse>>,
     ) -> Self {
         Reviewer {
             settings,
@@ -146,6 +150,20 @@ impl Reviewer {
             pass = self.pass(token, audiences);
         }
         let report = pass.report;
+        badge_runtime::telemetry::metrics::token_reviews().add(
+            1,
+            &[
+                opentelemetry::KeyValue::new("via", via.as_str()),
+                opentelemetry::KeyValue::new(
+                    "result",
+                    if report.outcome.is_ok() {
+                        "authenticated"
+                    } else {
+                        "rejected"
+                    },
+                ),
+            ],
+        );
         self.record_use(&report);
         audit(&report, via, requester);
         Ok(report)
@@ -156,7 +174,13 @@ impl Reviewer {
         let (Some(tx), Some(secret)) = (&self.last_used, &report.legacy_secret) else {
             return;
         };
-        if let Err(e) = tx.try_send(secret.clone()) {
+        // The review's trace context goes along, so the write joins its trace.
+        let item = (
+            secret.0.clone(),
+            secret.1.clone(),
+            badge_runtime::telemetry::current_context(),
+        );
+        if let Err(e) = tx.try_send(item) {
             tracing::debug!(namespace = %secret.0, secret = %secret.1, error = %e, "last-used queue full: dropped");
         }
     }

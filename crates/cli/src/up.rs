@@ -104,6 +104,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("https://{}", a.oidc_listen));
     let identity = IdentityConfig {
+        telemetry: Default::default(),
         server: ListenConfig {
             listen: a.identity_listen,
             tls: TlsFiles {
@@ -129,6 +130,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     let is_server = pki.server("token-issuer");
     let is_client = pki.client("token-issuer");
     let issuer = IssuerConfig {
+        telemetry: Default::default(),
         server: ListenConfig {
             listen: a.issuer_listen,
             tls: TlsFiles {

@@ -29,7 +29,8 @@ pub enum Command {
 /// Loads the configuration and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg: IdentityConfig = cli.config.load()?;
-    badge_runtime::telemetry::init(&cfg.log);
+    badge_runtime::telemetry::init_with(&cfg.log, &cfg.telemetry, "badge-identity")
+        .map_err(|e| anyhow::anyhow!(e))?;
     let store = Store::connect(
         &cfg.database.url,
         StoreOptions {

@@ -46,6 +46,8 @@ pub struct IdentityConfig {
     pub legacy_tokens: LegacyTokensConfig,
     #[serde(default)]
     pub authentication: AuthenticationConfig,
+    #[serde(default)]
+    pub telemetry: badge_runtime::config::TelemetryConfig,
 }
 
 /// Which bearer tokens identity accepts from callers (`authorization: Bearer`):
@@ -155,6 +157,7 @@ impl Default for FeedConfig {
 
 impl Validate for IdentityConfig {
     fn validate(&self, errors: &mut Vec<String>) {
+        self.telemetry.validate(errors);
         self.server.validate("server", errors);
         self.database.validate(errors);
         for (i, issuer) in self.authentication.issuers.iter().enumerate() {
@@ -295,6 +298,7 @@ pub const METHOD_TABLES: [MethodTable; 7] = [
 /// The gRPC server with every identity service on it.
 pub fn grpc_server(objects: &Objects) -> GrpcServer {
     GrpcServer::new()
+        .named("identity")
         .add_service(
             NamespaceServiceServer::new(objects.clone()),
             METHOD_TABLES[0],
@@ -351,6 +355,7 @@ pub async fn serve(
         BEARER_CACHE_ENTRIES,
         None,
         !config.authentication.issuers.is_empty(),
+        "identity",
     );
     let objects = Objects::new(store.clone(), clock).with_guard(access.guard.clone());
     controllers::bootstrap(&objects).await?;

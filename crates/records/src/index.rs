@@ -82,6 +82,16 @@ impl Drop for Inner {
     }
 }
 
+/// An [`Index`] that may have been dropped (metrics callbacks hold these).
+#[derive(Clone)]
+pub struct WeakIndex(std::sync::Weak<Inner>);
+
+impl WeakIndex {
+    pub fn upgrade(&self) -> Option<Index> {
+        self.0.upgrade().map(|inner| Index { inner })
+    }
+}
+
 /// See the module docs. Cheap to clone.
 #[derive(Clone)]
 pub struct Index {
@@ -202,6 +212,18 @@ impl Index {
                     .sum()
             })
             .unwrap_or(0)
+    }
+
+    /// How many feed revisions the store has announced that this index has not
+    /// applied yet (0 when current).
+    pub fn feed_lag(&self) -> i64 {
+        let announced = *self.inner.store.subscribe().borrow();
+        (announced - self.revision()).max(0)
+    }
+
+    /// A handle that does not keep the index (and its feed follower) alive.
+    pub fn downgrade(&self) -> WeakIndex {
+        WeakIndex(Arc::downgrade(&self.inner))
     }
 
     /// Number of objects held.

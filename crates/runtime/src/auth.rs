@@ -322,6 +322,7 @@ impl State {
             Credential::Token(token) => self.authorizer.authenticate_token(&token).await?,
             Credential::Certificate(caller) => caller,
         };
+        tracing::Span::current().record("badge.caller", caller.user.as_str());
         if AUTHENTICATED_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return Ok((req, caller));
         }

@@ -248,6 +248,52 @@ fn default_level() -> String {
     "info".into()
 }
 
+/// OpenTelemetry export (traces and metrics over OTLP/gRPC).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`. Unset:
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` if set, otherwise nothing is exported.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource (default: the binary, e.g. `badge-identity`;
+    /// `OTEL_SERVICE_NAME` wins).
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// How often metrics are exported.
+    #[serde(default = "default_metrics_interval")]
+    pub metrics_interval_seconds: u64,
+}
+
+fn default_metrics_interval() -> u64 {
+    60
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: None,
+            metrics_interval_seconds: default_metrics_interval(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        if let Some(e) = &self.otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            errors.push(format!(
+                "telemetry.otlp_endpoint: must be an http:// or https:// URL, got {e:?}"
+            ));
+        }
+        if self.metrics_interval_seconds == 0 {
+            errors.push("telemetry.metrics_interval_seconds: must be at least 1".into());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

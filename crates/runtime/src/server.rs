@@ -24,6 +24,8 @@ pub enum ServeError {
 
 /// Builder for one gRPC listener.
 pub struct GrpcServer {
+    /// `badge.service` on spans and metrics (e.g. `identity`).
+    service: &'static str,
     routes: RoutesBuilder,
     names: Vec<&'static str>,
     tables: Vec<MethodTable>,
@@ -42,11 +44,18 @@ impl GrpcServer {
         let mut routes = RoutesBuilder::default();
         routes.add_service(health_service);
         GrpcServer {
+            service: "badge",
             routes,
             names: Vec::new(),
             tables: Vec::new(),
             health,
         }
+    }
+
+    /// Names the server in spans and metrics.
+    pub fn named(mut self, service: &'static str) -> Self {
+        self.service = service;
+        self
     }
 
     /// Adds a service and its method table (every method needs a rule).
@@ -136,6 +145,10 @@ impl GrpcServer {
         tonic::transport::Server::builder()
             .tls_config(tls.server_config(true))?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // Outermost: the span covers authentication and refusals too.
+            .layer(crate::telemetry::TraceLayer {
+                service: self.service,
+            })
             .layer(auth)
             .add_routes(routes.routes())
             // Server::tcp_nodelay does not apply to an injected listener: set it

@@ -28,7 +28,8 @@ pub enum Command {
 /// Loads the configuration and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg: IssuerConfig = cli.config.load()?;
-    badge_runtime::telemetry::init(&cfg.log);
+    badge_runtime::telemetry::init_with(&cfg.log, &cfg.telemetry, "badge-token-issuer")
+        .map_err(|e| anyhow::anyhow!(e))?;
     match cli.command {
         Command::Serve => {
             let store = Store::connect(

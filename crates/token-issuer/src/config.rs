@@ -26,6 +26,8 @@ pub struct IssuerConfig {
     /// through identity's API). Absent: no legacy tokens are minted.
     #[serde(default)]
     pub identity: Option<PeerConfig>,
+    #[serde(default)]
+    pub telemetry: badge_runtime::config::TelemetryConfig,
 }
 
 /// Kubernetes' `--service-account-*` token flags.
@@ -201,6 +203,7 @@ impl IssuerConfig {
 
 impl Validate for IssuerConfig {
     fn validate(&self, errors: &mut Vec<String>) {
+        self.telemetry.validate(errors);
         self.server.validate("server", errors);
         self.database.validate(errors);
         for e in badge_core::token::validate_settings(&self.token.settings()) {

@@ -18,7 +18,6 @@ use badge_store::{EventType, ListQuery, Record, Store};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::keyring::KeyRing;
 
@@ -32,7 +31,7 @@ pub struct LegacyTokens {
     pub index: Index,
     pub ring: Arc<KeyRing>,
     pub clock: Arc<dyn Clock>,
-    pub secrets: SecretServiceClient<Channel>,
+    pub secrets: SecretServiceClient<badge_runtime::telemetry::TracedChannel>,
     /// `ca.crt` written into every token Secret.
     pub ca_pem: Vec<u8>,
 }

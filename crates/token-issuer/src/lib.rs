@@ -118,6 +118,7 @@ pub async fn serve(
         BEARER_CACHE_ENTRIES,
         None,
         true,
+        "token-issuer",
     );
     let index = access.reviewer.index.clone();
     let guard = access.guard.clone();
@@ -215,7 +216,7 @@ pub async fn serve(
             index: index.clone(),
             ring: ring.clone(),
             clock: clock.clone(),
-            secrets: SecretServiceClient::new(channel),
+            secrets: SecretServiceClient::new(badge_runtime::telemetry::traced(channel)),
             ca_pem: tls.ca_pem().to_vec(),
         };
         tasks.push(tokio::spawn(controller.run()));
@@ -236,6 +237,7 @@ pub async fn serve(
     }
 
     let server = GrpcServer::new()
+        .named("token-issuer")
         .add_service(TokenServiceServer::new(issuer_svc.clone()), tokens::METHODS)
         .add_service(KeyServiceServer::new(issuer_svc), &[])
         .add_service(

@@ -212,6 +212,21 @@ impl Issuer {
             Binding::Secret(s) => format!("Secret/{}", s.name),
             Binding::Node(n) => format!("Node/{}", n.name),
         };
+        badge_runtime::telemetry::metrics::tokens_issued().add(
+            1,
+            &[
+                opentelemetry::KeyValue::new("alg", key.algorithm().as_str()),
+                opentelemetry::KeyValue::new(
+                    "bound_kind",
+                    match &binding {
+                        Binding::None => "none",
+                        Binding::Pod { .. } => "Pod",
+                        Binding::Secret(_) => "Secret",
+                        Binding::Node(_) => "Node",
+                    },
+                ),
+            ],
+        );
         // One audit event per issued token: who asked, for whom, what it can do and
         // until when — never the token itself.
         tracing::info!(

@@ -27,7 +27,8 @@ pub enum Command {
 /// Loads the configuration and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg: ReviewConfig = cli.config.load()?;
-    badge_runtime::telemetry::init(&cfg.log);
+    badge_runtime::telemetry::init_with(&cfg.log, &cfg.telemetry, "badge-token-review")
+        .map_err(|e| anyhow::anyhow!(e))?;
     match cli.command {
         Command::Serve => {
             let store = Store::connect(

@@ -38,6 +38,8 @@ pub struct ReviewConfig {
     /// last use is not recorded.
     #[serde(default)]
     pub identity: Option<PeerConfig>,
+    #[serde(default)]
+    pub telemetry: badge_runtime::config::TelemetryConfig,
 }
 
 /// Kubernetes' authenticator flags (`--service-account-issuer`,
@@ -156,6 +158,7 @@ fn check_file(errors: &mut Vec<String>, key: &str, path: &std::path::Path) {
 
 impl Validate for ReviewConfig {
     fn validate(&self, errors: &mut Vec<String>) {
+        self.telemetry.validate(errors);
         self.server.validate("server", errors);
         self.database.validate(errors);
         let r = &self.review;

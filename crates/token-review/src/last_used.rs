@@ -16,9 +16,9 @@ use std::sync::Arc;
 use badge_core::Clock;
 use badge_core::review::{LAST_USED_LABEL, last_used_needs_update, utc_date};
 use badge_proto::identity::{self as pb, secret_service_client::SecretServiceClient};
+use badge_runtime::telemetry::TracedChannel;
 use tokio::sync::mpsc;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// Capacity of the queue between reviews and the writer.
 pub const QUEUE: usize = 4096;
@@ -26,7 +26,7 @@ pub const QUEUE: usize = 4096;
 const MAX_REMEMBERED: usize = 100_000;
 
 pub struct LastUsed {
-    pub secrets: SecretServiceClient<Channel>,
+    pub secrets: SecretServiceClient<TracedChannel>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -82,9 +82,10 @@ impl LastUsed {
     }
 
     /// Drains the queue until every sender is gone.
-    pub async fn run(self, mut rx: mpsc::Receiver<(String, String)>) {
+    pub async fn run(self, mut rx: mpsc::Receiver<badge_access::reviewer::LastUse>) {
         let mut done: HashMap<(String, String), String> = HashMap::new();
-        while let Some(key) = rx.recv().await {
+        while let Some((namespace, name, trace)) = rx.recv().await {
+            let key = (namespace, name);
             let today = utc_date(self.clock.now());
             if done.get(&key) == Some(&today) {
                 continue;
@@ -96,7 +97,12 @@ impl LastUsed {
                 }
             }
             let (namespace, name) = (&key.0, &key.1);
-            match self.mark(namespace, name).await {
+            // A span in the trace of the review that used the token; its calls to
+            // identity carry it on.
+            let span = tracing::info_span!("legacy_token.last_used", %namespace, secret = %name);
+            let marked =
+                badge_runtime::telemetry::in_span(span, trace, self.mark(namespace, name)).await;
+            match marked {
                 Ok(m) => {
                     if m == Marked::Written {
                         tracing::info!(%namespace, secret = %name, date = %today, "legacy token use recorded");

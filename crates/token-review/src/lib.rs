@@ -239,7 +239,7 @@ pub async fn serve(
                 .connect_lazy();
             let (tx, rx) = mpsc::channel(last_used::QUEUE);
             let writer = last_used::LastUsed {
-                secrets: SecretServiceClient::new(channel),
+                secrets: SecretServiceClient::new(badge_runtime::telemetry::traced(channel)),
                 clock: clock.clone(),
             };
             tasks.push(tokio::spawn(writer.run(rx)));
@@ -258,6 +258,7 @@ pub async fn serve(
         config.review.cache_entries,
         last_used_tx,
         true,
+        "token-review",
     );
     let reviewer = access.reviewer.clone();
     let guard = access.guard.clone();
@@ -294,6 +295,7 @@ pub async fn serve(
     }
 
     let server = GrpcServer::new()
+        .named("token-review")
         .add_service(
             TokenReviewServiceServer::new(ReviewService {
                 reviewer: reviewer.clone(),
