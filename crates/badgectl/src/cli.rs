@@ -1020,5 +1020,10 @@ mod tests {
         .expect("parses");
         assert_eq!(c.namespace.as_deref(), Some("dev"));
         Cli::command().debug_assert();
+        // `review TOKEN` is not the global `--token` credential.
+        let c = Cli::try_parse_from(["badgectl", "review", "abc"]).expect("parses");
+        assert!(c.conn.token.is_none());
+        let c = Cli::try_parse_from(["badgectl", "review", "abc", "--token", "t"]).expect("parses");
+        assert_eq!(c.conn.token.as_deref(), Some("t"));
     }
 }

@@ -42,7 +42,13 @@ pub struct ConnectionArgs {
     #[arg(long, env = "BADGE_CLIENT_KEY", global = true)]
     pub client_key: Option<PathBuf>,
     /// Call with `authorization: Bearer <token>` instead of the client certificate.
-    #[arg(long, env = "BADGE_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        id = "bearer_token",
+        long = "token",
+        env = "BADGE_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub token: Option<String>,
     /// Name to verify in the server certificates (default: each endpoint's host).
     #[arg(long, global = true)]
