@@ -597,7 +597,7 @@ pub fn human_duration(d: Duration) -> String {
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {
-        if s % 60 == 0 {
+        if s.is_multiple_of(60) {
             format!("{m}m")
         } else {
             format!("{m}m{}s", s % 60)
@@ -605,7 +605,7 @@ pub fn human_duration(d: Duration) -> String {
     } else if h < 3 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 {
+        if m.is_multiple_of(60) {
             format!("{h}h")
         } else {
             format!("{h}h{}m", m % 60)
@@ -613,7 +613,7 @@ pub fn human_duration(d: Duration) -> String {
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 {
+        if h.is_multiple_of(24) {
             format!("{days}d")
         } else {
             format!("{days}d{}h", h % 24)
@@ -621,7 +621,7 @@ pub fn human_duration(d: Duration) -> String {
     } else if days < 365 * 2 {
         format!("{days}d")
     } else if days < 365 * 8 {
-        if days % 365 == 0 {
+        if days.is_multiple_of(365) {
             format!("{}y", days / 365)
         } else {
             format!("{}y{}d", days / 365, days % 365)
