@@ -10,8 +10,9 @@
 //! - while Badge is unreachable it retries with exponential backoff (1 s to 30 s),
 //!   keeping the old token in place;
 //! - [`Control::Refresh`] (SIGHUP in the binary) refreshes every token now;
-//! - when the pod is deleted (or recreated with another uid) it removes the files it
-//!   wrote and returns [`Exit::PodDeleted`]; [`Control::Stop`] (SIGTERM) returns
+//! - when the pod is deleted (or recreated with another uid) — seen on identity's
+//!   Watch, or by GetPod every 5 s (which also covers a watch that went quiet) — it
+//!   removes the files it wrote and returns [`Exit::PodDeleted`]; [`Control::Stop`] (SIGTERM) returns
 //!   [`Exit::Stopped`] and leaves the files.
 
 use std::path::{Component, Path, PathBuf};
@@ -26,7 +27,7 @@ use rand::Rng as _;
 use tokio::sync::mpsc;
 use tonic::Code;
 
-/// How long to wait between pod checks when the watch is unavailable.
+/// How often the pod is checked with GetPod (besides the watch).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Backoff bounds while Badge is unreachable.
 pub const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -550,7 +551,9 @@ pub async fn run(
                     poll.reset();
                 }
             },
-            _ = poll.tick(), if watch.is_none() => {
+            // Polled even while the watch is up: a watch held open by a server that
+            // is draining (or partitioned) can go quiet without failing.
+            _ = poll.tick() => {
                 match agent.check_pod().await {
                     PodCheck::Gone(why) => {
                         tracing::info!(pod = %who, "pod {why}: removing the files");
@@ -558,13 +561,14 @@ pub async fn run(
                         return Ok(Exit::PodDeleted);
                     }
                     PodCheck::Unknown(s) => tracing::warn!(pod = %who, "checking the pod failed: {}: {}", s.code(), s.message()),
-                    PodCheck::Alive => {
+                    PodCheck::Alive if watch.is_none() => {
                         if let Ok(w) = agent.open_watch().await {
                             tracing::info!("watch re-established");
                             watch = Some(w);
                             (listing, seen) = (true, false);
                         }
                     }
+                    PodCheck::Alive => {}
                 }
             }
         }
