@@ -261,3 +261,35 @@ async fn agent_for_a_missing_pod_fails() {
         .expect_err("no pod");
     assert!(e.to_string().contains("pod default/nope not found"), "{e}");
 }
+
+#[tokio::test]
+async fn agent_keeps_retrying_while_the_issuer_is_unreachable() {
+    let s = stack().await;
+    workload(&s).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("sa");
+    // A port nothing listens on.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let mut args = s.agent_args("apps", "web", &dir);
+    args.conn.issuer_endpoint = Some(format!("https://127.0.0.1:{port}"));
+    let (handle, control) = badge_agent::control();
+    let task = tokio::spawn(badge_agent::run(args, control));
+    // ca.crt and namespace are written; the tokens are retried with backoff (1 s,
+    // 2 s, ...) and the agent keeps running.
+    eventually("ca.crt", || dir.join("ca.crt").is_file()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!task.is_finished(), "the agent does not give up");
+    assert!(!dir.join("vault/token").exists());
+    handle.stop();
+    let exit = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops")
+        .expect("join")
+        .expect("agent");
+    assert_eq!(exit, Exit::Stopped);
+    assert!(dir.join("ca.crt").is_file(), "stop leaves the files");
+}
