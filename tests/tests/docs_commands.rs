@@ -65,8 +65,10 @@ fn words(line: &str) -> Vec<String> {
     out
 }
 
-const BINARIES: [&str; 5] = [
+const BINARIES: [&str; 7] = [
     "badge",
+    "badgectl",
+    "badge-agent",
     "badge-identity",
     "badge-token-issuer",
     "badge-token-review",
@@ -91,7 +93,11 @@ fn badge_argv(words: &[String]) -> Option<Vec<String>> {
             && (w == base || w.starts_with("./") || w.starts_with('/'))
             && (i == 0 || matches!(words[i - 1].as_str(), "&&" | ";" | "|"))
     })?;
-    let mut argv = words[at..].to_vec();
+    let mut argv: Vec<String> = words[at..]
+        .iter()
+        .take_while(|w| !matches!(w.as_str(), "&&" | "||" | ";" | "|" | "&") && !w.starts_with('#'))
+        .cloned()
+        .collect();
     argv[0] = argv[0].rsplit('/').next().unwrap_or(&argv[0]).to_string();
     Some(argv)
 }
@@ -103,6 +109,8 @@ fn parses(argv: &[String]) -> Result<(), String> {
         "badge-token-issuer" => badge_token_issuer::cli::Cli::try_parse_from(argv).map(drop),
         "badge-token-review" => badge_token_review::cli::Cli::try_parse_from(argv).map(drop),
         "badge-bench" => badge_bench::cli::Cli::try_parse_from(argv).map(drop),
+        "badgectl" => badgectl::Cli::try_parse_from(argv).map(drop),
+        "badge-agent" => badge_agent::AgentArgs::try_parse_from(argv).map(drop),
         other => return Err(format!("{other} is not a Badge binary")),
     };
     r.map_err(|e| e.to_string())
