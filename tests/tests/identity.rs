@@ -1373,3 +1373,33 @@ async fn rbac_objects_are_validated_and_defaulted() {
         (pb::EventType::Added as i32, "read-jobs".into())
     );
 }
+
+/// SIGTERM with watchers connected: the drain ends their streams (UNAVAILABLE, so
+/// they resume elsewhere) instead of waiting for them forever.
+#[tokio::test]
+async fn shutdown_ends_open_watches() {
+    let s = IdentityServer::start().await;
+    let mut watch = WatchServiceClient::new(s.admin().await);
+    let mut stream = watch
+        .watch(pb::WatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    // Past the initial list: the stream is idle, waiting for changes.
+    loop {
+        let ev = stream.next().await.expect("event").expect("ok");
+        if ev.r#type == pb::EventType::Bookmark as i32 {
+            break;
+        }
+    }
+    let stopped = tokio::time::timeout(Duration::from_secs(10), s.stop()).await;
+    assert!(stopped.is_ok(), "shutdown waited on the open watch");
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("stream ends");
+    match end {
+        Some(Err(e)) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+        None => {}
+        Some(Ok(ev)) => panic!("unexpected event {ev:?}"),
+    }
+}

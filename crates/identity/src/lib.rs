@@ -393,6 +393,13 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "identity serving (mTLS gRPC)");
     let guard = access.guard.clone();
     let _access = access;
+    // Ends open Watch streams when the shutdown begins (they would otherwise keep
+    // the graceful drain waiting forever).
+    let stopping = objects.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
     server.serve(listener, &tls, guard, shutdown).await?;
     tracing::info!("identity stopped");
     Ok(())

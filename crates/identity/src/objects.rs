@@ -42,6 +42,9 @@ pub struct Objects {
     /// The RBAC policy, for escalation checks on Role and binding writes. `None`
     /// (tools and tests without a policy): no escalation checks.
     pub guard: Option<Arc<badge_access::Guard>>,
+    /// Set when the server stops: open Watch streams end (UNAVAILABLE, so clients
+    /// resume elsewhere) instead of holding the graceful shutdown open forever.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// One page of a list.
@@ -57,6 +60,7 @@ impl Objects {
             store,
             clock,
             guard: None,
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 

@@ -146,7 +146,23 @@ async fn send(tx: &Tx, ev: Result<WatchEvent>) -> bool {
     tx.send(ev.map_err(status)).await.is_ok()
 }
 
+/// Runs one watch until the client goes, the feed fails, or the server stops.
 async fn run(objects: Objects, filter: Filter, from: Option<i64>, tx: Tx) {
+    let mut stopping = objects.stopping.subscribe();
+    tokio::select! {
+        () = follow(&objects, filter, from, &tx) => {}
+        () = async { let _ = stopping.wait_for(|s| *s).await; } => {
+            let _ = tx
+                .send(Err(Status::unavailable(
+                    "identity is shutting down: watch again with the last resource_version",
+                )))
+                .await;
+        }
+    }
+}
+
+async fn follow(objects: &Objects, filter: Filter, from: Option<i64>, tx: &Tx) {
+    let tx = tx.clone();
     let store = &objects.store;
     let mut wake = store.subscribe();
     let mut cursor = match from {
