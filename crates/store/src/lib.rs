@@ -1,20 +1,35 @@
 //! Badge's store: one generic object table, optimistic concurrency, and the change
-//! feed, on PostgreSQL through sqlx.
+//! feed, through sqlx on one of two backends, picked by the URL given to
+//! [`Store::connect`]:
+//!
+//! - `postgres://…` — PostgreSQL, the production store: any number of processes
+//!   (replicas of every service) share one database.
+//! - `sqlite://PATH` — an embedded SQLite file (created with its directory when
+//!   missing, WAL mode), for `badge up` and development: nothing to install, but
+//!   **one database serves one process**. The writers' lock, the change-feed
+//!   wake-up and [`Store::try_locked`] are in-process on SQLite, shared by every
+//!   store that process opens on the file (see `sqlite.rs`).
 //!
 //! The store is byte-oriented: the identity service encodes its prost messages into
 //! [`Record::data`]; the server-managed metadata (uid, resource_version, timestamps,
 //! labels) lives in columns and is overlaid onto the decoded object by the service.
 //!
 //! Every write goes through [`Store::apply`], which runs a batch of [`Op`]s in one
-//! transaction. The transaction first locks the single row of the revision counter,
-//! so writers are serialised and commit order equals revision order; every changed
-//! object gets its own revision and a row in the `changes` feed, committed together
-//! with the object. A `NOTIFY` in the same transaction wakes every process's
-//! [`Store::subscribe`] receivers (see `listener.rs`).
+//! transaction. The transaction first locks the single row of the revision counter
+//! (SQLite: the process's writers' mutex, then `BEGIN IMMEDIATE`), so writers are
+//! serialised and commit order equals revision order; every changed object gets its
+//! own revision and a row in the `changes` feed, committed together with the
+//! object. On Postgres a `NOTIFY` in the same transaction wakes every process's
+//! [`Store::subscribe`] receivers (see `listener.rs`); on SQLite the committing
+//! store bumps the watch its process shares.
 //!
-//! SQL stays portable (plain column types, no jsonb, times as microseconds); the
-//! Postgres-only parts are isolated: `LISTEN`/`NOTIFY` ([`listener`] and
-//! [`notify`]), and the snapshot-isolation `BEGIN` ([`begin_snapshot`]).
+//! SQL is written once and compiled for both drivers (`with_pool!` / `with_tx!`:
+//! `$N` placeholders, row values and `RETURNING` work on both); it stays portable
+//! (plain column types, no jsonb, times as microseconds). The backend-specific
+//! parts are isolated: `LISTEN`/`NOTIFY` ([`listener`] and [`notify`]), the
+//! snapshot-isolation `BEGIN` ([`begin_snapshot`]), advisory locks, the write
+//! `BEGIN` (`Store::begin_write`), each backend's migrations (`migrations/` and
+//! `migrations/sqlite/`, see [`schema`]) and the error codes ([`db_error`]).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
