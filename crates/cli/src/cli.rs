@@ -17,8 +17,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run identity, token-issuer and token-review together on Postgres, creating
-    /// the database, the dev PKI and the key-encryption key on first run.
+    /// Run identity, token-issuer and token-review together in one process on an
+    /// embedded SQLite store (or Postgres with --database-url), creating the
+    /// database, the dev PKI and the key-encryption key on first run.
     Up(crate::up::UpArgs),
     /// Create a development PKI: a CA, server and client certificates for each
     /// service, and an admin client certificate (O=system:masters).
@@ -51,7 +52,8 @@ pub enum Command {
         #[arg(long, default_value = "badge-data/kek")]
         out: PathBuf,
     },
-    /// Create the database if needed and apply pending migrations, then exit.
+    /// Create the database if needed and apply pending migrations, then exit
+    /// (`postgres://…`, or `sqlite://PATH` for an embedded file).
     Migrate {
         #[arg(long, env = "BADGE_DATABASE__URL")]
         database_url: String,

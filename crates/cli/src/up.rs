@@ -1,6 +1,8 @@
-//! `badge up`: the whole stack in one process for development — identity and
-//! token-issuer on one Postgres, with a dev PKI and key-encryption key created on
-//! first run under the data directory.
+//! `badge up`: the whole stack in one process for development — identity,
+//! token-issuer and token-review on one store (by default an embedded SQLite file
+//! under the data directory: nothing to install; `--database-url postgres://…` for
+//! Postgres), with a dev PKI and key-encryption key created on first run under the
+//! data directory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,13 +23,10 @@ pub struct UpArgs {
     /// Where the PKI, key-encryption key and env file live.
     #[arg(long, default_value = "badge-data")]
     pub data_dir: PathBuf,
-    /// Postgres database (created if missing).
-    #[arg(
-        long,
-        env = "BADGE_DATABASE__URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/badge"
-    )]
-    pub database_url: String,
+    /// The store, created if missing: `sqlite://PATH` (embedded; default
+    /// `sqlite://<data-dir>/badge.db`) or `postgres://user@host:port/db`.
+    #[arg(long, env = "BADGE_DATABASE__URL")]
+    pub database_url: Option<String>,
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub identity_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8444")]
@@ -68,7 +67,28 @@ pub fn ensure_kek(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl UpArgs {
+    /// `--database-url`, or the embedded SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("badge.db").display()))
+    }
+}
+
+/// Runs until Ctrl-C / SIGTERM.
 pub async fn run(a: UpArgs) -> anyhow::Result<()> {
+    run_until(a, badge_runtime::server::shutdown_signal()).await
+}
+
+/// Runs until `stop` completes (then stops every service gracefully), or until a
+/// service stops on its own.
+pub async fn run_until(
+    a: UpArgs,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let database_url = a.database_url();
     let pki_dir = a.data_dir.join("pki");
     let pki = if DevPki::at(&pki_dir).exists() {
         DevPki::at(&pki_dir)
@@ -78,14 +98,17 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     let kek = a.data_dir.join("kek");
     ensure_kek(&kek)?;
 
-    if Store::create_database_if_missing(&a.database_url).await? {
-        println!("created database");
+    if Store::create_database_if_missing(&database_url).await? {
+        println!(
+            "created database {}",
+            badge_runtime::config::redact_url(&database_url)
+        );
     }
     // Secret data is sealed with the same key-encryption key as the signing keys.
     let sealer =
         badge_keys::Kek::from_file(&kek).map_err(|e| anyhow::anyhow!("{}: {e}", kek.display()))?;
     let store = Store::connect(
-        &a.database_url,
+        &database_url,
         StoreOptions {
             sealer: Some(Arc::new(sealer)),
             ..StoreOptions::default()
@@ -95,7 +118,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     store.migrate().await?;
 
     let database = DatabaseConfig {
-        url: a.database_url.clone(),
+        url: database_url.clone(),
         max_connections: 16,
     };
     let id_server = pki.server("identity");
@@ -186,7 +209,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
             format!("server.tls.ca={}", p(&pki.ca)),
             format!("server.tls.cert={}", p(&rv_server.cert)),
             format!("server.tls.key={}", p(&rv_server.key)),
-            format!("database.url={}", a.database_url),
+            format!("database.url={database_url}"),
             format!("review.issuers=[\"{issuer_url}\"]"),
             format!("encryption.kek_file={}", p(&kek)),
             format!("webhook.listen={}", a.webhook_listen),
@@ -255,13 +278,13 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     };
     let env = env_file(&a, &pki, &issuer_url);
     std::fs::write(a.data_dir.join("badge.env"), &env)?;
-    print_banner(&a, &pki, &issuer_url);
+    print_banner(&a, &pki, &issuer_url, &database_url);
 
     let (mut id_task, mut is_task, mut rv_task) = (id_task, is_task, rv_task);
     // Run until Ctrl-C / SIGTERM, or until either service stops on its own (an
     // error): then stop the other one too.
     let early = tokio::select! {
-        () = badge_runtime::server::shutdown_signal() => None,
+        () = stop => None,
         r = &mut id_task => Some(("identity", r)),
         r = &mut is_task => Some(("token-issuer", r)),
         r = &mut rv_task => Some(("token-review", r)),
@@ -296,7 +319,7 @@ fn env_file(a: &UpArgs, pki: &DevPki, issuer_url: &str) -> String {
     )
 }
 
-fn print_banner(a: &UpArgs, pki: &DevPki, issuer_url: &str) {
+fn print_banner(a: &UpArgs, pki: &DevPki, issuer_url: &str, database_url: &str) {
     let g = format!(
         "grpcurl -cacert {} -cert {} -key {}",
         pki.ca.display(),
@@ -312,6 +335,7 @@ fn print_banner(a: &UpArgs, pki: &DevPki, issuer_url: &str) {
          \n  signer        {sock} (Kubernetes ExternalJWTSigner)\
          \n  admin cert    {cert} (O=system:masters), CA {ca}\
          \n  env file      {env}\
+         \n  store         {store}\
          \n\nTry:\
          \n  {g} {id} list\
          \n  {g} -d '{{\"service_account\":{{\"metadata\":{{\"name\":\"demo\",\"namespace\":\"default\"}}}}}}' {id} badge.identity.v1.ServiceAccountService/CreateServiceAccount\
@@ -326,5 +350,6 @@ fn print_banner(a: &UpArgs, pki: &DevPki, issuer_url: &str) {
         cert = pki.admin.cert.display(),
         ca = pki.ca.display(),
         env = a.data_dir.join("badge.env").display(),
+        store = badge_runtime::config::redact_url(database_url),
     );
 }

@@ -179,7 +179,8 @@ impl ListenConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `postgres://user@host:port/db`.
+    /// `postgres://user@host:port/db` (production: any number of processes), or
+    /// `sqlite://PATH` (an embedded file that one process uses alone, e.g. `badge up`).
     pub url: String,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
@@ -191,11 +192,20 @@ fn default_max_connections() -> u32 {
 
 impl DatabaseConfig {
     pub fn validate(&self, errors: &mut Vec<String>) {
-        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+        let postgres = self.url.starts_with("postgres://") || self.url.starts_with("postgresql://");
+        let sqlite = self.url.starts_with("sqlite:");
+        if !(postgres || sqlite) {
             errors.push(format!(
-                "database.url: must start with postgres:// (got {:?})",
+                "database.url: must start with postgres:// or sqlite:// (got {:?})",
                 redact_url(&self.url)
             ));
+        }
+        if sqlite && (self.url.contains(":memory:") || self.url.contains("mode=memory")) {
+            errors.push(
+                "database.url: an in-memory sqlite database would lose everything on exit: \
+                 name a file (sqlite://PATH)"
+                    .into(),
+            );
         }
         if self.max_connections == 0 {
             errors.push("database.max_connections: must be at least 1".into());
@@ -203,8 +213,12 @@ impl DatabaseConfig {
     }
 }
 
-/// Drops a password from a URL before it is shown anywhere.
+/// Drops a password from a URL before it is shown anywhere. An `sqlite:` URL is a
+/// file path with no credentials: shown as it is.
 pub fn redact_url(url: &str) -> String {
+    if url.starts_with("sqlite:") {
+        return url.to_string();
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -371,5 +385,27 @@ mod tests {
             "postgres://u:***@h:5432/d"
         );
         assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+        assert_eq!(
+            redact_url("sqlite://data/a:b@c.db"),
+            "sqlite://data/a:b@c.db"
+        );
+    }
+
+    #[test]
+    fn sqlite_urls_are_accepted_but_not_in_memory() {
+        let t = |url: &str| {
+            let mut errors = Vec::new();
+            DatabaseConfig {
+                url: url.into(),
+                max_connections: 4,
+            }
+            .validate(&mut errors);
+            errors
+        };
+        assert!(t("sqlite://badge-data/badge.db").is_empty());
+        assert!(t("sqlite:///var/lib/badge/badge.db").is_empty());
+        assert!(t("postgresql://u@h/d").is_empty());
+        assert!(t("sqlite::memory:")[0].contains("in-memory"));
+        assert!(t("mysql://x")[0].contains("postgres:// or sqlite://"));
     }
 }

@@ -1,20 +1,35 @@
 //! Badge's store: one generic object table, optimistic concurrency, and the change
-//! feed, on PostgreSQL through sqlx.
+//! feed, through sqlx on one of two backends, picked by the URL given to
+//! [`Store::connect`]:
+//!
+//! - `postgres://…` — PostgreSQL, the production store: any number of processes
+//!   (replicas of every service) share one database.
+//! - `sqlite://PATH` — an embedded SQLite file (created with its directory when
+//!   missing, WAL mode), for `badge up` and development: nothing to install, but
+//!   **one database serves one process**. The writers' lock, the change-feed
+//!   wake-up and [`Store::try_locked`] are in-process on SQLite, shared by every
+//!   store that process opens on the file (see `sqlite.rs`).
 //!
 //! The store is byte-oriented: the identity service encodes its prost messages into
 //! [`Record::data`]; the server-managed metadata (uid, resource_version, timestamps,
 //! labels) lives in columns and is overlaid onto the decoded object by the service.
 //!
 //! Every write goes through [`Store::apply`], which runs a batch of [`Op`]s in one
-//! transaction. The transaction first locks the single row of the revision counter,
-//! so writers are serialised and commit order equals revision order; every changed
-//! object gets its own revision and a row in the `changes` feed, committed together
-//! with the object. A `NOTIFY` in the same transaction wakes every process's
-//! [`Store::subscribe`] receivers (see `listener.rs`).
+//! transaction. The transaction first locks the single row of the revision counter
+//! (SQLite: the process's writers' mutex, then `BEGIN IMMEDIATE`), so writers are
+//! serialised and commit order equals revision order; every changed object gets its
+//! own revision and a row in the `changes` feed, committed together with the
+//! object. On Postgres a `NOTIFY` in the same transaction wakes every process's
+//! [`Store::subscribe`] receivers (see `listener.rs`); on SQLite the committing
+//! store bumps the watch its process shares.
 //!
-//! SQL stays portable (plain column types, no jsonb, times as microseconds); the
-//! Postgres-only parts are isolated: `LISTEN`/`NOTIFY` ([`listener`] and
-//! [`notify`]), and the snapshot-isolation `BEGIN` ([`begin_snapshot`]).
+//! SQL is written once and compiled for both drivers (`with_pool!` / `with_tx!`:
+//! `$N` placeholders, row values and `RETURNING` work on both); it stays portable
+//! (plain column types, no jsonb, times as microseconds). The backend-specific
+//! parts are isolated: `LISTEN`/`NOTIFY` ([`listener`] and [`notify`]), the
+//! snapshot-isolation `BEGIN` ([`begin_snapshot`]), advisory locks, the write
+//! `BEGIN` (`Store::begin_write`), each backend's migrations (`migrations/` and
+//! `migrations/sqlite/`, see [`schema`]) and the error codes ([`db_error`]).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -25,8 +40,9 @@ use badge_core::clock::{from_unix_micros, unix_micros};
 use badge_core::seal::DataSealer;
 use badge_core::{Error, Kind, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, Postgres};
+use sqlx::sqlite::{Sqlite, SqliteRow};
 use sqlx::{Row, Transaction};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{OwnedMutexGuard, oneshot, watch};
 
 /// The object columns, in the order `record_from_row` reads them by name.
 macro_rules! object_columns {
@@ -36,8 +52,35 @@ macro_rules! object_columns {
     };
 }
 
+/// Runs `$body` with `$p` bound to the pool of whichever backend `$db` (a `&Db`)
+/// is: the SQL is written once and compiled for both drivers.
+macro_rules! with_pool {
+    ($db:expr, |$p:ident| $body:expr) => {
+        match $db {
+            crate::Db::Postgres($p) => $body,
+            crate::Db::Sqlite(shared) => {
+                let $p = &shared.pool;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$c` bound to the transaction (`&mut Transaction<'static, _>`)
+/// inside `$tx` (a `&mut Tx`), whichever backend it is on. Use `&mut **$c` as the
+/// executor.
+macro_rules! with_tx {
+    ($tx:expr, |$c:ident| $body:expr) => {
+        match $tx {
+            crate::Tx::Postgres($c) => $body,
+            crate::Tx::Sqlite($c, _) => $body,
+        }
+    };
+}
+
 mod listener;
 mod schema;
+mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -211,12 +254,45 @@ pub struct Store {
 }
 
 struct Inner {
-    pool: PgPool,
+    db: Db,
     /// Seals the data of [`SEALED_KINDS`] at rest (None: stored as given).
     sealer: Option<Arc<dyn DataSealer>>,
+    /// Postgres: this store's own, fed by the LISTEN task; SQLite: the one every
+    /// store of this process on the database shares.
     revision: watch::Sender<i64>,
-    /// Dropped with the last `Store` clone; its receiver stops the LISTEN task.
-    _stop_listener: oneshot::Sender<()>,
+    /// Postgres: dropped with the last `Store` clone; its receiver stops the
+    /// LISTEN task.
+    _stop_listener: Option<oneshot::Sender<()>>,
+}
+
+/// The database behind a store.
+enum Db {
+    Postgres(PgPool),
+    Sqlite(Arc<sqlite::Shared>),
+}
+
+/// An open transaction on either backend. An SQLite write transaction holds the
+/// process's writers' mutex until it ends (declared after the transaction, so it
+/// is released after the transaction's own drop).
+enum Tx {
+    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>, Option<OwnedMutexGuard<()>>),
+}
+
+impl Tx {
+    async fn commit(self) -> sqlx::Result<()> {
+        match self {
+            Tx::Postgres(tx) => tx.commit().await,
+            Tx::Sqlite(tx, _writer) => tx.commit().await,
+        }
+    }
+
+    async fn rollback(self) -> sqlx::Result<()> {
+        match self {
+            Tx::Postgres(tx) => tx.rollback().await,
+            Tx::Sqlite(tx, _writer) => tx.rollback().await,
+        }
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -242,7 +318,22 @@ impl Store {
     /// Builds the pool (lazily: no connection is made until one is needed, so a
     /// binary can start and report NotServing while the database is down) and
     /// spawns the LISTEN task. Must be called inside a Tokio runtime.
+    ///
+    /// `url` picks the backend: `postgres://` / `postgresql://` for PostgreSQL,
+    /// `sqlite://PATH` for an embedded SQLite file (created with its directory
+    /// when missing; one process per file, see the crate docs).
     pub async fn connect(url: &str, opts: StoreOptions) -> Result<Store> {
+        if sqlite::is_sqlite_url(url) {
+            let shared = sqlite::open(url, &opts)?;
+            return Ok(Store {
+                inner: Arc::new(Inner {
+                    sealer: opts.sealer.clone(),
+                    revision: shared.revision.clone(),
+                    db: Db::Sqlite(shared),
+                    _stop_listener: None,
+                }),
+            });
+        }
         let connect = PgConnectOptions::from_str(url)
             .map_err(|e| {
                 Error::invalid("database_url", format!("is not a valid postgres url: {e}"))
@@ -264,17 +355,21 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 sealer: opts.sealer.clone(),
-                pool,
+                db: Db::Postgres(pool),
                 revision,
-                _stop_listener: stop_tx,
+                _stop_listener: Some(stop_tx),
             }),
         })
     }
 
     /// Creates the database named in `url` when it does not exist yet (so
-    /// `badge migrate` works on a fresh server). Returns whether it created it.
+    /// `badge migrate` works on a fresh server; for SQLite, the file and its
+    /// directory). Returns whether it created it.
     pub async fn create_database_if_missing(url: &str) -> Result<bool> {
         use sqlx::migrate::MigrateDatabase;
+        if sqlite::is_sqlite_url(url) {
+            return sqlite::create_database_if_missing(url).await;
+        }
         if Postgres::database_exists(url)
             .await
             .map_err(|e| db_error(e, None))?
@@ -297,17 +392,25 @@ impl Store {
     /// running `f` when another session holds the lock. The connection is closed,
     /// not returned to the pool, unless the unlock succeeded — a lock can never be
     /// left behind on a pooled connection, even if `f` is cancelled.
+    ///
+    /// On SQLite the lock is in-process (shared by every store of this process on
+    /// the file), which is enough because one SQLite database serves one process.
     pub async fn try_locked<F, Fut, T>(&self, key: i64, f: F) -> Result<Option<T>>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = T>,
     {
-        let mut conn = self
-            .inner
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| db_error(e, None))?;
+        let pool = match &self.inner.db {
+            Db::Postgres(pool) => pool,
+            Db::Sqlite(shared) => {
+                // Released when dropped: after `f`, or when this future is cancelled.
+                let Some(_held) = shared.try_lock(key) else {
+                    return Ok(None);
+                };
+                return Ok(Some(f().await));
+            }
+        };
+        let mut conn = pool.acquire().await.map_err(|e| db_error(e, None))?;
         conn.close_on_drop();
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
@@ -328,37 +431,74 @@ impl Store {
         Ok(Some(out))
     }
 
-    /// Runs the embedded migrations (`migrations/`).
+    /// Runs the embedded migrations (`migrations/` for Postgres,
+    /// `migrations/sqlite/` for SQLite).
     pub async fn migrate(&self) -> Result<()> {
-        schema::migrate(&self.inner.pool).await
+        schema::migrate(&self.inner.db).await
     }
 
     /// Refuses a schema this binary does not know (not migrated, newer, missing,
     /// failed or modified migrations) with `FailedPrecondition`.
     pub async fn check_schema(&self) -> Result<()> {
-        schema::check(&self.inner.pool).await
+        schema::check(&self.inner.db).await
     }
 
     /// One round trip to the database.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.inner.pool)
+        with_pool!(&self.inner.db, |p| sqlx::query("SELECT 1")
+            .execute(p)
             .await
-            .map_err(|e| db_error(e, None))?;
-        Ok(())
+            .map(drop))
+        .map_err(|e| db_error(e, None))
     }
 
     /// The latest committed revision this process knows of: updated right after
     /// this process's own commits and, through LISTEN/NOTIFY, on every other
     /// process's. After the LISTEN connection (re)connects the task re-reads the
-    /// counter, so a missed notification is never lost for good.
+    /// counter, so a missed notification is never lost for good. On SQLite every
+    /// store of the process on the database shares one watch, bumped after each
+    /// commit.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.inner.revision.subscribe()
     }
 
     /// The revision of the last committed write (0 when none yet).
     pub async fn current_revision(&self) -> Result<i64> {
-        current_revision(&self.inner.pool).await
+        with_pool!(&self.inner.db, |p| sqlx::query_scalar(
+            "SELECT revision FROM revision_counter WHERE id = 1"
+        )
+        .fetch_one(p)
+        .await)
+        .map_err(|e| db_error(e, None))
+    }
+
+    /// Begins a write transaction. Postgres serialises writers on the counter row;
+    /// SQLite takes the process's writers' mutex, then `BEGIN IMMEDIATE` (the
+    /// write lock up front, so no reader-turned-writer can fail half-way).
+    async fn begin_write(&self) -> sqlx::Result<Tx> {
+        match &self.inner.db {
+            Db::Postgres(pool) => Ok(Tx::Postgres(pool.begin().await?)),
+            Db::Sqlite(shared) => {
+                let writer = shared.writer.clone().lock_owned().await;
+                let tx = shared.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(Tx::Sqlite(tx, Some(writer)))
+            }
+        }
+    }
+
+    /// Begins a read-only transaction whose statements all see one snapshot.
+    async fn begin_read(&self) -> Result<Tx> {
+        match &self.inner.db {
+            Db::Postgres(pool) => begin_snapshot(pool).await.map(Tx::Postgres),
+            // A deferred transaction in WAL mode reads one snapshot, taken at its
+            // first SELECT, until it ends.
+            Db::Sqlite(shared) => shared
+                .pool
+                .begin()
+                .await
+                .map(|tx| Tx::Sqlite(tx, None))
+                .map_err(|e| db_error(e, None)),
+        }
     }
 
     /// Applies every op in one transaction: all or nothing. Returns the changes in
@@ -393,15 +533,16 @@ impl Store {
     }
 
     async fn apply_once(&self, ops: &[Op], now: SystemTime) -> Result<Vec<Change>, TxError> {
-        let mut tx = self.inner.pool.begin().await.map_err(TxError::db)?;
+        let mut tx = self.begin_write().await.map_err(TxError::db)?;
         // Lock the counter row first: from here on this transaction is the only
         // writer, so every read below sees all earlier commits and no one can
-        // change what it read before it commits.
-        let base: i64 = sqlx::query_scalar(
+        // change what it read before it commits. (On SQLite the transaction is
+        // already the only writer; this just reads the counter.)
+        let base: i64 = with_tx!(&mut tx, |c| sqlx::query_scalar(
             "UPDATE revision_counter SET revision = revision WHERE id = 1 RETURNING revision",
         )
-        .fetch_one(&mut *tx)
-        .await
+        .fetch_one(&mut **c)
+        .await)
         .map_err(TxError::db)?;
         let mut w = Writer {
             tx,
@@ -420,18 +561,23 @@ impl Store {
             tx.rollback().await.map_err(TxError::db)?;
             return Ok(changes);
         };
-        sqlx::query("UPDATE revision_counter SET revision = $1 WHERE id = 1")
-            .bind(last)
-            .execute(&mut *tx)
-            .await
-            .map_err(TxError::db)?;
-        notify(&mut tx, last).await.map_err(TxError::db)?;
+        with_tx!(&mut tx, |c| sqlx::query(
+            "UPDATE revision_counter SET revision = $1 WHERE id = 1"
+        )
+        .bind(last)
+        .execute(&mut **c)
+        .await
+        .map(drop))
+        .map_err(TxError::db)?;
+        if let Tx::Postgres(tx) = &mut tx {
+            notify(tx, last).await.map_err(TxError::db)?;
+        }
         tx.commit().await.map_err(TxError::db)?;
         Ok(changes)
     }
 
     pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Record> {
-        let row = sqlx::query(concat!(
+        let record = with_pool!(&self.inner.db, |p| sqlx::query(concat!(
             "SELECT ",
             object_columns!(),
             " FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3"
@@ -439,11 +585,14 @@ impl Store {
         .bind(kind.as_str())
         .bind(namespace)
         .bind(name)
-        .fetch_optional(&self.inner.pool)
+        .fetch_optional(p)
         .await
-        .map_err(|e| db_error(e, None))?;
-        match row {
-            Some(row) => self.open(record_from_row(&row)?),
+        .map_err(|e| db_error(e, None))?
+        .as_ref()
+        .map(record_from_row)
+        .transpose()?);
+        match record {
+            Some(record) => self.open(record),
             None => Err(not_found(kind, name)),
         }
     }
@@ -454,12 +603,13 @@ impl Store {
         let limit = if q.limit == 0 { usize::MAX } else { q.limit };
         let batch = limit.saturating_add(1).clamp(MIN_BATCH, MAX_BATCH);
         let batch_i64 = i64::try_from(batch).unwrap_or(500);
-        let mut tx = begin_snapshot(&self.inner.pool).await?;
-        let revision: i64 =
-            sqlx::query_scalar("SELECT revision FROM revision_counter WHERE id = 1")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| db_error(e, None))?;
+        let mut tx = self.begin_read().await?;
+        let revision: i64 = with_tx!(&mut tx, |c| sqlx::query_scalar(
+            "SELECT revision FROM revision_counter WHERE id = 1"
+        )
+        .fetch_one(&mut **c)
+        .await)
+        .map_err(|e| db_error(e, None))?;
         let mut cursor = q.after.clone();
         let mut items = Vec::new();
         let mut more = false;
@@ -467,8 +617,8 @@ impl Store {
             let rows = list_batch(&mut tx, q.kind, q.namespace, cursor.as_ref(), batch_i64).await?;
             let fetched = rows.len();
             let mut last = None;
-            for row in &rows {
-                let record = self.open(record_from_row(row)?)?;
+            for row in rows {
+                let record = self.open(row)?;
                 last = Some((record.namespace.clone(), record.name.clone()));
                 if !(q.filter)(&record) {
                     continue;
@@ -505,73 +655,68 @@ impl Store {
         let limit = if limit <= 0 { i64::MAX } else { limit };
         // One snapshot for the compaction mark and the rows, so a compaction that
         // commits in between cannot silently cut a hole in what we return.
-        let mut tx = begin_snapshot(&self.inner.pool).await?;
-        let compacted: i64 =
-            sqlx::query_scalar("SELECT compacted_revision FROM feed_meta WHERE id = 1")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| db_error(e, None))?;
+        let mut tx = self.begin_read().await?;
+        let compacted: i64 = with_tx!(&mut tx, |c| sqlx::query_scalar(
+            "SELECT compacted_revision FROM feed_meta WHERE id = 1"
+        )
+        .fetch_one(&mut **c)
+        .await)
+        .map_err(|e| db_error(e, None))?;
         if after < compacted {
             return Err(Error::OutOfRange(format!(
                 "resource_version {after} is too old: history before {} was compacted; relist",
                 compacted.saturating_add(1)
             )));
         }
-        let rows = sqlx::query(concat!(
+        let changes = with_tx!(&mut tx, |c| sqlx::query(concat!(
             "SELECT revision, event, ",
             object_columns!(),
             " FROM changes WHERE revision > $1 ORDER BY revision LIMIT $2"
         ))
         .bind(after)
         .bind(limit)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **c)
         .await
-        .map_err(|e| db_error(e, None))?;
+        .map_err(|e| db_error(e, None))?
+        .iter()
+        .map(change_from_row)
+        .collect::<Result<Vec<_>>>()?);
         tx.commit().await.map_err(|e| db_error(e, None))?;
-        rows.iter()
-            .map(|row| {
-                Ok(Change {
-                    revision: get_col(row, "revision")?,
-                    event: EventType::parse(&get_col::<String>(row, "event")?)?,
-                    record: self.open(record_from_row(row)?)?,
-                })
-            })
-            .collect()
+        self.open_changes(changes)
     }
 
     /// Removes the prefix of the feed committed before `older_than` and records the
     /// highest revision removed. Returns how many entries were removed.
     pub async fn compact(&self, older_than: SystemTime) -> Result<u64> {
-        let mut tx = self
-            .inner
-            .pool
-            .begin()
-            .await
-            .map_err(|e| db_error(e, None))?;
+        let mut tx = self.begin_write().await.map_err(|e| db_error(e, None))?;
         // Cut at a revision, not a time, so what is removed is always a prefix of
         // the feed even if writers' clocks disagree.
-        let cutoff: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(revision) FROM changes WHERE committed_at < $1")
-                .bind(unix_micros(older_than))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| db_error(e, None))?;
+        let cutoff: Option<i64> = with_tx!(&mut tx, |c| sqlx::query_scalar(
+            "SELECT MAX(revision) FROM changes WHERE committed_at < $1"
+        )
+        .bind(unix_micros(older_than))
+        .fetch_one(&mut **c)
+        .await)
+        .map_err(|e| db_error(e, None))?;
         let Some(cutoff) = cutoff else {
             tx.rollback().await.map_err(|e| db_error(e, None))?;
             return Ok(0);
         };
-        let removed = sqlx::query("DELETE FROM changes WHERE revision <= $1")
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error(e, None))?
-            .rows_affected();
-        sqlx::query(
+        let removed = with_tx!(&mut tx, |c| sqlx::query(
+            "DELETE FROM changes WHERE revision <= $1"
+        )
+        .bind(cutoff)
+        .execute(&mut **c)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| db_error(e, None))?;
+        with_tx!(&mut tx, |c| sqlx::query(
             "UPDATE feed_meta SET compacted_revision = $1 WHERE id = 1 AND compacted_revision < $1",
         )
         .bind(cutoff)
-        .execute(&mut *tx)
+        .execute(&mut **c)
         .await
+        .map(drop))
         .map_err(|e| db_error(e, None))?;
         tx.commit().await.map_err(|e| db_error(e, None))?;
         Ok(removed)
@@ -579,13 +724,13 @@ impl Store {
 
     /// The earliest pending deletion_timestamp of a kind (for the reaper's timer).
     pub async fn next_deletion(&self, kind: Kind) -> Result<Option<SystemTime>> {
-        let min: Option<i64> = sqlx::query_scalar(
+        let min: Option<i64> = with_pool!(&self.inner.db, |p| sqlx::query_scalar(
             "SELECT MIN(deletion_timestamp) FROM objects \
              WHERE kind = $1 AND deletion_timestamp IS NOT NULL",
         )
         .bind(kind.as_str())
-        .fetch_one(&self.inner.pool)
-        .await
+        .fetch_one(p)
+        .await)
         .map_err(|e| db_error(e, None))?;
         Ok(min.map(from_unix_micros))
     }
@@ -593,7 +738,7 @@ impl Store {
     /// Objects of a kind whose deletion_timestamp is at or before `now`, earliest
     /// first.
     pub async fn expired_deletions(&self, kind: Kind, now: SystemTime) -> Result<Vec<Record>> {
-        let rows = sqlx::query(concat!(
+        let records = with_pool!(&self.inner.db, |p| sqlx::query(concat!(
             "SELECT ",
             object_columns!(),
             " FROM objects WHERE kind = $1 AND deletion_timestamp IS NOT NULL \
@@ -602,12 +747,13 @@ impl Store {
         ))
         .bind(kind.as_str())
         .bind(unix_micros(now))
-        .fetch_all(&self.inner.pool)
+        .fetch_all(p)
         .await
-        .map_err(|e| db_error(e, None))?;
-        rows.iter()
-            .map(|r| self.open(record_from_row(r)?))
-            .collect()
+        .map_err(|e| db_error(e, None))?
+        .iter()
+        .map(record_from_row)
+        .collect::<Result<Vec<_>>>()?);
+        records.into_iter().map(|r| self.open(r)).collect()
     }
 
     /// Whether Secret data is sealed at rest.
@@ -706,6 +852,7 @@ fn publish(tx: &watch::Sender<i64>, revision: i64) {
     });
 }
 
+/// Postgres: the counter, for the LISTEN task's catch-up.
 async fn current_revision(pool: &PgPool) -> Result<i64> {
     sqlx::query_scalar("SELECT revision FROM revision_counter WHERE id = 1")
         .fetch_one(pool)
@@ -731,56 +878,63 @@ async fn notify(tx: &mut Transaction<'static, Postgres>, revision: i64) -> sqlx:
 }
 
 async fn list_batch(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Tx,
     kind: Kind,
     namespace: Option<&str>,
     after: Option<&(String, String)>,
     batch: i64,
-) -> Result<Vec<PgRow>> {
-    let q = match (namespace, after) {
-        (None, None) => sqlx::query(concat!(
-            "SELECT ",
-            object_columns!(),
-            " FROM objects WHERE kind = $1 ORDER BY namespace, name LIMIT $2"
-        ))
-        .bind(kind.as_str())
-        .bind(batch),
-        (Some(ns), None) => sqlx::query(concat!(
-            "SELECT ",
-            object_columns!(),
-            " FROM objects WHERE kind = $1 AND namespace = $2 ORDER BY namespace, name LIMIT $3"
-        ))
-        .bind(kind.as_str())
-        .bind(ns.to_owned())
-        .bind(batch),
-        (None, Some((ans, aname))) => sqlx::query(concat!(
-            "SELECT ",
-            object_columns!(),
-            " FROM objects WHERE kind = $1 AND (namespace, name) > ($2, $3) \
-              ORDER BY namespace, name LIMIT $4"
-        ))
-        .bind(kind.as_str())
-        .bind(ans.clone())
-        .bind(aname.clone())
-        .bind(batch),
-        (Some(ns), Some((ans, aname))) => sqlx::query(concat!(
-            "SELECT ",
-            object_columns!(),
-            " FROM objects WHERE kind = $1 AND namespace = $2 AND (namespace, name) > ($3, $4) \
-              ORDER BY namespace, name LIMIT $5"
-        ))
-        .bind(kind.as_str())
-        .bind(ns.to_owned())
-        .bind(ans.clone())
-        .bind(aname.clone())
-        .bind(batch),
-    };
-    q.fetch_all(&mut **tx).await.map_err(|e| db_error(e, None))
+) -> Result<Vec<Record>> {
+    with_tx!(tx, |c| {
+        let q = match (namespace, after) {
+            (None, None) => sqlx::query(concat!(
+                "SELECT ",
+                object_columns!(),
+                " FROM objects WHERE kind = $1 ORDER BY namespace, name LIMIT $2"
+            ))
+            .bind(kind.as_str())
+            .bind(batch),
+            (Some(ns), None) => sqlx::query(concat!(
+                "SELECT ",
+                object_columns!(),
+                " FROM objects WHERE kind = $1 AND namespace = $2 ORDER BY namespace, name LIMIT $3"
+            ))
+            .bind(kind.as_str())
+            .bind(ns.to_owned())
+            .bind(batch),
+            (None, Some((ans, aname))) => sqlx::query(concat!(
+                "SELECT ",
+                object_columns!(),
+                " FROM objects WHERE kind = $1 AND (namespace, name) > ($2, $3) \
+                  ORDER BY namespace, name LIMIT $4"
+            ))
+            .bind(kind.as_str())
+            .bind(ans.clone())
+            .bind(aname.clone())
+            .bind(batch),
+            (Some(ns), Some((ans, aname))) => sqlx::query(concat!(
+                "SELECT ",
+                object_columns!(),
+                " FROM objects WHERE kind = $1 AND namespace = $2 AND (namespace, name) > ($3, $4) \
+                  ORDER BY namespace, name LIMIT $5"
+            ))
+            .bind(kind.as_str())
+            .bind(ns.to_owned())
+            .bind(ans.clone())
+            .bind(aname.clone())
+            .bind(batch),
+        };
+        q.fetch_all(&mut **c)
+            .await
+            .map_err(|e| db_error(e, None))?
+            .iter()
+            .map(record_from_row)
+            .collect()
+    })
 }
 
 /// The state of one `apply` transaction.
 struct Writer {
-    tx: Transaction<'static, Postgres>,
+    tx: Tx,
     /// The last revision handed out.
     next: i64,
     now_us: i64,
@@ -876,7 +1030,9 @@ impl Writer {
             creation_timestamp: from_unix_micros(self.now_us),
             deletion_timestamp: None,
         };
-        sqlx::query(
+        let labels = labels_json(&record.labels)?;
+        let now_us = self.now_us;
+        with_tx!(&mut self.tx, |c| sqlx::query(
             "INSERT INTO objects (kind, namespace, name, uid, resource_version, labels, data, \
              creation_timestamp, deletion_timestamp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
@@ -885,12 +1041,13 @@ impl Writer {
         .bind(name)
         .bind(&record.uid)
         .bind(record.resource_version)
-        .bind(labels_json(&record.labels)?)
+        .bind(&labels)
         .bind(data)
-        .bind(self.now_us)
+        .bind(now_us)
         .bind(None::<i64>)
-        .execute(&mut *self.tx)
+        .execute(&mut **c)
         .await
+        .map(drop))
         .map_err(|e| TxError::db_about(e, kind, name))?;
         self.record_change(EventType::Added, record).await
     }
@@ -916,23 +1073,24 @@ impl Writer {
             deletion_timestamp,
             ..current.clone()
         };
-        let updated = sqlx::query(
+        let labels = labels_json(&record.labels)?;
+        let updated = with_tx!(&mut self.tx, |c| sqlx::query(
             "UPDATE objects SET resource_version = $1, labels = $2, data = $3, \
              deletion_timestamp = $4 \
              WHERE kind = $5 AND namespace = $6 AND name = $7 AND resource_version = $8",
         )
         .bind(record.resource_version)
-        .bind(labels_json(&record.labels)?)
+        .bind(&labels)
         .bind(data)
         .bind(deletion_timestamp.map(unix_micros))
         .bind(kind.as_str())
         .bind(namespace)
         .bind(name)
         .bind(current.resource_version)
-        .execute(&mut *self.tx)
+        .execute(&mut **c)
         .await
-        .map_err(TxError::db)?
-        .rows_affected();
+        .map(|r| r.rows_affected()))
+        .map_err(TxError::db)?;
         if updated != 1 {
             return Err(modified_concurrently(kind, name).into());
         }
@@ -949,7 +1107,7 @@ impl Writer {
         let current = self
             .fetch_existing(kind, namespace, name, precondition)
             .await?;
-        let deleted = sqlx::query(
+        let deleted = with_tx!(&mut self.tx, |c| sqlx::query(
             "DELETE FROM objects \
              WHERE kind = $1 AND namespace = $2 AND name = $3 AND resource_version = $4",
         )
@@ -957,10 +1115,10 @@ impl Writer {
         .bind(namespace)
         .bind(name)
         .bind(current.resource_version)
-        .execute(&mut *self.tx)
+        .execute(&mut **c)
         .await
-        .map_err(TxError::db)?
-        .rows_affected();
+        .map(|r| r.rows_affected()))
+        .map_err(TxError::db)?;
         if deleted != 1 {
             return Err(modified_concurrently(kind, name).into());
         }
@@ -976,25 +1134,26 @@ impl Writer {
             return Err(Error::invalid("namespace", "is required").into());
         }
         // Cluster-scoped objects have namespace '', so this only touches namespaced ones.
-        let rows = sqlx::query(concat!(
+        let records = with_tx!(&mut self.tx, |c| sqlx::query(concat!(
             "SELECT ",
             object_columns!(),
             " FROM objects WHERE namespace = $1 ORDER BY kind, name"
         ))
         .bind(namespace)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(&mut **c)
         .await
+        .map_err(TxError::db)?
+        .iter()
+        .map(record_from_row)
+        .collect::<Result<Vec<_>>>()?);
+        let deleted = with_tx!(&mut self.tx, |c| sqlx::query(
+            "DELETE FROM objects WHERE namespace = $1"
+        )
+        .bind(namespace)
+        .execute(&mut **c)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(TxError::db)?;
-        let records = rows
-            .iter()
-            .map(record_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        let deleted = sqlx::query("DELETE FROM objects WHERE namespace = $1")
-            .bind(namespace)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(TxError::db)?
-            .rows_affected();
         if usize::try_from(deleted).ok() != Some(records.len()) {
             return Err(Error::Conflict(format!(
                 "operation cannot be fulfilled on namespaces \"{namespace}\": its contents changed while being deleted"
@@ -1032,7 +1191,7 @@ impl Writer {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Record>, TxError> {
-        let row = sqlx::query(concat!(
+        Ok(with_tx!(&mut self.tx, |c| sqlx::query(concat!(
             "SELECT ",
             object_columns!(),
             " FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3"
@@ -1040,16 +1199,20 @@ impl Writer {
         .bind(kind.as_str())
         .bind(namespace)
         .bind(name)
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(&mut **c)
         .await
-        .map_err(TxError::db)?;
-        Ok(row.as_ref().map(record_from_row).transpose()?)
+        .map_err(TxError::db)?
+        .as_ref()
+        .map(record_from_row)
+        .transpose()?))
     }
 
     /// Appends the feed row for a change (same transaction as the object write).
     async fn record_change(&mut self, event: EventType, record: Record) -> Result<(), TxError> {
         let revision = record.resource_version;
-        sqlx::query(
+        let labels = labels_json(&record.labels)?;
+        let now_us = self.now_us;
+        with_tx!(&mut self.tx, |c| sqlx::query(
             "INSERT INTO changes (revision, event, kind, namespace, name, uid, resource_version, \
              labels, data, creation_timestamp, deletion_timestamp, committed_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -1061,13 +1224,14 @@ impl Writer {
         .bind(&record.name)
         .bind(&record.uid)
         .bind(record.resource_version)
-        .bind(labels_json(&record.labels)?)
+        .bind(&labels)
         .bind(&record.data)
         .bind(unix_micros(record.creation_timestamp))
         .bind(record.deletion_timestamp.map(unix_micros))
-        .bind(self.now_us)
-        .execute(&mut *self.tx)
+        .bind(now_us)
+        .execute(&mut **c)
         .await
+        .map(drop))
         .map_err(TxError::db)?;
         self.changes.push(Change {
             revision,
@@ -1121,18 +1285,39 @@ fn labels_json(labels: &BTreeMap<String, String>) -> Result<String> {
     serde_json::to_string(labels).map_err(|e| Error::Internal(format!("encoding labels: {e}")))
 }
 
-fn get_col<'r, T>(row: &'r PgRow, col: &str) -> Result<T>
-where
-    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
-{
-    row.try_get(col).map_err(|e| db_error(e, None))
+/// Typed column access on either driver's rows.
+trait RowExt {
+    fn text(&self, col: &str) -> Result<String>;
+    fn int(&self, col: &str) -> Result<i64>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>>;
+    fn bytes(&self, col: &str) -> Result<Vec<u8>>;
 }
 
-fn record_from_row(row: &PgRow) -> Result<Record> {
-    let kind: String = get_col(row, "kind")?;
+macro_rules! row_ext {
+    ($($row:ty),*) => {$(
+        impl RowExt for $row {
+            fn text(&self, col: &str) -> Result<String> {
+                self.try_get(col).map_err(|e| db_error(e, None))
+            }
+            fn int(&self, col: &str) -> Result<i64> {
+                self.try_get(col).map_err(|e| db_error(e, None))
+            }
+            fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+                self.try_get(col).map_err(|e| db_error(e, None))
+            }
+            fn bytes(&self, col: &str) -> Result<Vec<u8>> {
+                self.try_get(col).map_err(|e| db_error(e, None))
+            }
+        }
+    )*};
+}
+row_ext!(PgRow, SqliteRow);
+
+fn record_from_row(row: &impl RowExt) -> Result<Record> {
+    let kind = row.text("kind")?;
     let kind = Kind::from_str(&kind).map_err(|e| Error::Internal(format!("stored object: {e}")))?;
-    let name: String = get_col(row, "name")?;
-    let labels: String = get_col(row, "labels")?;
+    let name = row.text("name")?;
+    let labels = row.text("labels")?;
     let labels = serde_json::from_str(&labels).map_err(|e| {
         Error::Internal(format!(
             "stored labels of {} \"{name}\" are not a json object of strings: {e}",
@@ -1141,15 +1326,23 @@ fn record_from_row(row: &PgRow) -> Result<Record> {
     })?;
     Ok(Record {
         kind,
-        namespace: get_col(row, "namespace")?,
-        uid: get_col(row, "uid")?,
-        resource_version: get_col(row, "resource_version")?,
+        namespace: row.text("namespace")?,
+        uid: row.text("uid")?,
+        resource_version: row.int("resource_version")?,
         labels,
-        data: get_col(row, "data")?,
-        creation_timestamp: from_unix_micros(get_col(row, "creation_timestamp")?),
-        deletion_timestamp: get_col::<Option<i64>>(row, "deletion_timestamp")?
-            .map(from_unix_micros),
+        data: row.bytes("data")?,
+        creation_timestamp: from_unix_micros(row.int("creation_timestamp")?),
+        deletion_timestamp: row.opt_int("deletion_timestamp")?.map(from_unix_micros),
         name,
+    })
+}
+
+/// A feed row (not yet opened).
+fn change_from_row(row: &impl RowExt) -> Result<Change> {
+    Ok(Change {
+        revision: row.int("revision")?,
+        event: EventType::parse(&row.text("event")?)?,
+        record: record_from_row(row)?,
     })
 }
 
@@ -1183,20 +1376,62 @@ impl From<Error> for TxError {
     }
 }
 
-/// Serialization failure or deadlock: the transaction may succeed if run again.
+/// Serialization failure or deadlock (Postgres), or a database another process
+/// holds locked past the busy timeout (SQLite): the transaction may succeed if run
+/// again.
 fn is_retryable(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40001" | "40P01")))
+    match e {
+        sqlx::Error::Database(d) => match sqlite_code(d.as_ref()) {
+            Some(code) => matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED),
+            None => matches!(d.code().as_deref(), Some("40001" | "40P01")),
+        },
+        _ => false,
+    }
 }
 
-/// The one mapping from sqlx errors (and SQLSTATEs) to domain errors. `about` names
-/// the object a unique violation is about. Messages never include object data.
+const SQLITE_ERROR: i32 = 1;
+const SQLITE_READONLY: i32 = 8;
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_CORRUPT: i32 = 11;
+const SQLITE_FULL: i32 = 13;
+const SQLITE_CANTOPEN: i32 = 14;
+const SQLITE_NOTADB: i32 = 26;
+
+/// The (extended) result code of an SQLite error; `None` for Postgres errors.
+fn sqlite_code(d: &dyn sqlx::error::DatabaseError) -> Option<i32> {
+    d.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+    d.code()?.parse().ok()
+}
+
+/// The one mapping from sqlx errors (and SQLSTATEs / SQLite result codes) to
+/// domain errors. `about` names the object a unique violation is about. Messages
+/// never include object data.
 fn db_error(e: sqlx::Error, about: Option<(Kind, &str)>) -> Error {
     match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => match about {
+            Some((kind, name)) => already_exists(kind, name),
+            None => Error::AlreadyExists("object already exists".to_owned()),
+        },
+        sqlx::Error::Database(d) if sqlite_code(d.as_ref()).is_some() => {
+            let code = sqlite_code(d.as_ref()).unwrap_or(0);
+            match code & 0xff {
+                SQLITE_ERROR if d.message().starts_with("no such table") => {
+                    Error::precondition("database schema is not migrated: run `badge migrate`")
+                }
+                SQLITE_BUSY | SQLITE_LOCKED => Error::Unavailable(format!(
+                    "store unavailable: {} (is another process using the database file?)",
+                    d.message()
+                )),
+                SQLITE_READONLY | SQLITE_IOERR | SQLITE_CORRUPT | SQLITE_FULL | SQLITE_CANTOPEN
+                | SQLITE_NOTADB => {
+                    Error::Unavailable(format!("store unavailable: {}", d.message()))
+                }
+                _ => Error::Internal(format!("store error: {e}")),
+            }
+        }
         sqlx::Error::Database(d) => match d.code().as_deref() {
-            Some("23505") => match about {
-                Some((kind, name)) => already_exists(kind, name),
-                None => Error::AlreadyExists("object already exists".to_owned()),
-            },
             Some("40001" | "40P01") => Error::Conflict(format!(
                 "the store could not serialise concurrent writes ({}); retry",
                 d.message()

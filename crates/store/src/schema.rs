@@ -1,13 +1,24 @@
 //! Schema versions: the migrations embedded at build time, and the check every
 //! binary runs before serving so it never works on a schema it does not know.
+//!
+//! Each backend has its own migrations: `migrations/` (Postgres) and
+//! `migrations/sqlite/` (SQLite), numbered in lockstep — migration N creates the
+//! same tables on both, in each dialect.
 
 use badge_core::{Error, Result};
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::PgPool;
 
-use crate::db_error;
+use crate::{Db, db_error};
 
-static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+static POSTGRES: Migrator = sqlx::migrate!("../../migrations");
+static SQLITE: Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+fn migrator(db: &Db) -> &'static Migrator {
+    match db {
+        Db::Postgres(_) => &POSTGRES,
+        Db::Sqlite(_) => &SQLITE,
+    }
+}
 
 /// sqlx's bookkeeping table.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
@@ -27,8 +38,8 @@ struct Applied {
     checksum: Vec<u8>,
 }
 
-fn known() -> Vec<Known<'static>> {
-    MIGRATOR
+fn known(migrator: &'static Migrator) -> Vec<Known<'static>> {
+    migrator
         .iter()
         .map(|m| Known {
             version: m.version,
@@ -48,23 +59,28 @@ fn newer_than_binary(version: i64, newest_known: i64) -> Error {
     ))
 }
 
-pub(crate) async fn migrate(pool: &PgPool) -> Result<()> {
-    MIGRATOR.run(pool).await.map_err(|e| match e {
+pub(crate) async fn migrate(db: &Db) -> Result<()> {
+    let newest_known = newest(&known(migrator(db)));
+    let ran = match db {
+        Db::Postgres(pool) => POSTGRES.run(pool).await,
+        Db::Sqlite(shared) => SQLITE.run(&shared.pool).await,
+    };
+    ran.map_err(|e| match e {
         MigrateError::Execute(e) => db_error(e, None),
-        MigrateError::VersionMissing(v) if v > newest(&known()) => {
-            newer_than_binary(v, newest(&known()))
-        }
+        MigrateError::VersionMissing(v) if v > newest_known => newer_than_binary(v, newest_known),
         other => Error::precondition(format!("database schema migration failed: {other}")),
     })
 }
 
-pub(crate) async fn check(pool: &PgPool) -> Result<()> {
-    // SQLSTATE 42P01 (no such table) maps to "not migrated" in db_error.
-    let applied: Vec<(i64, bool, Vec<u8>)> =
-        sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(pool)
-            .await
-            .map_err(|e| db_error(e, None))?;
+pub(crate) async fn check(db: &Db) -> Result<()> {
+    // No such table (SQLSTATE 42P01 / SQLite's "no such table") maps to "not
+    // migrated" in db_error.
+    let applied: Vec<(i64, bool, Vec<u8>)> = with_pool!(db, |p| sqlx::query_as(
+        "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version"
+    )
+    .fetch_all(p)
+    .await)
+    .map_err(|e| db_error(e, None))?;
     let applied: Vec<Applied> = applied
         .into_iter()
         .map(|(version, success, checksum)| Applied {
@@ -73,7 +89,7 @@ pub(crate) async fn check(pool: &PgPool) -> Result<()> {
             checksum,
         })
         .collect();
-    verify(&known(), &applied)
+    verify(&known(migrator(db)), &applied)
 }
 
 /// Compares what the database has applied with the migrations this binary embeds.
@@ -171,17 +187,30 @@ mod tests {
 
     #[test]
     fn the_embedded_migrations_verify_against_themselves() {
-        let known = known();
-        assert!(newest(&known) >= 1);
-        let all: Vec<Applied> = known
-            .iter()
-            .map(|k| Applied {
-                version: k.version,
-                success: true,
-                checksum: k.checksum.to_vec(),
-            })
-            .collect();
-        assert_eq!(verify(&known, &all), Ok(()));
+        for migrator in [&POSTGRES, &SQLITE] {
+            let known = known(migrator);
+            assert!(newest(&known) >= 1);
+            let all: Vec<Applied> = known
+                .iter()
+                .map(|k| Applied {
+                    version: k.version,
+                    success: true,
+                    checksum: k.checksum.to_vec(),
+                })
+                .collect();
+            assert_eq!(verify(&known, &all), Ok(()));
+        }
+    }
+
+    #[test]
+    fn both_backends_have_the_same_migrations() {
+        let versions = |m: &'static Migrator| {
+            known(m)
+                .iter()
+                .map(|k| (k.version, k.description.to_owned()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(versions(&POSTGRES), versions(&SQLITE));
     }
 
     #[test]

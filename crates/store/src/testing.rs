@@ -1,12 +1,41 @@
-//! Test support (feature `testing`): a fresh, uniquely named database per test on
-//! the server named by `BADGE_TEST_DATABASE_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`). Tests never skip silently: no
-//! reachable server is a loud panic.
+//! Test support (feature `testing`): a fresh, uniquely named database per test —
+//! on the Postgres server named by `BADGE_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), or an SQLite file in a new
+//! temporary directory. Tests never skip silently: no reachable server is a loud
+//! panic.
+//!
+//! [`fresh_database`] is Postgres unless `BADGE_TEST_BACKEND=sqlite`;
+//! [`fresh_database_on`] picks the backend explicitly (the store's own suite runs
+//! every test on both).
+
+use std::path::PathBuf;
 
 use sqlx::postgres::PgConnection;
+use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use crate::{Store, StoreOptions};
+
+/// Which backend a test database is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    /// `BADGE_TEST_BACKEND` (`postgres` or `sqlite`; default postgres).
+    pub fn from_env() -> Backend {
+        match std::env::var("BADGE_TEST_BACKEND")
+            .as_deref()
+            .map(str::trim)
+        {
+            Ok("sqlite") => Backend::Sqlite,
+            Ok("" | "postgres") | Err(_) => Backend::Postgres,
+            Ok(other) => panic!("BADGE_TEST_BACKEND={other:?}: expected postgres or sqlite"),
+        }
+    }
+}
 
 /// The server used when `BADGE_TEST_DATABASE_URL` is unset.
 pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -17,7 +46,11 @@ pub struct TestDatabase {
     /// Connection URL of the new database.
     pub url: String,
     name: String,
+    backend: Backend,
+    /// Postgres: the server's maintenance database, to drop this one from.
     admin_url: String,
+    /// SQLite: the temporary directory holding the file.
+    dir: Option<PathBuf>,
 }
 
 fn admin_url() -> String {
@@ -40,8 +73,37 @@ async fn admin_connection(url: &str) -> PgConnection {
 }
 
 /// Creates an empty database named `badge_t_<uuid>` (not migrated: see
-/// [`TestDatabase::store`]).
+/// [`TestDatabase::store`]) on the backend `BADGE_TEST_BACKEND` names (Postgres by
+/// default).
 pub async fn fresh_database() -> TestDatabase {
+    fresh_database_on(Backend::from_env()).await
+}
+
+/// Creates an empty database named `badge_t_<uuid>` on `backend`: a database on
+/// the test Postgres server, or `badge_t_<uuid>.db` in a new temporary directory.
+pub async fn fresh_database_on(backend: Backend) -> TestDatabase {
+    match backend {
+        Backend::Postgres => fresh_postgres().await,
+        Backend::Sqlite => fresh_sqlite(),
+    }
+}
+
+fn fresh_sqlite() -> TestDatabase {
+    let name = format!("badge_t_{}", uuid::Uuid::new_v4().simple());
+    let dir = std::env::temp_dir().join(&name);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("creating {}: {e}", dir.display());
+    }
+    TestDatabase {
+        url: format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
+        name,
+        backend: Backend::Sqlite,
+        admin_url: String::new(),
+        dir: Some(dir),
+    }
+}
+
+async fn fresh_postgres() -> TestDatabase {
     let admin_url = admin_url();
     let name = format!("badge_t_{}", uuid::Uuid::new_v4().simple());
     let mut conn = admin_connection(&admin_url).await;
@@ -55,7 +117,9 @@ pub async fn fresh_database() -> TestDatabase {
     TestDatabase {
         url: with_database(&admin_url, &name),
         name,
+        backend: Backend::Postgres,
         admin_url,
+        dir: None,
     }
 }
 
@@ -63,6 +127,50 @@ impl TestDatabase {
     /// The database's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The backend it is on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs one statement on its own connection (for tests that reach past the
+    /// store, e.g. to tamper with the migrations table).
+    pub async fn execute(&self, sql: &str) {
+        let sql = AssertSqlSafe(sql.to_owned());
+        let done = match self.backend {
+            Backend::Postgres => match PgConnection::connect(&self.url).await {
+                Ok(mut c) => c.execute(sql).await.map(drop),
+                Err(e) => Err(e),
+            },
+            Backend::Sqlite => match SqliteConnection::connect(&self.url).await {
+                Ok(mut c) => c.execute(sql).await.map(drop),
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = done {
+            panic!("on test database {}: {e}", self.name);
+        }
+    }
+
+    /// The first column of every row `sql` selects, as bytes (for tests that look
+    /// at what is stored on disk).
+    pub async fn fetch_bytes(&self, sql: &str) -> Vec<Vec<u8>> {
+        let sql = AssertSqlSafe(sql.to_owned());
+        let rows = match self.backend {
+            Backend::Postgres => match PgConnection::connect(&self.url).await {
+                Ok(mut c) => sqlx::query_scalar(sql).fetch_all(&mut c).await,
+                Err(e) => Err(e),
+            },
+            Backend::Sqlite => match SqliteConnection::connect(&self.url).await {
+                Ok(mut c) => sqlx::query_scalar(sql).fetch_all(&mut c).await,
+                Err(e) => Err(e),
+            },
+        };
+        match rows {
+            Ok(rows) => rows,
+            Err(e) => panic!("on test database {}: {e}", self.name),
+        }
     }
 
     /// A store on this database, migrated.
@@ -85,6 +193,13 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            // Stores still open on the file keep working until they close it.
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                eprintln!("warning: could not remove {}: {e}", dir.display());
+            }
+            return;
+        }
         // Drop runs inside the test's runtime, which cannot be blocked on: use a
         // thread with its own. WITH (FORCE) ends connections a Store still holds.
         let name = self.name.clone();

@@ -1,0 +1,160 @@
+//! `badge up` on its default store, the embedded SQLite file under the data
+//! directory: it starts with nothing installed, serves, and a restart keeps the
+//! data (a service account created before the stop is there after the start).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use badge_cli::up::{UpArgs, run_until};
+use badge_runtime::pki::DevPki;
+use badge_tests::{identity, meta, pb};
+use pb::service_account_service_client::ServiceAccountServiceClient;
+use tokio::sync::oneshot;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+/// Five free loopback ports (bound, then released for `badge up` to bind).
+async fn free_addrs() -> Vec<SocketAddr> {
+    let mut listeners = Vec::new();
+    for _ in 0..5 {
+        listeners.push(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
+    }
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr"))
+        .collect()
+}
+
+struct Up {
+    identity: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn up(data_dir: &Path) -> Up {
+    let a = free_addrs().await;
+    let args = UpArgs {
+        data_dir: data_dir.to_path_buf(),
+        // The default: sqlite://<data-dir>/badge.db.
+        database_url: None,
+        identity_listen: a[0],
+        issuer_listen: a[1],
+        oidc_listen: a[2],
+        review_listen: a[3],
+        webhook_listen: a[4],
+        issuer_url: None,
+        algorithm: "ES256".into(),
+    };
+    assert_eq!(
+        args.database_url(),
+        format!("sqlite://{}", data_dir.join("badge.db").display())
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run_until(args, async move {
+        let _ = stopped.await;
+    }));
+    Up {
+        identity: a[0],
+        stop,
+        task,
+    }
+}
+
+impl Up {
+    async fn service_accounts(&self, data_dir: &Path) -> ServiceAccountServiceClient<Channel> {
+        let pki = DevPki::at(&data_dir.join("pki"));
+        // The PKI is written before anything listens.
+        for _ in 0..200 {
+            if pki.admin.key.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(&pki.ca).expect("ca")))
+            .identity(identity(&pki.admin))
+            .domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://{}", self.identity))
+            .expect("url")
+            .tls_config(tls)
+            .expect("tls")
+            .connect_lazy();
+        ServiceAccountServiceClient::new(channel)
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("badge up did not stop within 30s")
+            .expect("join")
+            .expect("badge up returned an error");
+    }
+}
+
+async fn get(
+    c: &mut ServiceAccountServiceClient<Channel>,
+    name: &str,
+) -> Result<pb::ServiceAccount, tonic::Status> {
+    c.get_service_account(pb::GetServiceAccountRequest {
+        namespace: "default".into(),
+        name: name.into(),
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn badge_up_runs_on_embedded_sqlite_and_a_restart_keeps_the_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("badge-data");
+
+    let first = up(&data).await;
+    let mut c = first.service_accounts(&data).await;
+    let mut created = None;
+    let mut last = None;
+    for _ in 0..200 {
+        match c
+            .create_service_account(pb::CreateServiceAccountRequest {
+                service_account: Some(pb::ServiceAccount {
+                    metadata: meta("default", "demo"),
+                    ..Default::default()
+                }),
+            })
+            .await
+        {
+            Ok(r) => {
+                created = Some(r.into_inner());
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let created = created.unwrap_or_else(|| panic!("create never succeeded: {last:?}"));
+    let uid = created.metadata.expect("metadata").uid;
+    assert!(!uid.is_empty());
+    first.stop().await;
+    assert!(data.join("badge.db").is_file(), "no database file");
+
+    let second = up(&data).await;
+    let mut c = second.service_accounts(&data).await;
+    let mut found = None;
+    for _ in 0..200 {
+        match get(&mut c, "demo").await {
+            Ok(sa) => {
+                found = Some(sa);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let found = found.unwrap_or_else(|| panic!("demo is gone after the restart: {last:?}"));
+    assert_eq!(found.metadata.expect("metadata").uid, uid);
+    second.stop().await;
+}
