@@ -341,7 +341,15 @@ fn print_banner(a: &UpArgs, pki: &DevPki, issuer_url: &str, database_url: &str) 
          \n  {g} -d '{{\"service_account\":{{\"metadata\":{{\"name\":\"demo\",\"namespace\":\"default\"}}}}}}' {id} badge.identity.v1.ServiceAccountService/CreateServiceAccount\
          \n  {g} -d '{{\"namespace\":\"default\",\"name\":\"demo\",\"audiences\":[\"my-api\"]}}' {is} badge.token.v1.TokenService/CreateToken\
          \n  {g} -d '{{\"spec\":{{\"token\":\"<token>\",\"audiences\":[\"my-api\"]}}}}' {rv} badge.review.v1.TokenReviewService/CreateTokenReview\
-         \n  curl --cacert {ca} {issuer_url}/openid/v1/jwks\n",
+         \n  curl --cacert {ca} {issuer_url}/openid/v1/jwks\
+         \n\nbadgectl (kubectl-like; Kubernetes YAML):\
+         \n  {ctl} get serviceaccounts -A\
+         \n  {ctl} create token default --audience my-api\
+         \n  {ctl} apply -f my-manifest.yaml\n",
+        ctl = format!(
+            "cargo run -q --release --bin badgectl -- --config {}",
+            a.data_dir.join("badge.env").display()
+        ),
         id = a.identity_listen,
         is = a.issuer_listen,
         rv = a.review_listen,
