@@ -12,7 +12,7 @@ use badge_core::review::{
 };
 use badge_core::revocation::Revocation;
 use badge_proto::identity::{Secret, ServiceAccount};
-use badge_records::{Index, decode};
+use badge_records::{Entry, Index, decode};
 use badge_store::Record;
 
 /// Reads `index`; remembers whether any object was consulted (the review got past
@@ -49,10 +49,10 @@ impl<'a> IndexLookup<'a> {
     }
 }
 
-fn state(r: &Record) -> ObjectState {
+fn state(e: &Entry) -> ObjectState {
     ObjectState {
-        uid: r.uid.clone(),
-        deletion_timestamp: r.deletion_timestamp,
+        uid: e.uid(),
+        deletion_timestamp: e.deletion_timestamp(),
     }
 }
 

@@ -4,18 +4,20 @@
 //! so an object created a moment ago is never reported missing.
 
 use std::collections::{HashMap, HashSet};
+
+pub use crate::entry::Entry;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use badge_core::{Error, Kind, Result};
-use badge_store::{EventType, ListQuery, Record, Store};
+use badge_store::{EventType, Record, Store};
 use tokio::sync::watch;
 
-/// Objects by kind, namespace and name: looked up with `&str`s, so a hot-path
-/// lookup allocates nothing.
+/// Objects by kind, namespace and name, packed ([`Entry`]): looked up with
+/// `&str`s, so a hot-path lookup allocates nothing.
 #[derive(Default)]
 struct Objects {
-    by_kind: HashMap<Kind, HashMap<String, HashMap<String, Record>>>,
+    by_kind: HashMap<Kind, HashMap<Box<str>, HashSet<Entry>>>,
     len: usize,
     /// Bumped on every change of a kind, so derived views (the RBAC policy) know
     /// when to rebuild without watching every unrelated change.
@@ -23,19 +25,21 @@ struct Objects {
 }
 
 impl Objects {
-    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Record> {
-        self.by_kind.get(&kind)?.get(namespace)?.get(name)
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Entry> {
+        self.by_kind
+            .get(&kind)?
+            .get(namespace)?
+            .get(name.as_bytes())
     }
 
     fn insert(&mut self, r: Record) {
         *self.generations.entry(r.kind).or_default() += 1;
-        let names = self
-            .by_kind
-            .entry(r.kind)
-            .or_default()
-            .entry(r.namespace.clone())
-            .or_default();
-        if names.insert(r.name.clone(), r).is_none() {
+        let namespaces = self.by_kind.entry(r.kind).or_default();
+        let names = match namespaces.get_mut(r.namespace.as_str()) {
+            Some(names) => names,
+            None => namespaces.entry(r.namespace.as_str().into()).or_default(),
+        };
+        if names.replace(Entry::new(r)).is_none() {
             self.len += 1;
         }
     }
@@ -48,7 +52,7 @@ impl Objects {
         let Some(names) = namespaces.get_mut(namespace) else {
             return;
         };
-        if names.remove(name).is_some() {
+        if names.remove(name.as_bytes()) {
             self.len -= 1;
             if names.is_empty() {
                 namespaces.remove(namespace);
@@ -56,11 +60,12 @@ impl Objects {
         }
     }
 
-    fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Record> {
-        self.by_kind
-            .get(&kind)
-            .into_iter()
-            .flat_map(|namespaces| namespaces.values().flat_map(HashMap::values))
+    fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&str, &Entry)> {
+        self.by_kind.get(&kind).into_iter().flat_map(|namespaces| {
+            namespaces
+                .iter()
+                .flat_map(|(ns, names)| names.iter().map(move |e| (&**ns, e)))
+        })
     }
 }
 
@@ -152,7 +157,8 @@ impl Index {
     /// From memory only.
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Record> {
         let map = self.inner.objects.read().ok()?;
-        map.get(kind, namespace, name).cloned()
+        map.get(kind, namespace, name)
+            .map(|e| e.record(kind, namespace))
     }
 
     /// Applies `f` to the object in memory without copying it (the hot review path
@@ -162,7 +168,7 @@ impl Index {
         kind: Kind,
         namespace: &str,
         name: &str,
-        f: impl FnOnce(&Record) -> T,
+        f: impl FnOnce(&Entry) -> T,
     ) -> Option<T> {
         let map = self.inner.objects.read().ok()?;
         map.get(kind, namespace, name).map(f)
@@ -196,7 +202,7 @@ impl Index {
         self.inner
             .objects
             .read()
-            .map(|m| m.of_kind(kind).cloned().collect())
+            .map(|m| m.of_kind(kind).map(|(ns, e)| e.record(kind, ns)).collect())
             .unwrap_or_default()
     }
 
@@ -244,21 +250,29 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
     let mut wake = store.subscribe();
     let mut fresh = Objects::default();
     let mut listed_at = HashMap::new();
-    let all = |_: &Record| true;
-    for kind in kinds {
-        let page = store
-            .list(ListQuery {
-                kind: *kind,
-                namespace: None,
-                after: None,
-                limit: 0,
-                filter: &all,
+    // Each kind is streamed into its own packed map (the full list is never held as
+    // records), all kinds at once: decoding rows is most of the cost of a large
+    // load and spreads over the runtime's threads.
+    let scans: Vec<_> = kinds
+        .iter()
+        .map(|kind| {
+            let (store, kind) = (store.clone(), *kind);
+            tokio::spawn(async move {
+                let mut part = Objects::default();
+                let revision = store.scan(kind, |r| part.insert(r)).await?;
+                Ok::<_, Error>((kind, part, revision))
             })
-            .await?;
-        for r in page.items {
-            fresh.insert(r);
+        })
+        .collect();
+    for scan in scans {
+        let (kind, part, revision) = scan
+            .await
+            .map_err(|e| Error::Internal(format!("index load task: {e}")))??;
+        fresh.len += part.len;
+        if let Some(map) = part.by_kind.into_values().next() {
+            fresh.by_kind.insert(kind, map);
         }
-        listed_at.insert(*kind, page.revision);
+        listed_at.insert(kind, revision);
     }
     let wanted: HashSet<Kind> = kinds.iter().copied().collect();
     let mut cursor = listed_at.values().copied().min().unwrap_or(0);

@@ -649,6 +649,38 @@ impl Store {
         })
     }
 
+    /// Every object of `kind`, handed to `f` one at a time from one snapshot, in
+    /// larger batches than [`Store::list`] and without collecting them: the
+    /// in-memory index loads millions of objects this way. Returns the snapshot's
+    /// revision (as [`ListPage::revision`]).
+    pub async fn scan(&self, kind: Kind, mut f: impl FnMut(Record) + Send) -> Result<i64> {
+        const SCAN_BATCH: usize = 2_000;
+        let mut tx = self.begin_read().await?;
+        let revision: i64 = with_tx!(&mut tx, |c| sqlx::query_scalar(
+            "SELECT revision FROM revision_counter WHERE id = 1"
+        )
+        .fetch_one(&mut **c)
+        .await)
+        .map_err(|e| db_error(e, None))?;
+        let mut cursor: Option<(String, String)> = None;
+        loop {
+            let rows = list_batch(&mut tx, kind, None, cursor.as_ref(), SCAN_BATCH as i64).await?;
+            let fetched = rows.len();
+            for (i, row) in rows.into_iter().enumerate() {
+                let record = self.open(row)?;
+                if i + 1 == fetched {
+                    cursor = Some((record.namespace.clone(), record.name.clone()));
+                }
+                f(record);
+            }
+            if fetched < SCAN_BATCH {
+                break;
+            }
+        }
+        tx.commit().await.map_err(|e| db_error(e, None))?;
+        Ok(revision)
+    }
+
     /// Feed entries with revision > `after`, ascending, at most `limit` (≤ 0: no
     /// limit). `after` below the compacted revision → `OutOfRange` (relist).
     pub async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>> {

@@ -822,6 +822,32 @@ async fn list_pages_across_fetch_batches(b: Backend) {
     assert!(!page.more);
 }
 
+/// `scan` streams exactly what `list` returns (across several of its batches) and
+/// the same revision.
+async fn scan_streams_what_list_returns(b: Backend) {
+    let (_db, store) = setup(b).await;
+    let mut ops = vec![create_ns("a"), create_ns("b")];
+    for i in 0..4500 {
+        let ns = if i % 3 == 0 { "b" } else { "a" };
+        ops.push(create_labelled(
+            Kind::ServiceAccount,
+            ns,
+            &format!("sa-{i:05}"),
+            &[("n", &i.to_string())],
+        ));
+    }
+    store.apply(ops, t(0)).await.unwrap();
+    let mut scanned = Vec::new();
+    let revision = store
+        .scan(Kind::ServiceAccount, |r| scanned.push(r))
+        .await
+        .unwrap();
+    let listed = list_all(&store, Kind::ServiceAccount, None).await;
+    assert_eq!(scanned.len(), 4500);
+    assert_eq!(scanned, listed.items);
+    assert_eq!(revision, listed.revision);
+}
+
 async fn list_revision_is_exactly_the_state_listed(b: Backend) {
     let (db, store) = setup(b).await;
     one(&store, create_ns("a"), t(0)).await;
@@ -1524,6 +1550,7 @@ macro_rules! on_both_backends {
 
 on_both_backends! {
     current_thread: [
+        scan_streams_what_list_returns,
         create_then_get_returns_the_record_with_server_metadata,
         timestamps_keep_microseconds,
         get_of_a_missing_object_is_not_found,
