@@ -138,6 +138,7 @@ fn compose() -> BTreeMap<String, Service> {
 
 /// A command of one of the four binaries, parsed by its real clap definition.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a handful per test run
 enum Parsed {
     Badge(BadgeCli),
     Identity(badge_identity::cli::Cli),

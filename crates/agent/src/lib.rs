@@ -575,6 +575,38 @@ pub async fn run(
     }
 }
 
+/// [`run`] as the command line runs it (`badge-agent`, `badge agent`): SIGHUP
+/// refreshes every token now; SIGTERM / Ctrl-C stop, leaving the files.
+pub async fn run_with_signals(args: AgentArgs) -> anyhow::Result<()> {
+    let (handle, control) = control();
+    forward_signals(handle)?;
+    run(args, control).await.map(|_| ())
+}
+
+fn forward_signals(handle: Handle) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => handle.refresh(),
+                    _ = term.recv() => { handle.stop(); return; }
+                    _ = tokio::signal::ctrl_c() => { handle.stop(); return; }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        handle.stop();
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
