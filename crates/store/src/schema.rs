@@ -61,15 +61,33 @@ fn newer_than_binary(version: i64, newest_known: i64) -> Error {
 
 pub(crate) async fn migrate(db: &Db) -> Result<()> {
     let newest_known = newest(&known(migrator(db)));
-    let ran = match db {
-        Db::Postgres(pool) => POSTGRES.run(pool).await,
-        Db::Sqlite(shared) => SQLITE.run(&shared.pool).await,
-    };
-    ran.map_err(|e| match e {
+    let map = |e: MigrateError| match e {
         MigrateError::Execute(e) => db_error(e, None),
         MigrateError::VersionMissing(v) if v > newest_known => newer_than_binary(v, newest_known),
         other => Error::precondition(format!("database schema migration failed: {other}")),
-    })
+    };
+    match db {
+        Db::Postgres(pool) => POSTGRES.run(pool).await.map_err(map),
+        Db::Sqlite(shared) => {
+            // Writers queue on the process's writer lock; a brand-new file can
+            // still answer "database is locked" while another connection of the
+            // pool is switching it to WAL, which SQLite does not retry: a few
+            // short retries cover that start-up moment (migrations are
+            // transactional, so a retry never half-applies one).
+            let _writer = shared.writer.lock().await;
+            let mut attempt = 0;
+            loop {
+                match SQLITE.run(&shared.pool).await.map_err(map) {
+                    Err(Error::Unavailable(m)) if attempt < 20 => {
+                        attempt += 1;
+                        tracing::debug!(error = %m, attempt, "sqlite busy while migrating: retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    other => return other,
+                }
+            }
+        }
+    }
 }
 
 pub(crate) async fn check(db: &Db) -> Result<()> {
