@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use badge_core::rbac::{Attributes, UserInfo, authorize};
+use badge_core::review::INVALID_BEARER_TOKEN;
 use badge_runtime::{Authorizer, Caller, forbidden};
 use futures_util::future::BoxFuture;
 use tonic::Status;
@@ -20,8 +21,7 @@ use tonic::Status;
 use crate::policy::RbacPolicy;
 use crate::reviewer::{Reviewer, Via};
 
-/// The group that bypasses RBAC.
-pub const MASTERS_GROUP: &str = "system:masters";
+use badge_runtime::pki::MASTERS_GROUP;
 
 pub struct Guard {
     policy: RbacPolicy,
@@ -97,7 +97,7 @@ impl Authorizer for Guard {
                     extra: a.user.extra,
                 }),
                 Err(e) => Err(Status::unauthenticated(format!(
-                    "invalid bearer token: {e}"
+                    "{INVALID_BEARER_TOKEN}: {e}"
                 ))),
             }
         })

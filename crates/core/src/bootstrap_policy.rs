@@ -19,9 +19,11 @@ pub const BOOTSTRAP_LABEL: (&str, &str) = ("kubernetes.io/bootstrapping", "rbac-
 /// While `"true"`, a start reconciles the object back to the defaults.
 pub const AUTOUPDATE_ANNOTATION: &str = "rbac.authorization.kubernetes.io/autoupdate";
 
-pub const AUTHENTICATED: &str = "system:authenticated";
+pub use crate::review::{
+    ALL_SERVICE_ACCOUNTS_GROUP as SERVICE_ACCOUNTS, AUTHENTICATED_GROUP as AUTHENTICATED,
+};
 pub const UNAUTHENTICATED: &str = "system:unauthenticated";
-pub const SERVICE_ACCOUNTS: &str = "system:serviceaccounts";
+/// Kubernetes' superuser group: bypasses RBAC.
 pub const MASTERS: &str = "system:masters";
 
 /// The client-certificate user of the token-issuer service (`CN`).

@@ -162,7 +162,6 @@ async fn run(objects: Objects, filter: Filter, from: Option<i64>, tx: Tx) {
 }
 
 async fn follow(objects: &Objects, filter: Filter, from: Option<i64>, tx: &Tx) {
-    let tx = tx.clone();
     let store = &objects.store;
     let mut wake = store.subscribe();
     let mut cursor = match from {
@@ -186,12 +185,12 @@ async fn follow(objects: &Objects, filter: Filter, from: Option<i64>, tx: &Tx) {
                 let page = match page {
                     Ok(p) => p,
                     Err(e) => {
-                        let _ = send(&tx, Err(e)).await;
+                        let _ = send(tx, Err(e)).await;
                         return;
                     }
                 };
                 for r in &page.items {
-                    if !send(&tx, event(EventType::Added, r.resource_version, r)).await {
+                    if !send(tx, event(EventType::Added, r.resource_version, r)).await {
                         return;
                     }
                 }
@@ -204,7 +203,7 @@ async fn follow(objects: &Objects, filter: Filter, from: Option<i64>, tx: &Tx) {
                 let batch = match store.changes_since(c, BATCH).await {
                     Ok(b) => b,
                     Err(e) => {
-                        let _ = send(&tx, Err(e)).await;
+                        let _ = send(tx, Err(e)).await;
                         return;
                     }
                 };
@@ -216,7 +215,7 @@ async fn follow(objects: &Objects, filter: Filter, from: Option<i64>, tx: &Tx) {
                     let listed_at = seen.get(&ch.record.kind).copied().unwrap_or(i64::MAX);
                     if ch.revision > listed_at
                         && filter.matches(&ch.record)
-                        && !send(&tx, change_event(ch)).await
+                        && !send(tx, change_event(ch)).await
                     {
                         return;
                     }
@@ -241,7 +240,7 @@ async fn follow(objects: &Objects, filter: Filter, from: Option<i64>, tx: &Tx) {
             Ok(b) => b,
             Err(e) => {
                 // OUT_OF_RANGE tells the client to relist; UNAVAILABLE to resume later.
-                let _ = send(&tx, Err(e)).await;
+                let _ = send(tx, Err(e)).await;
                 return;
             }
         };
@@ -254,7 +253,7 @@ async fn follow(objects: &Objects, filter: Filter, from: Option<i64>, tx: &Tx) {
         }
         for ch in &batch {
             cursor = ch.revision;
-            if filter.matches(&ch.record) && !send(&tx, change_event(ch)).await {
+            if filter.matches(&ch.record) && !send(tx, change_event(ch)).await {
                 return;
             }
         }

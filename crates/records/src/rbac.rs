@@ -87,69 +87,6 @@ pub fn default_binding(
     b
 }
 
-/// `badge_core::rbac::Policy` over the in-memory index (which must follow the four
-/// RBAC kinds). Objects are decoded on demand; nothing touches the database.
-pub struct IndexPolicy<'a>(pub &'a crate::Index);
-
-impl IndexPolicy<'_> {
-    fn decode_role<T, F>(
-        &self,
-        kind: badge_core::Kind,
-        ns: &str,
-        name: &str,
-        f: F,
-    ) -> Option<rbac::Role>
-    where
-        T: crate::codec::Object,
-        F: Fn(&T) -> rbac::Role,
-    {
-        let rec = self.0.get(kind, ns, name)?;
-        crate::codec::decode::<T>(&rec).ok().map(|o| f(&o))
-    }
-
-    fn bindings<T, F>(&self, kind: badge_core::Kind, ns: Option<&str>, f: F) -> Vec<rbac::Binding>
-    where
-        T: crate::codec::Object,
-        F: Fn(&T) -> rbac::Binding,
-    {
-        self.0
-            .list(kind)
-            .iter()
-            .filter(|r| ns.is_none_or(|n| r.namespace == n))
-            .filter_map(|r| crate::codec::decode::<T>(r).ok())
-            .map(|o| f(&o))
-            .collect()
-    }
-}
-
-impl rbac::Policy for IndexPolicy<'_> {
-    fn cluster_role(&self, name: &str) -> Option<rbac::Role> {
-        self.decode_role::<pb::ClusterRole, _>(badge_core::Kind::ClusterRole, "", name, |r| {
-            role(r.metadata.as_ref(), &r.rules)
-        })
-    }
-
-    fn role(&self, ns: &str, name: &str) -> Option<rbac::Role> {
-        self.decode_role::<pb::Role, _>(badge_core::Kind::Role, ns, name, |r| {
-            role(r.metadata.as_ref(), &r.rules)
-        })
-    }
-
-    fn cluster_role_bindings(&self) -> Vec<rbac::Binding> {
-        self.bindings::<pb::ClusterRoleBinding, _>(
-            badge_core::Kind::ClusterRoleBinding,
-            None,
-            |b| binding(b.metadata.as_ref(), &b.subjects, b.role_ref.as_ref()),
-        )
-    }
-
-    fn role_bindings(&self, ns: &str) -> Vec<rbac::Binding> {
-        self.bindings::<pb::RoleBinding, _>(badge_core::Kind::RoleBinding, Some(ns), |b| {
-            binding(b.metadata.as_ref(), &b.subjects, b.role_ref.as_ref())
-        })
-    }
-}
-
 /// A rule in its wire form.
 pub fn rule_to_pb(r: &rbac::PolicyRule) -> pb::PolicyRule {
     pb::PolicyRule {

@@ -34,7 +34,7 @@ use tower_service::Service;
 use crate::pki::MASTERS_GROUP;
 
 /// Every authenticated caller is in this group (as in Kubernetes).
-pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
+pub use badge_core::review::AUTHENTICATED_GROUP;
 
 /// Who is calling.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use rcgen::{
 pub const SERVICES: [&str; 3] = ["identity", "token-issuer", "token-review"];
 
 /// The group that bypasses authorization (Kubernetes' `system:masters`).
-pub const MASTERS_GROUP: &str = "system:masters";
+pub const MASTERS_GROUP: &str = badge_core::bootstrap_policy::MASTERS;
 
 /// Group of every Badge service's client certificate.
 pub const SERVICES_GROUP: &str = "system:badge-services";

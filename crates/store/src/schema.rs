@@ -61,30 +61,38 @@ fn newer_than_binary(version: i64, newest_known: i64) -> Error {
 
 pub(crate) async fn migrate(db: &Db) -> Result<()> {
     let newest_known = newest(&known(migrator(db)));
-    let map = |e: MigrateError| match e {
-        MigrateError::Execute(e) => db_error(e, None),
-        MigrateError::VersionMissing(v) if v > newest_known => newer_than_binary(v, newest_known),
-        other => Error::precondition(format!("database schema migration failed: {other}")),
+    // SQLite: queue behind this process's writers, as every write transaction does.
+    let _writer = match db {
+        Db::Sqlite(shared) => Some(shared.writer.lock().await),
+        Db::Postgres(_) => None,
     };
-    match db {
-        Db::Postgres(pool) => POSTGRES.run(pool).await.map_err(map),
-        Db::Sqlite(shared) => {
-            // Writers queue on the process's writer lock; a brand-new file can
-            // still answer "database is locked" while another connection of the
-            // pool is switching it to WAL, which SQLite does not retry: a few
-            // short retries cover that start-up moment (migrations are
-            // transactional, so a retry never half-applies one).
-            let _writer = shared.writer.lock().await;
-            let mut attempt = 0;
-            loop {
-                match SQLITE.run(&shared.pool).await.map_err(map) {
-                    Err(Error::Unavailable(m)) if attempt < 20 => {
-                        attempt += 1;
-                        tracing::debug!(error = %m, attempt, "sqlite busy while migrating: retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                    other => return other,
-                }
+    let mut attempt = 1;
+    loop {
+        let ran = match db {
+            Db::Postgres(pool) => POSTGRES.run(pool).await,
+            Db::Sqlite(shared) => SQLITE.run(&shared.pool).await,
+        };
+        match ran {
+            Ok(()) => return Ok(()),
+            // The transient failures `Store::apply` retries, with its bound and
+            // backoff: e.g. a brand-new SQLite file answers "database is locked"
+            // while another connection of the pool switches it to WAL. Migrations
+            // are transactional, so a retry never half-applies one.
+            Err(MigrateError::Execute(e))
+                if crate::is_retryable(&e) && attempt < crate::MAX_ATTEMPTS =>
+            {
+                tracing::debug!(attempt, error = %e, "retrying migration");
+                tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(MigrateError::Execute(e)) => return Err(db_error(e, None)),
+            Err(MigrateError::VersionMissing(v)) if v > newest_known => {
+                return Err(newer_than_binary(v, newest_known));
+            }
+            Err(other) => {
+                return Err(Error::precondition(format!(
+                    "database schema migration failed: {other}"
+                )));
             }
         }
     }

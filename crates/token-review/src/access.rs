@@ -8,6 +8,7 @@ use badge_proto::review::{self as pb, access_review_service_server::AccessReview
 use std::sync::Arc;
 
 use badge_access::Guard;
+use badge_core::review::AUTHENTICATED_GROUP;
 use badge_runtime::{MethodRule, MethodTable, status};
 use tonic::{Request, Response, Status};
 
@@ -140,8 +141,8 @@ impl AccessReviewService for AccessService {
         .map_err(status)?;
         // An authenticated caller is in system:authenticated, as Kubernetes' group adder.
         let mut groups = caller.groups.clone();
-        if !groups.iter().any(|g| g == "system:authenticated") {
-            groups.push("system:authenticated".into());
+        if !groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
+            groups.push(AUTHENTICATED_GROUP.into());
         }
         let user = rbac::UserInfo {
             name: caller.user.clone(),
