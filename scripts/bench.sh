@@ -10,7 +10,7 @@ DUR=${DUR:-10s}
 N=${N:-2}
 M=${M:-64}
 DB=${DB:-postgres://postgres@127.0.0.1:5432}
-cargo build --release -q -p badge-cli -p badge-bench -p badge-keys --example sign_rate
+cargo build --release -q -p badge-cli -p badge-bench -p badge-keys --bins --example sign_rate
 T=${CARGO_TARGET_DIR:-$PWD/target}
 B=$T/release/badge-bench
 work=$(mktemp -d)

@@ -16,4 +16,12 @@ pub use auth::{
     forbidden,
 };
 pub use server::GrpcServer;
+
+/// mimalloc for every Badge binary (they all link this crate): the request paths
+/// allocate many small, short-lived buffers across tokio's worker threads, where
+/// glibc's malloc spent 12-15 % of a server's CPU in the profiles behind
+/// `scripts/bench.sh`. The load generator links it too, so the echo ceiling it
+/// measures is served by the same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use status::status;
