@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Measures Badge against this machine's own ceilings, in one run:
 #   1. one-core signing rates of pre-parsed keys (RS256, ES256);
-#   2. the tonic echo ceiling over the same mTLS (client and server on these cores);
+#   2. the tonic echo ceiling over the same mTLS (client and server on these cores),
+#      twice: in one process (`badge-bench ceiling`), and as a separate echo-server
+#      process like Badge's own (64 B, and the size of the reviewed token);
 #   3. CreateToken (ES256, then RS256) and CreateTokenReview against `badge up`.
 # Needs PostgreSQL on 127.0.0.1:5432. Loopback only; every run is bounded in time.
 set -euo pipefail
@@ -14,7 +16,14 @@ cargo build --release -q -p badge-cli -p badge-bench -p badge-keys --bins --exam
 T=${CARGO_TARGET_DIR:-$PWD/target}
 B=$T/release/badge-bench
 work=$(mktemp -d)
-trap 'pkill -f "badge up --data-dir $work" || true; rm -rf "$work"' EXIT
+trap 'pkill -f "badge up --data-dir $work" || true; pkill -f "echo-server --listen 127.0.0.1:$ECHO_PORT" || true; rm -rf "$work"' EXIT
+ECHO_PORT=${ECHO_PORT:-9555}
+# echo_process <payload bytes>: the echo service in its own process, loaded like Badge.
+echo_process() {
+  echo "== echo ceiling, echo-server process ($1 B payload, $N connections x $M in flight, $DUR)"
+  "$B" run --target "https://127.0.0.1:$ECHO_PORT" "${TLS[@]}" --connections "$N" --in-flight "$M" \
+    --duration "$DUR" echo --payload-bytes "$1" | grep -E "rate|latency"
+}
 
 echo "== one-core signing (pre-parsed aws-lc-rs keys)"
 "$T/release/examples/sign_rate"
@@ -30,8 +39,11 @@ for alg in ES256 RS256; do
   # shellcheck disable=SC1090
   source "$work/$alg/badge.env"
   TLS=(--ca "$BADGE_CA" --cert "$BADGE_CLIENT_CERT" --key "$BADGE_CLIENT_KEY")
-  echo "== echo ceiling ($N connections x $M in flight, $DUR)"
+  "$B" echo-server --listen "127.0.0.1:$ECHO_PORT" --ca "$BADGE_CA" \
+    --cert "$work/$alg/pki/identity.pem" --key "$work/$alg/pki/identity-key.pem" >"$work/echo.log" 2>&1 &
+  echo "== echo ceiling, in process ($N connections x $M in flight, $DUR)"
   "$B" ceiling --connections "$N" --in-flight "$M" --duration "$DUR" | grep -E "rate|latency"
+  echo_process 64
   echo "== CreateToken $alg"
   "$B" run --target "$BADGE_ISSUER_ENDPOINT" "${TLS[@]}" --connections "$N" --in-flight "$M" \
     --duration "$DUR" create-token --namespace default --service-account default --audience bench \
@@ -41,6 +53,7 @@ for alg in ES256 RS256; do
       -d '{"namespace":"default","name":"default","audiences":["bench"]}' \
       "${BADGE_ISSUER_ENDPOINT#https://}" badge.token.v1.TokenService/CreateToken \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' >"$work/token"
+    echo_process "$(tr -d '\n' <"$work/token" | wc -c)"
     echo "== CreateTokenReview (one valid token: warm cache)"
     "$B" run --target "$BADGE_REVIEW_ENDPOINT" "${TLS[@]}" --connections "$N" --in-flight "$M" \
       --duration "$DUR" token-review --token-file "$work/token" --audience bench \
@@ -52,6 +65,7 @@ for alg in ES256 RS256; do
       --verb create --api-group authorization.k8s.io --resource selfsubjectaccessreviews --expect-allowed \
       | grep -E "rate|latency|errors"
   fi
+  pkill -f "echo-server --listen 127.0.0.1:$ECHO_PORT" || true
   pkill -f "badge up --data-dir $work/$alg" || true
   sleep 1
   psql -qh 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS \"${db##*/}\" WITH (FORCE)" >/dev/null 2>&1 || true

@@ -5,8 +5,8 @@
 //! projected token in a directory (that token reviews too), the pod deleted, the
 //! first token rejected and the agent removing its files and exiting.
 //!
-//! The binaries come from the same target directory as this test
-//! (`cargo nextest run --workspace` builds them).
+//! The binaries come from the same target directory as this test (built on first
+//! use when a cold `cargo nextest run --workspace` has not built them).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -20,11 +20,24 @@ fn bin(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("target profile dir");
     let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is not built: run the workspace tests (cargo nextest run --workspace builds every binary)",
-        path.display()
-    );
+    if !path.is_file() {
+        // `cargo nextest run --workspace` builds test targets, not other packages'
+        // binaries: on a cold target directory, build this one (same profile and
+        // target directory; cargo's lock serialises concurrent builds).
+        let package = match name {
+            "badge" => "badge-cli",
+            other => other,
+        };
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build.args(["build", "-q", "-p", package, "--bin", name, "--target-dir"]);
+        build.arg(dir.parent().expect("target dir"));
+        if dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("running cargo build");
+        assert!(status.success(), "cargo build -p {package} --bin {name} failed");
+    }
+    assert!(path.is_file(), "{} is not built", path.display());
     path
 }
 

@@ -4,43 +4,47 @@
 //! [`Keys`] snapshot is immutable; a new one is built when the records change and
 //! swapped in atomically, so a review never sees half a key set.
 //!
-//! Verified signatures are cached by a digest of (kid, alg, signing input,
-//! signature). Only successes are cached, and only the signature check: the claims
-//! and every liveness check still run on every review, so a cached answer never
-//! outlives its service account, pod, secret, node or revocation. The cache stays
-//! valid while keys are only added; when a key disappears the next snapshot starts
-//! with an empty cache, so a removed key never verifies anything again.
+//! Verified tokens are cached by the SHA-256 of the whole token: what the cache
+//! holds is the token's decoded claims after its signature verified
+//! ([`VerifiedToken`]), so a warm review neither decodes nor verifies again. Only
+//! successes are cached, and never a verdict: the issuer, audiences, time and every
+//! liveness and revocation check still run on every review, so a cached token
+//! never outlives its service account, pod, secret, node or revocation. The cache
+//! stays valid while keys are only added; when a key disappears the next snapshot
+//! starts with an empty cache, so a removed key never vouches for anything again.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use badge_core::Kind;
-use badge_core::review::SignatureVerifier;
+use badge_core::review::{SignatureVerifier, VerifiedToken};
 use badge_keys::{KeySet, PublicKey, StoredKey};
 use badge_store::Record;
-use sha2::{Digest as _, Sha256};
 
-/// A bounded set of verified-signature digests: two generations, the older one
+/// A bounded map of verified tokens by digest: two generations, the older one
 /// dropped when the newer fills up (an approximate LRU without per-entry
-/// bookkeeping). Holds at most `capacity` digests.
-pub struct SigCache {
+/// bookkeeping). Holds at most `capacity` tokens, each its decoded claims
+/// (about half a KiB).
+pub struct TokenCache<V = Arc<VerifiedToken>> {
     capacity: usize,
-    inner: Mutex<Generations>,
+    inner: Mutex<Generations<V>>,
 }
 
-#[derive(Default)]
-struct Generations {
-    current: HashSet<[u8; 32]>,
-    previous: HashSet<[u8; 32]>,
+struct Generations<V> {
+    current: HashMap<[u8; 32], V>,
+    previous: HashMap<[u8; 32], V>,
 }
 
-impl SigCache {
+impl<V: Clone> TokenCache<V> {
     /// `capacity` 0 disables caching.
     pub fn new(capacity: usize) -> Self {
-        SigCache {
+        TokenCache {
             capacity,
-            inner: Mutex::new(Generations::default()),
+            inner: Mutex::new(Generations {
+                current: HashMap::new(),
+                previous: HashMap::new(),
+            }),
         }
     }
 
@@ -48,42 +52,39 @@ impl SigCache {
         self.capacity > 0
     }
 
-    /// Whether the digest is cached (a hit in the older generation is promoted).
-    pub fn contains(&self, digest: &[u8; 32]) -> bool {
+    /// The token with this digest, if cached (a hit in the older generation is
+    /// promoted).
+    pub fn get(&self, digest: &[u8; 32]) -> Option<V> {
         if !self.enabled() {
-            return false;
+            return None;
         }
-        let Ok(mut g) = self.inner.lock() else {
-            return false;
-        };
-        if g.current.contains(digest) {
-            return true;
+        let mut g = self.inner.lock().ok()?;
+        if let Some(v) = g.current.get(digest) {
+            return Some(v.clone());
         }
-        if g.previous.remove(digest) {
-            self.insert_locked(&mut g, *digest);
-            return true;
-        }
-        false
+        let v = g.previous.remove(digest)?;
+        self.insert_locked(&mut g, *digest, v.clone());
+        Some(v)
     }
 
-    pub fn insert(&self, digest: [u8; 32]) {
+    pub fn insert(&self, digest: [u8; 32], token: V) {
         if !self.enabled() {
             return;
         }
         if let Ok(mut g) = self.inner.lock() {
-            self.insert_locked(&mut g, digest);
+            self.insert_locked(&mut g, digest, token);
         }
     }
 
-    fn insert_locked(&self, g: &mut Generations, digest: [u8; 32]) {
+    fn insert_locked(&self, g: &mut Generations<V>, digest: [u8; 32], token: V) {
         let half = (self.capacity / 2).max(1);
         if g.current.len() >= half {
             g.previous = std::mem::take(&mut g.current);
         }
-        g.current.insert(digest);
+        g.current.insert(digest, token);
     }
 
-    /// Number of digests held.
+    /// Number of tokens held.
     pub fn len(&self) -> usize {
         self.inner
             .lock()
@@ -96,17 +97,6 @@ impl SigCache {
     }
 }
 
-/// The cache key: SHA-256 over the length-prefixed parts, so no two different
-/// inputs share a preimage.
-pub fn signature_digest(kid: &str, alg: &str, signing_input: &[u8], signature: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for part in [kid.as_bytes(), alg.as_bytes(), signing_input, signature] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
-    h.finalize().into()
-}
-
 /// One immutable key snapshot.
 pub struct Keys {
     pub set: KeySet,
@@ -114,7 +104,7 @@ pub struct Keys {
     pub versions: Vec<(String, i64)>,
     /// The store revision the records were read at (index or store list).
     pub revision: i64,
-    pub cache: Arc<SigCache>,
+    pub cache: Arc<TokenCache>,
 }
 
 impl Keys {
@@ -123,7 +113,7 @@ impl Keys {
             set: KeySet::default(),
             versions: Vec::new(),
             revision: 0,
-            cache: Arc::new(SigCache::new(cache_entries)),
+            cache: Arc::new(TokenCache::new(cache_entries)),
         }
     }
 }
@@ -166,7 +156,7 @@ impl KeyStore {
         }
     }
 
-    /// Installs the keys of `records` read at `revision`. The signature cache is
+    /// Installs the keys of `records` read at `revision`. The token cache is
     /// kept when every previous key is still present (with the same bytes), and
     /// started afresh otherwise. Returns whether the key set changed.
     pub fn install(&self, records: &[Record], revision: i64) -> bool {
@@ -187,7 +177,7 @@ impl KeyStore {
         let cache = if kept {
             old.cache.clone()
         } else {
-            Arc::new(SigCache::new(self.cache_entries))
+            Arc::new(TokenCache::new(self.cache_entries))
         };
         if changed {
             let kids: Vec<&str> = set.keys().iter().map(PublicKey::kid).collect();
@@ -203,8 +193,8 @@ impl KeyStore {
     }
 }
 
-/// A [`SignatureVerifier`] over one snapshot with the signature cache, noting
-/// whether a kid was unknown (so the caller can refresh the keys and retry).
+/// A [`SignatureVerifier`] over one snapshot and its token cache, noting whether a
+/// kid was unknown (so the caller can refresh the keys and retry).
 pub struct CachingVerifier<'a> {
     keys: &'a Keys,
     unknown_kid: Cell<bool>,
@@ -232,15 +222,6 @@ impl SignatureVerifier for CachingVerifier<'_> {
         signing_input: &[u8],
         signature: &[u8],
     ) -> Result<(), String> {
-        let cache = &self.keys.cache;
-        let digest = cache
-            .enabled()
-            .then(|| signature_digest(kid, alg, signing_input, signature));
-        if let Some(d) = &digest
-            && cache.contains(d)
-        {
-            return Ok(());
-        }
         let known = if kid.is_empty() {
             !self.keys.set.is_empty()
         } else {
@@ -249,13 +230,19 @@ impl SignatureVerifier for CachingVerifier<'_> {
         if !known {
             self.unknown_kid.set(true);
         }
-        let result = self.keys.set.verify(kid, alg, signing_input, signature);
-        if result.is_ok()
-            && let Some(d) = digest
-        {
-            cache.insert(d);
-        }
-        result
+        self.keys.set.verify(kid, alg, signing_input, signature)
+    }
+
+    fn caches(&self) -> bool {
+        self.keys.cache.enabled()
+    }
+
+    fn verified(&self, token_sha256: &[u8; 32]) -> Option<Arc<VerifiedToken>> {
+        self.keys.cache.get(token_sha256)
+    }
+
+    fn remember(&self, token_sha256: [u8; 32], verified: Arc<VerifiedToken>) {
+        self.keys.cache.insert(token_sha256, verified);
     }
 }
 
@@ -265,6 +252,11 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::UNIX_EPOCH;
 
+    use std::time::SystemTime;
+
+    use badge_core::review::{ObjectLookup, ObjectState, ReviewSettings, SecretState, review};
+    use badge_core::token::unix_seconds;
+    use badge_core::token::{Binding, ClaimsInput, ObjectRef, TokenPlan, bound_claims_json};
     use badge_keys::{Algorithm, KeySource, SigningKey};
 
     use super::*;
@@ -284,66 +276,101 @@ mod tests {
         }
     }
 
-    fn parts(token: &str) -> (&[u8], Vec<u8>) {
-        use base64::Engine as _;
-        let (input, sig) = token.rsplit_once('.').unwrap();
-        (
-            input.as_bytes(),
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(sig)
-                .unwrap(),
-        )
-    }
-
     #[test]
     fn cache_is_bounded_and_promotes() {
-        let c = SigCache::new(4);
+        let c = TokenCache::<u8>::new(4);
         for i in 0..100u8 {
-            c.insert([i; 32]);
+            c.insert([i; 32], i);
             assert!(c.len() <= 4, "{}", c.len());
         }
-        assert!(c.contains(&[99; 32]));
-        assert!(!c.contains(&[0; 32]));
-        let off = SigCache::new(0);
-        off.insert([1; 32]);
-        assert!(!off.contains(&[1; 32]) && off.is_empty());
+        assert_eq!(c.get(&[99; 32]), Some(99));
+        assert_eq!(c.get(&[0; 32]), None);
+        // A hit in the older generation survives the next turnover.
+        c.insert([1; 32], 1);
+        c.insert([2; 32], 2);
+        assert_eq!(c.get(&[99; 32]), Some(99));
+        let off = TokenCache::<u8>::new(0);
+        off.insert([1; 32], 1);
+        assert!(off.get(&[1; 32]).is_none() && off.is_empty());
+    }
+
+    /// One live service account, nothing else.
+    struct OneAccount;
+
+    impl ObjectLookup for OneAccount {
+        fn service_account(&self, ns: &str, name: &str) -> Option<ObjectState> {
+            (ns == "ns" && name == "sa").then(|| ObjectState {
+                uid: "sa-uid".into(),
+                deletion_timestamp: None,
+            })
+        }
+        fn service_account_secrets(&self, _: &str, _: &str) -> Vec<String> {
+            Vec::new()
+        }
+        fn pod(&self, _: &str, _: &str) -> Option<ObjectState> {
+            None
+        }
+        fn secret(&self, _: &str, _: &str) -> Option<SecretState> {
+            None
+        }
+        fn node(&self, _: &str) -> Option<ObjectState> {
+            None
+        }
+        fn revoked(&self, _: &str) -> bool {
+            false
+        }
+    }
+
+    const ISSUER: &str = "https://badge.example";
+
+    fn token(key: &SigningKey, now: SystemTime) -> String {
+        let plan = TokenPlan {
+            audiences: vec![ISSUER.into()],
+            issued_at: unix_seconds(now),
+            expires_at: unix_seconds(now) + 3600,
+            status_expiration: unix_seconds(now) + 3600,
+            warn_after: None,
+            warnings: Vec::new(),
+        };
+        let claims = bound_claims_json(&ClaimsInput {
+            issuer: ISSUER,
+            namespace: "ns",
+            service_account: ObjectRef::new("sa", "sa-uid"),
+            binding: Binding::None,
+            plan: &plan,
+            jti: "1b4f0e9d-2c3a-4d5e-8f6a-7b8c9d0e1f2a",
+        });
+        key.sign_jwt(&key.jwt_header(false), &claims).unwrap()
+    }
+
+    fn review_with(store: &KeyStore, token: &str, now: SystemTime) -> (Result<(), String>, bool) {
+        let keys = store.snapshot();
+        let v = CachingVerifier::new(&keys);
+        let settings = ReviewSettings::new(vec![ISSUER.into()], vec![ISSUER.into()]);
+        let outcome = review(token, &[], &settings, &v, &OneAccount, now).map(|_| ());
+        (outcome, v.saw_unknown_kid())
     }
 
     #[test]
-    fn digests_separate_their_parts() {
-        assert_ne!(
-            signature_digest("ab", "c", b"", b""),
-            signature_digest("a", "bc", b"", b"")
-        );
-        assert_ne!(
-            signature_digest("", "", b"x", b"y"),
-            signature_digest("", "", b"xy", b"")
-        );
-    }
-
-    #[test]
-    fn only_successes_are_cached_and_removal_drops_the_cache() {
+    fn only_verified_tokens_are_kept_and_key_removal_drops_them() {
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         let a = SigningKey::generate(Algorithm::ES256).unwrap();
         let b = SigningKey::generate(Algorithm::ES256).unwrap();
         let store = KeyStore::new(100);
         assert!(store.install(&[record(&a, 1)], 1));
-        let token = a.sign_jwt(&a.jwt_header(false), br#"{"x":1}"#).unwrap();
-        let (input, sig) = parts(&token);
+        let good = token(&a, now);
 
-        let keys = store.snapshot();
-        let v = CachingVerifier::new(&keys);
-        assert!(v.verify(a.kid(), "ES256", input, &sig).is_ok());
-        assert!(!v.saw_unknown_kid());
-        assert_eq!(keys.cache.len(), 1);
-        // A failure is not cached.
-        let mut bad = sig.clone();
-        bad[10] ^= 1;
-        assert!(v.verify(a.kid(), "ES256", input, &bad).is_err());
-        assert_eq!(keys.cache.len(), 1);
-        // Unknown kid noted.
-        let v = CachingVerifier::new(&keys);
-        assert!(v.verify("nope", "ES256", input, &sig).is_err());
-        assert!(v.saw_unknown_kid());
+        assert_eq!(review_with(&store, &good, now), (Ok(()), false));
+        assert_eq!(store.snapshot().cache.len(), 1);
+        assert_eq!(review_with(&store, &good, now), (Ok(()), false));
+        assert_eq!(store.snapshot().cache.len(), 1);
+        // A bad signature is not kept.
+        let forged = format!("{}{}", &good[..good.len() - 4], "AAAA");
+        assert!(review_with(&store, &forged, now).0.is_err());
+        assert_eq!(store.snapshot().cache.len(), 1);
+        // A token of an unknown key is noted (so the reviewer refreshes the keys).
+        let (outcome, unknown) = review_with(&store, &token(&b, now), now);
+        assert!(outcome.is_err() && unknown);
 
         // Adding a key keeps the cache; an older revision is ignored.
         assert!(store.install(&[record(&a, 1), record(&b, 2)], 2));
@@ -351,12 +378,10 @@ mod tests {
         assert!(!store.install(&[], 1));
         assert_eq!(store.snapshot().set.len(), 2);
 
-        // Removing the key drops the cache: the cached signature no longer passes.
+        // Removing the key drops the cache: the kept token no longer passes.
         assert!(store.install(&[record(&b, 2)], 3));
-        let keys = store.snapshot();
-        assert!(keys.cache.is_empty());
-        let v = CachingVerifier::new(&keys);
-        assert!(v.verify(a.kid(), "ES256", input, &sig).is_err());
-        assert!(v.saw_unknown_kid());
+        assert!(store.snapshot().cache.is_empty());
+        let (outcome, unknown) = review_with(&store, &good, now);
+        assert!(outcome.is_err() && unknown, "{outcome:?}");
     }
 }

@@ -42,6 +42,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -125,6 +126,33 @@ pub trait SignatureVerifier {
         signing_input: &[u8],
         signature: &[u8],
     ) -> Result<(), String>;
+
+    /// Whether [`Self::remember`] keeps anything (the token's digest is only
+    /// computed then). Default: no cache.
+    fn caches(&self) -> bool {
+        false
+    }
+
+    /// A token verified before, by its SHA-256 ([`token_sha256`]).
+    fn verified(&self, _token_sha256: &[u8; 32]) -> Option<Arc<VerifiedToken>> {
+        None
+    }
+
+    /// Keeps a token whose signature verified and whose claims parsed.
+    fn remember(&self, _token_sha256: [u8; 32], _verified: Arc<VerifiedToken>) {}
+}
+
+/// A token whose signature verified and whose claims parsed (§3.2 steps 1–3 and
+/// the claim decoding). It is a pure function of the token's bytes and the key
+/// that verified it, so a [`SignatureVerifier`] may keep it by the token's SHA-256
+/// and hand it back instead of decoding and verifying again. It is never a
+/// verdict: the issuer, audiences, time and every liveness and revocation check
+/// run on each review against the current state. A verifier must forget it when
+/// the key that verified it is no longer trusted.
+pub struct VerifiedToken {
+    which: Authenticator,
+    public: PublicClaims,
+    private: Private,
 }
 
 /// What the liveness checks need of an object.
@@ -870,6 +898,27 @@ impl Context<'_> {
                 self.token.len()
             ));
         }
+        let digest = self
+            .verifier
+            .caches()
+            .then(|| token_sha256(self.token.as_bytes()));
+        if let Some(d) = &digest
+            && let Some(v) = self.verifier.verified(d)
+        {
+            // Both authenticators claim the token only when `kubernetes/serviceaccount`
+            // is also a configured issuer; a failure then needs the full union below
+            // for Kubernetes' aggregated error text.
+            let both =
+                v.public.iss == LEGACY_ISSUER && self.settings.issuers.contains(&v.public.iss);
+            match self.check(&v) {
+                Ok(a) => return Ok(a),
+                Err(e) if !both => return Err(e),
+                Err(_) => {
+                    self.annotations.clear();
+                    self.legacy_secret = None;
+                }
+            }
+        }
         let jws = match parse(self.token, self.settings) {
             Parsed::NotMine => return Err(INVALID_BEARER_TOKEN.to_owned()),
             Parsed::Malformed => return Err(MALFORMED_TOKEN.to_owned()),
@@ -889,7 +938,14 @@ impl Context<'_> {
             if !claims {
                 continue;
             }
-            match self.authenticate(which, &jws) {
+            let checked = self.verify_and_decode(which, &jws).and_then(|v| {
+                let v = Arc::new(v);
+                if let Some(d) = digest {
+                    self.verifier.remember(d, Arc::clone(&v));
+                }
+                self.check(&v)
+            });
+            match checked {
                 Ok(a) => return Ok(a),
                 Err(e) => errors.push(e),
             }
@@ -900,8 +956,9 @@ impl Context<'_> {
         Err(aggregate_errors(&errors))
     }
 
-    /// §3.2 steps 3–7 for one authenticator.
-    fn authenticate(&mut self, which: Authenticator, jws: &Jws) -> Result<Authenticated, String> {
+    /// §3.2 step 3 and the claim decoding for one authenticator: what depends on
+    /// the token's bytes alone (see [`VerifiedToken`]).
+    fn verify_and_decode(&self, which: Authenticator, jws: &Jws) -> Result<VerifiedToken, String> {
         // Step 3: signature.
         let alg = jws.alg.as_str();
         if alg.is_empty()
@@ -926,8 +983,19 @@ impl Context<'_> {
             }
         };
 
+        Ok(VerifiedToken {
+            which,
+            public,
+            private,
+        })
+    }
+
+    /// §3.2 steps 4–7: what depends on the settings, the clock and the objects,
+    /// run on every review.
+    fn check(&mut self, v: &VerifiedToken) -> Result<Authenticated, String> {
+        let public = &v.public;
         // Step 4: issuer re-check.
-        let issuer_ok = match which {
+        let issuer_ok = match v.which {
             Authenticator::Legacy => public.iss == LEGACY_ISSUER,
             Authenticator::Bound => self.settings.issuers.contains(&public.iss),
         };
@@ -962,9 +1030,9 @@ impl Context<'_> {
         }
 
         // Step 6: the validator.
-        match private {
-            Private::Legacy(l) => self.validate_legacy(&public, &l, audiences),
-            Private::Bound(b) => self.validate_bound(&public, &b, audiences),
+        match &v.private {
+            Private::Legacy(l) => self.validate_legacy(public, l, audiences),
+            Private::Bound(b) => self.validate_bound(public, b, audiences),
         }
     }
 
@@ -1221,7 +1289,7 @@ enum Private {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
     use std::collections::{HashMap, HashSet};
 
     use rand::rngs::StdRng;
@@ -1273,6 +1341,8 @@ mod tests {
     struct TestVerifier {
         keys: Vec<TestKey>,
         calls: Cell<usize>,
+        /// `Some`: verified tokens are kept, as badge-access's verifier keeps them.
+        cache: Option<RefCell<HashMap<[u8; 32], Arc<VerifiedToken>>>>,
     }
 
     impl TestVerifier {
@@ -1291,6 +1361,14 @@ mod tests {
                     },
                 ],
                 calls: Cell::new(0),
+                cache: None,
+            }
+        }
+
+        fn caching() -> Self {
+            TestVerifier {
+                cache: Some(RefCell::default()),
+                ..TestVerifier::new()
             }
         }
     }
@@ -1331,6 +1409,20 @@ mod tests {
                 }
             }
             Err(aggregate_errors(&errors))
+        }
+
+        fn caches(&self) -> bool {
+            self.cache.is_some()
+        }
+
+        fn verified(&self, token_sha256: &[u8; 32]) -> Option<Arc<VerifiedToken>> {
+            self.cache.as_ref()?.borrow().get(token_sha256).cloned()
+        }
+
+        fn remember(&self, token_sha256: [u8; 32], verified: Arc<VerifiedToken>) {
+            if let Some(c) = &self.cache {
+                c.borrow_mut().insert(token_sha256, verified);
+            }
         }
     }
 
@@ -1541,12 +1633,45 @@ mod tests {
         Err(s.to_owned())
     }
 
+    /// Runs every case twice: as is, and with a caching verifier warmed by a
+    /// review of the same token while the world, the clock and the requested
+    /// audiences were still the defaults — so a cached token must meet every
+    /// check exactly as a fresh one does (settings and keys are per process, so
+    /// the edit applies to them before warming).
     fn check(cases: Vec<Case>) {
         for c in cases {
             let mut env = Env::new();
             (c.edit)(&mut env);
-            let got = env.review(&c.token).map(|_| ());
-            assert_eq!(got, c.want, "case {:?}", c.name);
+            let fresh = env.report(&c.token);
+            assert_eq!(
+                fresh.outcome.clone().map(|_| ()),
+                c.want,
+                "case {:?}",
+                c.name
+            );
+
+            let mut cached = Env::new();
+            (c.edit)(&mut cached);
+            cached.verifier.cache = Some(RefCell::default());
+            let edited = (
+                std::mem::replace(&mut cached.world, world()),
+                std::mem::replace(&mut cached.now, now()),
+                std::mem::take(&mut cached.requested),
+            );
+            let _ = cached.review(&c.token);
+            (cached.world, cached.now, cached.requested) = edited;
+            let again = cached.report(&c.token);
+            assert_eq!(
+                again.outcome, fresh.outcome,
+                "case {:?} with a warm cache",
+                c.name
+            );
+            assert_eq!(
+                (again.audit_annotations, again.legacy_secret),
+                (fresh.audit_annotations, fresh.legacy_secret),
+                "case {:?} with a warm cache: audit annotations",
+                c.name
+            );
         }
     }
 
@@ -1557,6 +1682,46 @@ mod tests {
             edit: keep,
             want,
         }
+    }
+
+    #[test]
+    fn a_cached_token_is_checked_again_but_not_verified_again() {
+        let mut env = Env::new();
+        env.verifier = TestVerifier::caching();
+        let token = pod_token();
+        assert!(env.review(&token).is_ok());
+        assert_eq!(env.verifier.calls.get(), 1);
+        assert!(env.review(&token).is_ok());
+        assert_eq!(
+            env.verifier.calls.get(),
+            1,
+            "the second review used the cache"
+        );
+
+        // Liveness, time and audiences still decide on every review.
+        env.world.pods.remove(&k("ns", "web-0"));
+        assert_eq!(env.review(&token).map(|_| ()), err(TOKEN_INVALIDATED));
+        env.world = world();
+        env.now = at(NOW + 3600 + 61);
+        assert_eq!(env.review(&token).map(|_| ()), err(TOKEN_EXPIRED));
+        env.now = now();
+        env.requested = strings(&["other"]);
+        assert!(env.review(&token).is_err());
+        env.requested.clear();
+        env.world.revoked.insert(JTI.to_owned());
+        assert_eq!(env.review(&token).map(|_| ()), err(TOKEN_REVOKED));
+        assert_eq!(env.verifier.calls.get(), 1);
+
+        // A bad signature is never kept: it is verified (and refused) every time.
+        let (h, p, _) = segments(&token);
+        let forged = format!("{h}.{p}.{}", b64e(&[7; 32]));
+        assert_eq!(env.review(&forged).map(|_| ()), err(INVALID_SIGNATURE));
+        assert_eq!(env.review(&forged).map(|_| ()), err(INVALID_SIGNATURE));
+        assert_eq!(env.verifier.calls.get(), 3);
+        assert_eq!(
+            env.verifier.cache.as_ref().map(|c| c.borrow().len()),
+            Some(1)
+        );
     }
 
     fn extra(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<String>> {

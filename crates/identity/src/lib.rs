@@ -190,7 +190,7 @@ impl Validate for IdentityConfig {
 
 const G: &str = "";
 
-/// Verified-signature cache of bearer tokens.
+/// Verified-token cache of bearer tokens.
 const BEARER_CACHE_ENTRIES: usize = 10_000;
 
 /// The five standard methods of a kind; each request type says which namespace

@@ -71,7 +71,7 @@ fn max_token_lifetime(config: &IssuerConfig) -> Duration {
     Duration::from_secs(u64::try_from(cap.max(extended)).unwrap_or(u64::MAX / 4))
 }
 
-/// Verified-signature cache of bearer tokens.
+/// Verified-token cache of bearer tokens.
 const BEARER_CACHE_ENTRIES: usize = 10_000;
 
 /// Runs the token-issuer until `shutdown`. Refuses to start on an unknown schema, a

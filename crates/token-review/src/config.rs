@@ -65,7 +65,8 @@ pub struct ReviewSection {
     /// Longer tokens are refused before any decoding.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
-    /// Bound of the signature cache (verified signatures, by digest); 0 disables it.
+    /// Bound of the verified-token cache (decoded claims of tokens whose signature
+    /// verified, by the token's SHA-256; about 0.5 KiB each); 0 disables it.
     #[serde(default = "default_cache_entries")]
     pub cache_entries: usize,
 }

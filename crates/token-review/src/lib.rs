@@ -94,7 +94,7 @@
 //! # leeway_seconds = 60                 # nbf/exp/iat clock skew
 //! # deletion_leeway_seconds = 0         # Kubernetes: 60
 //! # max_token_bytes = 65536
-//! # cache_entries = 100000              # verified-signature cache; 0 disables it
+//! # cache_entries = 100000              # verified-token cache (~0.5 KiB each); 0 disables it
 //!
 //! [encryption]                    # identity's key-encryption key (sealed Secret data)
 //! kek_file = "badge-data/kek"     # or kek = "<base64>" (BADGE_ENCRYPTION__KEK)
