@@ -35,7 +35,10 @@ fn bin(name: &str) -> PathBuf {
             build.arg("--release");
         }
         let status = build.status().expect("running cargo build");
-        assert!(status.success(), "cargo build -p {package} --bin {name} failed");
+        assert!(
+            status.success(),
+            "cargo build -p {package} --bin {name} failed"
+        );
     }
     assert!(path.is_file(), "{} is not built", path.display());
     path

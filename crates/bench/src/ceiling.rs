@@ -8,7 +8,7 @@ use anyhow::Context;
 use badge_runtime::pki;
 use badge_runtime::tls::{TlsFiles, TlsMaterial};
 
-use crate::echo::{EchoOptions, EchoServer};
+use crate::echo::EchoServer;
 use crate::load::{self, LoadConfig};
 use crate::report::Report;
 use crate::scenario::Scenario;
@@ -21,7 +21,6 @@ pub struct CeilingConfig {
     pub duration: Duration,
     pub warmup: Duration,
     pub payload_bytes: usize,
-    pub server: EchoOptions,
 }
 
 /// Generates a temporary PKI (removed afterwards), serves echo with the
@@ -35,12 +34,7 @@ pub async fn run(config: &CeilingConfig) -> anyhow::Result<Report> {
         cert: server_cert.cert,
         key: server_cert.key,
     })?;
-    let server = EchoServer::start(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        &server_tls,
-        config.server,
-    )
-    .await?;
+    let server = EchoServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &server_tls).await?;
     let load = LoadConfig {
         target: server.url(),
         server_name: "localhost".to_string(),

@@ -14,10 +14,10 @@ use badge_proto::review::{
 };
 use badge_proto::token::{BoundObjectReference, CreateTokenRequest};
 use badge_runtime::tls::{TlsFiles, TlsMaterial};
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::ceiling::{self, CeilingConfig};
-use crate::echo::{EchoOptions, EchoServer};
+use crate::echo::EchoServer;
 use crate::load::{self, LoadConfig, MAX_DURATION};
 use crate::report::Report;
 use crate::scenario::Scenario;
@@ -75,9 +75,6 @@ pub struct EchoServerArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub tls: TlsArgs,
-    /// TCP_NODELAY on accepted connections.
-    #[arg(long, default_value_t = true, action = ArgAction::Set)]
-    pub tcp_nodelay: bool,
 }
 
 #[derive(Debug, Args)]
@@ -280,9 +277,6 @@ pub struct CeilingArgs {
     pub load: LoadArgs,
     #[arg(long, default_value = "64", value_parser = payload_bytes)]
     pub payload_bytes: usize,
-    /// TCP_NODELAY on the echo server's accepted connections.
-    #[arg(long, default_value_t = true, action = ArgAction::Set)]
-    pub tcp_nodelay: bool,
 }
 
 /// Runs the command on a multi-threaded runtime; errors go to stderr.
@@ -330,9 +324,6 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 duration: args.load.duration,
                 warmup: args.load.warmup,
                 payload_bytes: args.payload_bytes,
-                server: EchoOptions {
-                    tcp_nodelay: args.tcp_nodelay,
-                },
             };
             let report = ceiling::run(&config).await?;
             print_report(&report, args.load.json)
@@ -342,14 +333,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
 
 async fn echo_server(args: EchoServerArgs) -> anyhow::Result<()> {
     let tls = TlsMaterial::load(&args.tls.files())?;
-    let server = EchoServer::start(
-        args.listen,
-        &tls,
-        EchoOptions {
-            tcp_nodelay: args.tcp_nodelay,
-        },
-    )
-    .await?;
+    let server = EchoServer::start(args.listen, &tls).await?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", server.addr()).context("stdout")?;

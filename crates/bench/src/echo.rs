@@ -1,6 +1,7 @@
-//! The echo service and an in-process server for it, with the transport setup of
-//! Badge's services: rustls (aws-lc), a client certificate from the CA required,
-//! HTTP/2 keep-alive every 30 s, `TCP_NODELAY` on accepted connections.
+//! The echo service and an in-process server for it, with the transport of Badge's
+//! services (`badge_runtime::transport`): rustls (aws-lc), a client certificate
+//! from the CA required, HTTP/2 keep-alive every 30 s, `TCP_NODELAY`, no vectored
+//! writes under HTTP/2.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,7 +11,6 @@ use badge_runtime::tls::TlsMaterial;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::proto::echo_service_server::{EchoService, EchoServiceServer};
@@ -29,19 +29,6 @@ impl EchoService for Echo {
     }
 }
 
-/// Server options beyond TLS.
-#[derive(Debug, Clone, Copy)]
-pub struct EchoOptions {
-    /// `TCP_NODELAY` on accepted connections (Badge's servers ask for it).
-    pub tcp_nodelay: bool,
-}
-
-impl Default for EchoOptions {
-    fn default() -> Self {
-        EchoOptions { tcp_nodelay: true }
-    }
-}
-
 /// A running echo server.
 #[derive(Debug)]
 pub struct EchoServer {
@@ -55,19 +42,16 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl EchoServer {
     /// Binds `listen` and serves on the current tokio runtime.
-    pub async fn start(
-        listen: SocketAddr,
-        tls: &TlsMaterial,
-        options: EchoOptions,
-    ) -> anyhow::Result<EchoServer> {
+    pub async fn start(listen: SocketAddr, tls: &TlsMaterial) -> anyhow::Result<EchoServer> {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr().context("local address")?;
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(options.tcp_nodelay));
+        let acceptor = tls
+            .server_acceptor(false)
+            .context("server TLS configuration")?;
+        let incoming = badge_runtime::transport::incoming(listener, acceptor);
         let router = tonic::transport::Server::builder()
-            .tls_config(tls.server_config(false))
-            .context("server TLS configuration")?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(EchoServiceServer::new(Echo));
         let (shutdown, stopped) = oneshot::channel::<()>();

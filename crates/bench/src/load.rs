@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::report::{Report, new_histogram};
 use crate::scenario::Scenario;
@@ -138,15 +138,18 @@ pub async fn run(config: &LoadConfig, scenario: Scenario) -> anyhow::Result<Repo
 
 /// Opens every connection now (TCP + TLS handshake), one `Channel` each.
 async fn connect(config: &LoadConfig, tls: &TlsMaterial) -> anyhow::Result<Vec<Channel>> {
-    let endpoint = Endpoint::from_shared(config.target.clone())
-        .with_context(|| format!("target {}", config.target))?
-        .tls_config(tls.client_config(&config.server_name))
-        .context("client TLS configuration")?
-        .tcp_nodelay(true)
-        .connect_timeout(CONNECT_TIMEOUT);
     let mut channels = Vec::with_capacity(config.connections);
     for i in 0..config.connections {
-        let channel = endpoint.connect().await.with_context(|| {
+        // Badge's own transport from the client side (no vectored writes under
+        // HTTP/2), for every scenario alike, echo included.
+        let channel = badge_runtime::transport::channel(
+            &config.target,
+            tls,
+            &config.server_name,
+            CONNECT_TIMEOUT,
+        )
+        .await
+        .with_context(|| {
             format!(
                 "connection {} of {} to {}",
                 i + 1,

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use badge_bench::echo::{EchoOptions, EchoServer};
+use badge_bench::echo::EchoServer;
 use badge_bench::load::{self, LoadConfig};
 use badge_bench::scenario::Scenario;
 use badge_bench::target::RefusedTarget;
@@ -23,13 +23,9 @@ async fn echo_server(dir: &Path) -> (EchoServer, TlsFiles) {
         key: server_cert.key,
     })
     .unwrap();
-    let server = EchoServer::start(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        &server_tls,
-        EchoOptions::default(),
-    )
-    .await
-    .unwrap();
+    let server = EchoServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &server_tls)
+        .await
+        .unwrap();
     let client = TlsFiles {
         ca: pki.ca.clone(),
         cert: pki.admin.cert.clone(),

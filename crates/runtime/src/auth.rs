@@ -27,7 +27,6 @@ use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt as _, Full, Limited};
 use tonic::Status;
 use tonic::body::Body;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -367,8 +366,8 @@ impl State {
         }
         let certs = req
             .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(TlsConnectInfo::peer_certs);
+            .get::<crate::transport::PeerInfo>()
+            .and_then(|p| p.certs.clone());
         let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
             return Err(Status::unauthenticated(
                 "no credentials: present a client certificate issued by the configured CA, or an authorization: Bearer <service-account token> header",

@@ -10,6 +10,7 @@ pub mod server;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;
 
 pub use auth::{
     AUTHENTICATED_GROUP, Authorizer, Caller, MastersOnly, MethodRule, MethodTable, Target,

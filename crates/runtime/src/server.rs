@@ -18,6 +18,8 @@ use crate::tls::TlsMaterial;
 pub enum ServeError {
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -142,8 +144,13 @@ impl GrpcServer {
                 .build_v1alpha()
                 .map_err(|e| ServeError::Reflection(e.to_string()))?,
         );
+        // Client certificates are optional at the TLS level: token-only workloads
+        // connect with a bearer token, and the auth layer refuses a request that
+        // has neither.
+        let acceptor = tls
+            .server_acceptor(true)
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
         tonic::transport::Server::builder()
-            .tls_config(tls.server_config(true))?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             // Outermost: the span covers authentication and refusals too.
             .layer(crate::telemetry::TraceLayer {
@@ -151,12 +158,7 @@ impl GrpcServer {
             })
             .layer(auth)
             .add_routes(routes.routes())
-            // Server::tcp_nodelay does not apply to an injected listener: set it
-            // here, or Nagle's algorithm adds tens of milliseconds to p99.
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                shutdown,
-            )
+            .serve_with_incoming_shutdown(crate::transport::incoming(listener, acceptor), shutdown)
             .await?;
         Ok(())
     }

@@ -30,6 +30,9 @@ pub enum TlsError {
         path: PathBuf,
         expected: &'static str,
     },
+    /// The PEM parsed but rustls refused it (the reason names no key bytes).
+    #[error("TLS configuration: {0}")]
+    Config(String),
 }
 
 fn read(what: &'static str, path: &Path, expected: &'static str) -> Result<Vec<u8>, TlsError> {
@@ -80,6 +83,89 @@ impl TlsMaterial {
             .identity(Identity::from_pem(&self.cert, &self.key))
             .client_ca_root(Certificate::from_pem(&self.ca))
             .client_auth_optional(client_auth_optional)
+    }
+
+    /// Our chain and key, and the CA as rustls roots.
+    #[allow(clippy::type_complexity)]
+    fn parsed(
+        &self,
+    ) -> Result<
+        (
+            Vec<rustls_pki_types::CertificateDer<'static>>,
+            rustls_pki_types::PrivateKeyDer<'static>,
+            tokio_rustls::rustls::RootCertStore,
+        ),
+        TlsError,
+    > {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+        let config =
+            |what: &str, e: &dyn std::fmt::Display| TlsError::Config(format!("{what}: {e}"));
+        let certs = CertificateDer::pem_slice_iter(&self.cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| config("tls.cert", &e))?;
+        // The error names the PEM problem, never key bytes.
+        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| config("tls.key", &e))?;
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&self.ca) {
+            let ca = ca.map_err(|e| config("tls.ca", &e))?;
+            roots.add(ca).map_err(|e| config("tls.ca", &e))?;
+        }
+        Ok((certs, key, roots))
+    }
+
+    /// Server side for [`crate::transport::incoming`]: our identity, client
+    /// certificates verified against `ca` (required, or optional when the auth
+    /// layer accepts bearer tokens instead), ALPN `h2`, rustls with aws-lc.
+    pub fn server_acceptor(
+        &self,
+        client_auth_optional: bool,
+    ) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+        use tokio_rustls::rustls;
+
+        let config = |e: &dyn std::fmt::Display| TlsError::Config(e.to_string());
+        let (certs, key, roots) = self.parsed()?;
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider.clone(),
+        );
+        let verifier = if client_auth_optional {
+            verifier.allow_unauthenticated()
+        } else {
+            verifier
+        }
+        .build()
+        .map_err(|e| config(&e))?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| config(&e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| config(&e))?;
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server)))
+    }
+
+    /// Client side for [`crate::transport::channel`]: trust `ca`, present our
+    /// certificate, ALPN `h2`, rustls with aws-lc.
+    pub fn client_connector(&self) -> Result<tokio_rustls::TlsConnector, TlsError> {
+        use tokio_rustls::rustls;
+
+        let config = |e: &dyn std::fmt::Display| TlsError::Config(e.to_string());
+        let (certs, key, roots) = self.parsed()?;
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| config(&e))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| config(&e))?;
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+            client,
+        )))
     }
 
     /// Client side: trust `ca`, present our certificate.
