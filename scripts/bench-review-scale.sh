@@ -9,6 +9,8 @@ R=${BIN:-$root/target/release}
 DUR=${DUR:-10s}
 PG=postgres://postgres@127.0.0.1:5432
 N=${N:-1000000}
+# shellcheck source=scripts/uncached-review.sh
+source "$root/scripts/uncached-review.sh"
 "$R/examples/index_scale" "$N" "$PG/badge_scale" | grep -E "index|lookups"
 work=$(mktemp -d)
 trap 'pkill -f "badge up --data-dir $work" || true; pkill -f "token-review serve --config $work" || true; rm -rf "$work"' EXIT
@@ -38,28 +40,12 @@ run() { # name database namespace sa pod
   "$R/badge-bench" run --target https://127.0.0.1:8446 "${TLS[@]}" --connections 2 --in-flight 64 \
     --duration "$DUR" token-review --token-file "$dir/token" --audience bench | grep -E "rate|latency|errors"
   if [ "$name" = small ]; then
-    # A second token-review with the signature cache off: every review verifies.
-    cat >"$dir/review.toml" <<TOML
-[server]
-listen = "127.0.0.1:8456"
-tls = { ca = "$dir/pki/ca.pem", cert = "$dir/pki/token-review.pem", key = "$dir/pki/token-review-key.pem" }
-[database]
-url = "$db"
-[review]
-issuers = ["https://127.0.0.1:8445"]
-cache_entries = 0
-[encryption]
-kek_file = "$dir/kek"
-TOML
-    RUST_LOG=warn "$R/badge-token-review" serve --config "$dir/review.toml" >"$dir/review.log" 2>&1 &
-    for _ in $(seq 1 100); do
-      "$R/badge" health --endpoint https://127.0.0.1:8456 "${TLS[@]}" >/dev/null 2>&1 && break
-      sleep 0.2
-    done
+    # A second token-review with the cache off: every review decodes and verifies.
+    uncached_review "$dir" "$db" 8456
     echo "== [$name] CreateTokenReview, signature verified every time (cache_entries = 0)"
     "$R/badge-bench" run --target https://127.0.0.1:8456 "${TLS[@]}" --connections 2 --in-flight 64 \
       --duration "$DUR" token-review --token-file "$dir/token" --audience bench | grep -E "rate|latency|errors"
-    pkill -f "token-review serve --config $dir" || true
+    pkill -f "token-review serve --config $dir/review-uncached.toml" || true
   fi
   pkill -f "badge up --data-dir $dir" || true
   sleep 2

@@ -4,7 +4,9 @@
 #   2. the tonic echo ceiling over the same mTLS (client and server on these cores),
 #      twice: in one process (`badge-bench ceiling`), and as a separate echo-server
 #      process like Badge's own (64 B, and the size of the reviewed token);
-#   3. CreateToken (ES256, then RS256) and CreateTokenReview against `badge up`.
+#   3. per algorithm (ES256, RS256) against `badge up`: CreateToken, CreateTokenReview of
+#      one of its tokens with a warm cache and with the cache off (a second
+#      token-review process: every review decodes and verifies); SubjectAccessReview.
 # Needs PostgreSQL on 127.0.0.1:5432. Loopback only; every run is bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,11 +14,14 @@ DUR=${DUR:-10s}
 N=${N:-2}
 M=${M:-64}
 DB=${DB:-postgres://postgres@127.0.0.1:5432}
-cargo build --release -q -p badge-cli -p badge-bench -p badge-keys --bins --example sign_rate
+cargo build --release -q -p badge-cli -p badge-bench -p badge-keys -p badge-token-review --bins --example sign_rate
 T=${CARGO_TARGET_DIR:-$PWD/target}
-B=$T/release/badge-bench
+R=$T/release
+B=$R/badge-bench
+# shellcheck source=scripts/uncached-review.sh
+source scripts/uncached-review.sh
 work=$(mktemp -d)
-trap 'pkill -f "badge up --data-dir $work" || true; pkill -f "echo-server --listen 127.0.0.1:$ECHO_PORT" || true; rm -rf "$work"' EXIT
+trap 'pkill -f "token-review serve --config $work" || true; pkill -f "badge up --data-dir $work" || true; pkill -f "echo-server --listen 127.0.0.1:$ECHO_PORT" || true; rm -rf "$work"' EXIT
 ECHO_PORT=${ECHO_PORT:-9555}
 # echo_process <payload bytes>: the echo service in its own process, loaded like Badge.
 echo_process() {
@@ -48,16 +53,22 @@ for alg in ES256 RS256; do
   "$B" run --target "$BADGE_ISSUER_ENDPOINT" "${TLS[@]}" --connections "$N" --in-flight "$M" \
     --duration "$DUR" create-token --namespace default --service-account default --audience bench \
     | grep -E "rate|latency|errors"
+  grpcurl -cacert "$BADGE_CA" -cert "$BADGE_CLIENT_CERT" -key "$BADGE_CLIENT_KEY" \
+    -d '{"namespace":"default","name":"default","audiences":["bench"]}' \
+    "${BADGE_ISSUER_ENDPOINT#https://}" badge.token.v1.TokenService/CreateToken \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' >"$work/token"
+  echo_process "$(tr -d '\n' <"$work/token" | wc -c)"
+  echo "== CreateTokenReview, $alg token, warm cache"
+  "$B" run --target "$BADGE_REVIEW_ENDPOINT" "${TLS[@]}" --connections "$N" --in-flight "$M" \
+    --duration "$DUR" token-review --token-file "$work/token" --audience bench \
+    | grep -E "rate|latency|errors"
+  uncached_review "$work/$alg" "$db" 8456
+  echo "== CreateTokenReview, $alg token, decoded and verified every time (cache_entries = 0)"
+  "$B" run --target https://127.0.0.1:8456 "${TLS[@]}" --connections "$N" --in-flight "$M" \
+    --duration "$DUR" token-review --token-file "$work/token" --audience bench \
+    | grep -E "rate|latency|errors"
+  pkill -f "token-review serve --config $work/$alg" || true
   if [ "$alg" = ES256 ]; then
-    grpcurl -cacert "$BADGE_CA" -cert "$BADGE_CLIENT_CERT" -key "$BADGE_CLIENT_KEY" \
-      -d '{"namespace":"default","name":"default","audiences":["bench"]}' \
-      "${BADGE_ISSUER_ENDPOINT#https://}" badge.token.v1.TokenService/CreateToken \
-      | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' >"$work/token"
-    echo_process "$(tr -d '\n' <"$work/token" | wc -c)"
-    echo "== CreateTokenReview (one valid token: warm cache)"
-    "$B" run --target "$BADGE_REVIEW_ENDPOINT" "${TLS[@]}" --connections "$N" --in-flight "$M" \
-      --duration "$DUR" token-review --token-file "$work/token" --audience bench \
-      | grep -E "rate|latency|errors"
     echo "== CreateSubjectAccessReview (RBAC decisions from memory)"
     "$B" run --target "$BADGE_REVIEW_ENDPOINT" "${TLS[@]}" --connections "$N" --in-flight "$M" \
       --duration "$DUR" subject-access-review --user system:serviceaccount:default:default \
