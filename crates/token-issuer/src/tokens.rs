@@ -9,7 +9,7 @@ use badge_core::token::{
 };
 use badge_core::{Clock, Error, Kind, Result, names};
 use badge_keys::Algorithm;
-use badge_proto::identity::{Pod, ServiceAccount};
+use badge_proto::identity::Pod;
 use badge_proto::token::{
     self as pb, key_service_server::KeyService, token_service_server::TokenService,
 };
@@ -131,12 +131,8 @@ impl Issuer {
                 return Err(token::sa_uid_mismatch(&r.service_account_uid, &fresh.uid));
             }
         }
-        let sa: ServiceAccount = decode(&sa_rec)?;
-        let sa_name = sa
-            .metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
+        // The record's name is the object's: no need to decode the whole account.
+        let sa_name = sa_rec.name.clone();
 
         let bref = spec.bound_object_ref.clone().unwrap_or_default();
         let binding = match bound_kind {
@@ -385,11 +381,14 @@ impl TokenService for Issuer {
         let resp = Issuer::create_token(self, caller.as_ref(), req.into_inner())
             .await
             .map_err(status)?;
-        let mut out = Response::new(resp.clone());
-        for w in &resp.warnings {
-            if let Ok(v) = w.parse() {
-                out.metadata_mut().append("warning", v);
-            }
+        let warnings: Vec<_> = resp
+            .warnings
+            .iter()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let mut out = Response::new(resp);
+        for v in warnings {
+            out.metadata_mut().append("warning", v);
         }
         Ok(out)
     }
