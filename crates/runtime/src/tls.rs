@@ -1,10 +1,10 @@
-//! TLS material for listeners and for calls to other services. Every gRPC listener
-//! requires a client certificate from the configured CA.
+//! TLS material for listeners (see [`crate::transport`]) and for calls to other
+//! services.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// PEM files: the CA that client (and peer server) certificates must chain to, and
 /// this process's certificate and key.
@@ -75,14 +75,6 @@ impl TlsMaterial {
             cert: read("tls.cert", &files.cert, "certificate")?,
             key: read("tls.key", &files.key, "private key")?,
         })
-    }
-
-    /// Server side: our identity, and client certificates required from `ca`.
-    pub fn server_config(&self, client_auth_optional: bool) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert, &self.key))
-            .client_ca_root(Certificate::from_pem(&self.ca))
-            .client_auth_optional(client_auth_optional)
     }
 
     /// Our chain and key, and the CA as rustls roots.
@@ -179,16 +171,4 @@ impl TlsMaterial {
     pub fn ca_pem(&self) -> &[u8] {
         &self.ca
     }
-}
-
-/// An mTLS channel to `endpoint` (`https://host:port`), verifying the server's name.
-pub async fn connect(
-    endpoint: &str,
-    tls: &TlsMaterial,
-    server_name: &str,
-) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    tonic::transport::Endpoint::from_shared(endpoint.to_string())?
-        .tls_config(tls.client_config(server_name))?
-        .connect()
-        .await
 }
