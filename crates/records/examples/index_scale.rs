@@ -14,6 +14,11 @@ use badge_records::Index;
 use badge_store::{Store, StoreOptions};
 use prost::Message as _;
 
+// The allocator every Badge binary runs on (badge-runtime declares it there), so the
+// RSS reported here is the services'.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
