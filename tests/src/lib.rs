@@ -192,6 +192,32 @@ pub fn meta(namespace: &str, name: &str) -> Option<badge_proto::meta::ObjectMeta
     })
 }
 
+/// Creates a `kubernetes.io/service-account-token` Secret annotated for
+/// `service_account`: the token-issuer fills in its legacy token.
+pub async fn create_legacy_token_secret(
+    identity: tonic::transport::Channel,
+    namespace: &str,
+    name: &str,
+    service_account: &str,
+) {
+    use badge_proto::identity as pb;
+    let mut m = meta(namespace, name);
+    m.as_mut().expect("meta").annotations.insert(
+        "kubernetes.io/service-account.name".into(),
+        service_account.into(),
+    );
+    pb::secret_service_client::SecretServiceClient::new(identity)
+        .create_secret(pb::CreateSecretRequest {
+            secret: Some(pb::Secret {
+                metadata: m,
+                r#type: "kubernetes.io/service-account-token".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("secret");
+}
+
 /// Options for [`IssuerServer::start`].
 #[derive(Debug, Clone)]
 pub struct IssuerOptions {

@@ -13,7 +13,8 @@ use badge_proto::token::{
     token_service_client::TokenServiceClient,
 };
 use badge_tests::{
-    IdentityServer, IssuerOptions, IssuerServer, ReviewOptions, ReviewServer, meta, pb,
+    IdentityServer, IssuerOptions, IssuerServer, ReviewOptions, ReviewServer,
+    create_legacy_token_secret, meta, pb,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -479,21 +480,7 @@ async fn legacy_secret_tokens_authenticate_record_their_use_and_die_with_the_sec
     e.ns("apps").await;
     let sa = e.sa("apps", "legacy").await;
     let mut secrets = pb::secret_service_client::SecretServiceClient::new(e.id.clone());
-    let mut m = meta("apps", "legacy-token");
-    m.as_mut()
-        .expect("m")
-        .annotations
-        .insert("kubernetes.io/service-account.name".into(), "legacy".into());
-    secrets
-        .create_secret(pb::CreateSecretRequest {
-            secret: Some(pb::Secret {
-                metadata: m,
-                r#type: "kubernetes.io/service-account-token".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("secret");
+    create_legacy_token_secret(e.id.clone(), "apps", "legacy-token", "legacy").await;
     let get = pb::GetSecretRequest {
         namespace: "apps".into(),
         name: "legacy-token".into(),

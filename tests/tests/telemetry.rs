@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use badge_proto::review as rv;
-use badge_tests::{IdentityServer, IssuerOptions, IssuerServer, ReviewServer, meta, pb};
+use badge_tests::{
+    IdentityServer, IssuerOptions, IssuerServer, ReviewServer, create_legacy_token_secret, meta, pb,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -233,21 +235,7 @@ async fn spans_and_metrics_reach_an_otlp_receiver() {
         .await
         .expect("sa");
     let mut secrets = pb::secret_service_client::SecretServiceClient::new(admin.clone());
-    let mut m = meta("apps", "legacy-token");
-    m.as_mut()
-        .expect("meta")
-        .annotations
-        .insert("kubernetes.io/service-account.name".into(), "legacy".into());
-    secrets
-        .create_secret(pb::CreateSecretRequest {
-            secret: Some(pb::Secret {
-                metadata: m,
-                r#type: "kubernetes.io/service-account-token".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("secret");
+    create_legacy_token_secret(admin.clone(), "apps", "legacy-token", "legacy").await;
     let mut token = None;
     for _ in 0..200 {
         let s = secrets
