@@ -501,6 +501,19 @@ impl Store {
         }
     }
 
+    /// [`Self::begin_read`], and the revision its snapshot is at (read first, so
+    /// what the transaction lists is exactly the state at that revision).
+    async fn begin_read_at_revision(&self) -> Result<(Tx, i64)> {
+        let mut tx = self.begin_read().await?;
+        let revision: i64 = with_tx!(&mut tx, |c| sqlx::query_scalar(
+            "SELECT revision FROM revision_counter WHERE id = 1"
+        )
+        .fetch_one(&mut **c)
+        .await)
+        .map_err(|e| db_error(e, None))?;
+        Ok((tx, revision))
+    }
+
     /// Applies every op in one transaction: all or nothing. Returns the changes in
     /// order, one revision each.
     pub async fn apply(&self, ops: Vec<Op>, now: SystemTime) -> Result<Vec<Change>> {
@@ -603,13 +616,7 @@ impl Store {
         let limit = if q.limit == 0 { usize::MAX } else { q.limit };
         let batch = limit.saturating_add(1).clamp(MIN_BATCH, MAX_BATCH);
         let batch_i64 = i64::try_from(batch).unwrap_or(500);
-        let mut tx = self.begin_read().await?;
-        let revision: i64 = with_tx!(&mut tx, |c| sqlx::query_scalar(
-            "SELECT revision FROM revision_counter WHERE id = 1"
-        )
-        .fetch_one(&mut **c)
-        .await)
-        .map_err(|e| db_error(e, None))?;
+        let (mut tx, revision) = self.begin_read_at_revision().await?;
         let mut cursor = q.after.clone();
         let mut items = Vec::new();
         let mut more = false;
@@ -655,13 +662,7 @@ impl Store {
     /// revision (as [`ListPage::revision`]).
     pub async fn scan(&self, kind: Kind, mut f: impl FnMut(Record) + Send) -> Result<i64> {
         const SCAN_BATCH: usize = 2_000;
-        let mut tx = self.begin_read().await?;
-        let revision: i64 = with_tx!(&mut tx, |c| sqlx::query_scalar(
-            "SELECT revision FROM revision_counter WHERE id = 1"
-        )
-        .fetch_one(&mut **c)
-        .await)
-        .map_err(|e| db_error(e, None))?;
+        let (mut tx, revision) = self.begin_read_at_revision().await?;
         let mut cursor: Option<(String, String)> = None;
         loop {
             let rows = list_batch(&mut tx, kind, None, cursor.as_ref(), SCAN_BATCH as i64).await?;
