@@ -2,6 +2,8 @@
 //! `cargo run --release -p badge-keys --example sign_rate`.
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+
 /// Calls `f` for three seconds; calls per second.
 fn rate(mut f: impl FnMut()) -> f64 {
     let start = Instant::now();
@@ -34,7 +36,6 @@ fn main() {
         let Some((input, signature)) = token.rsplit_once('.') else {
             return;
         };
-        use base64::Engine as _;
         let Ok(signature) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature)
         else {
             return;

@@ -163,33 +163,35 @@ pub async fn channel(
     }
     let authority = uri
         .authority()
-        .ok_or_else(|| ChannelError::Target(format!("{target}: no host")))?
-        .clone();
+        .ok_or_else(|| ChannelError::Target(format!("{target}: no host")))?;
     let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())
         .map_err(|e| ChannelError::Target(format!("server name {server_name:?}: {e}")))?;
     let connector = tls
         .client_connector()
         .map_err(|e| ChannelError::Tls(e.to_string()))?;
-    let connect = tower::service_fn(move |_: http::Uri| {
-        let (connector, name, authority) = (connector.clone(), name.clone(), authority.clone());
+    // tonic only does TLS itself for https URIs; this connector already has, and
+    // gets the endpoint's URI (host and port) from tonic.
+    let connect = tower::service_fn(move |uri: http::Uri| {
+        let (connector, name) = (connector.clone(), name.clone());
         async move {
-            let port = authority.port_u16().unwrap_or(443);
-            let tcp = TcpStream::connect((authority.host(), port)).await?;
+            // `[::1]` in a URI, `::1` to connect.
+            let host = uri.host().unwrap_or_default();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let tcp = TcpStream::connect((host, uri.port_u16().unwrap_or(443))).await?;
             tcp.set_nodelay(true)?;
             let stream = connector.connect(name, tcp).await?;
             Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(NoVectored(stream)))
         }
     });
-    // tonic only does TLS itself for https URIs; this connector already has.
-    tonic::transport::Endpoint::from_shared(format!(
-        "http://{}",
-        uri.authority().map(|a| a.as_str()).unwrap_or_default()
-    ))
-    .map_err(|e| ChannelError::Target(format!("{target}: {e}")))?
-    .connect_timeout(connect_timeout)
-    .connect_with_connector(connect)
-    .await
-    .map_err(ChannelError::Connect)
+    tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+        .map_err(|e| ChannelError::Target(format!("{target}: {e}")))?
+        .connect_timeout(connect_timeout)
+        .connect_with_connector(connect)
+        .await
+        .map_err(ChannelError::Connect)
 }
 
 #[derive(Debug, thiserror::Error)]
