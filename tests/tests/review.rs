@@ -1346,6 +1346,7 @@ async fn bench_token_review_scenario_runs_against_the_service() {
             in_flight: run.load.in_flight,
             duration: run.load.duration,
             warmup: run.load.warmup,
+            threads: run.load.threads,
         };
         let scenario = run.scenario.build().expect("scenario");
         assert_eq!(scenario.name(), "token-review");

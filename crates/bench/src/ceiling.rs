@@ -20,6 +20,7 @@ pub struct CeilingConfig {
     pub in_flight: usize,
     pub duration: Duration,
     pub warmup: Duration,
+    pub threads: Option<usize>,
     pub payload_bytes: usize,
 }
 
@@ -47,6 +48,7 @@ pub async fn run(config: &CeilingConfig) -> anyhow::Result<Report> {
         in_flight: config.in_flight,
         duration: config.duration,
         warmup: config.warmup,
+        threads: config.threads,
     };
     let report = load::run(&load, Scenario::echo(config.payload_bytes)).await;
     let stopped = server.stop().await;

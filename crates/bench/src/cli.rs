@@ -91,6 +91,10 @@ pub struct LoadArgs {
     /// Load before the measured window, not counted.
     #[arg(long, default_value = "2s", value_parser = crate::duration::parse)]
     pub warmup: Duration,
+    /// Client threads, each a single-threaded runtime owning its share of the
+    /// connections (default: one per core, at most one per connection).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Print a one-line JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
@@ -279,12 +283,11 @@ pub struct CeilingArgs {
     pub payload_bytes: usize,
 }
 
-/// Runs the command on a multi-threaded runtime; errors go to stderr.
+/// Runs the command on the runtime Badge's servers use (the echo server then
+/// runs on the same scheduler; load clients have their own threads, see
+/// [`crate::load`]); errors go to stderr.
 pub fn main(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match badge_runtime::server::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("badge-bench: starting the runtime: {e}");
@@ -313,6 +316,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 in_flight: args.load.in_flight,
                 duration: args.load.duration,
                 warmup: args.load.warmup,
+                threads: args.load.threads,
             };
             let report = load::run(&config, args.scenario.build()?).await?;
             print_report(&report, args.load.json)
@@ -323,6 +327,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 in_flight: args.load.in_flight,
                 duration: args.load.duration,
                 warmup: args.load.warmup,
+                threads: args.load.threads,
                 payload_bytes: args.payload_bytes,
             };
             let report = ceiling::run(&config).await?;

@@ -43,6 +43,7 @@ fn config(target: String, tls: TlsFiles, duration: Duration) -> LoadConfig {
         in_flight: 4,
         duration,
         warmup: Duration::from_millis(200),
+        threads: None,
     }
 }
 
@@ -142,5 +143,34 @@ async fn limits_are_enforced() {
     too_long.duration = Duration::from_secs(1);
     too_long.connections = 0;
     assert!(load::run(&too_long, Scenario::echo(8)).await.is_err());
+    too_long.connections = 2;
+    for threads in [0, 65] {
+        too_long.threads = Some(threads);
+        let err = load::run(&too_long, Scenario::echo(8)).await.unwrap_err();
+        assert!(format!("{err:#}").contains("--threads"), "{err:#}");
+    }
     server.stop().await.unwrap();
+}
+
+/// Every connection on every client thread keeps its requests in flight for the
+/// whole window, together: by Little's law the time spent in requests over the
+/// window is the number in flight (3 connections x 4 here, on 2 threads with one
+/// taking two connections). A thread that started late, or a connection left
+/// idle, shows as fewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_connections_on_all_threads_load_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = echo_server(dir.path()).await;
+    let mut run = config(server.url(), client, Duration::from_secs(1));
+    run.connections = 3;
+    run.threads = Some(2);
+    let report = load::run(&run, Scenario::echo(64)).await.unwrap();
+    server.stop().await.unwrap();
+
+    assert_eq!(report.errors_total(), 0, "{report}");
+    let in_flight = report.ok as f64 * report.mean_ms() / 1000.0 / report.elapsed.as_secs_f64();
+    assert!(
+        (10.0..=12.5).contains(&in_flight),
+        "{in_flight:.2} requests in flight on average, 12 expected: {report}"
+    );
 }

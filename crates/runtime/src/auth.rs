@@ -294,14 +294,7 @@ enum Credential {
 struct State {
     rules: HashMap<&'static str, MethodRule>,
     authorizer: Arc<dyn Authorizer>,
-    /// Parsed identities by certificate bytes: parsing X.509 on every call costs
-    /// more than the rest of the layer. Keyed by the full DER (not a connection
-    /// handle), so a cached identity can only ever belong to the same certificate.
-    callers: std::sync::RwLock<HashMap<Vec<u8>, Caller>>,
 }
-
-/// Bound on cached identities (cleared when exceeded).
-const CALLER_CACHE: usize = 4096;
 
 impl State {
     /// Authenticates and authorizes; hands back the request (its body rebuilt when
@@ -364,29 +357,22 @@ impl State {
         if let Some(token) = bearer(req.headers()) {
             return Ok(Credential::Token(token?.to_owned()));
         }
-        let certs = req
-            .extensions()
-            .get::<crate::transport::PeerInfo>()
-            .and_then(|p| p.certs.clone());
-        let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
+        let peer = req.extensions().get::<crate::transport::PeerInfo>();
+        let Some((peer, leaf)) =
+            peer.and_then(|p| Some((p, p.certs.as_ref().and_then(|c| c.first())?)))
+        else {
             return Err(Status::unauthenticated(
                 "no credentials: present a client certificate issued by the configured CA, or an authorization: Bearer <service-account token> header",
             ));
         };
-        // rustls has verified the chain before the request got here.
-        let der = leaf.as_ref();
-        if let Ok(cache) = self.callers.read()
-            && let Some(c) = cache.get(der)
-        {
-            return Ok(Credential::Certificate(c.clone()));
-        }
-        let caller = caller_from_cert(der).map_err(Status::unauthenticated)?;
-        if let Ok(mut cache) = self.callers.write() {
-            if cache.len() >= CALLER_CACHE {
-                cache.clear();
-            }
-            cache.insert(der.to_vec(), caller.clone());
-        }
+        // rustls has verified the chain before the request got here. Parsing X.509
+        // costs more than the rest of the layer, so it happens once per connection:
+        // the slot lives in that connection's `PeerInfo`, beside its chain.
+        let caller = peer
+            .caller
+            .get_or_init(|| caller_from_cert(leaf.as_ref()))
+            .clone()
+            .map_err(Status::unauthenticated)?;
         Ok(Credential::Certificate(caller))
     }
 }
@@ -401,11 +387,7 @@ impl AuthLayer {
     pub fn new(tables: &[MethodTable], authorizer: Arc<dyn Authorizer>) -> Self {
         let rules = tables.iter().flat_map(|t| t.iter().copied()).collect();
         AuthLayer {
-            state: Arc::new(State {
-                rules,
-                authorizer,
-                callers: std::sync::RwLock::new(HashMap::new()),
-            }),
+            state: Arc::new(State { rules, authorizer }),
         }
     }
 

@@ -246,3 +246,20 @@ impl Drop for Tasks {
         }
     }
 }
+
+/// The multi-threaded runtime every Badge server process runs on (and the bench's
+/// echo server, so the ceiling is measured on the same scheduler).
+///
+/// Built with `--cfg tokio_unstable` (the workspace's `.cargo/config.toml`), the
+/// LIFO slot is off: with it, a handler finishing its answer wakes the connection
+/// task straight into the slot, so the connection writes that one answer — one
+/// TLS record and one `writev` per RPC while other handlers are still queued.
+/// Without it, the connection task queues behind the handlers that are ready and
+/// writes their answers together.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.build()
+}

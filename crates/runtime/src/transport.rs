@@ -17,7 +17,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -44,6 +44,10 @@ pub struct PeerInfo {
     pub remote_addr: Option<SocketAddr>,
     /// The verified client certificate chain, leaf first; `None` without one.
     pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The identity read from `certs`, filled by the auth layer on the
+    /// connection's first request and shared by the rest. It belongs to this
+    /// connection's verified chain and to nothing else.
+    pub(crate) caller: Arc<OnceLock<Result<crate::auth::Caller, String>>>,
 }
 
 /// A stream that declines vectored writes (see the module docs).
@@ -95,6 +99,7 @@ impl Connected for TlsConn {
             certs: session
                 .peer_certificates()
                 .map(|c| Arc::new(c.iter().map(|d| d.clone().into_owned()).collect())),
+            caller: Arc::default(),
         }
     }
 }

@@ -4,9 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
-    let result = badge_cli::cli::run(badge_cli::cli::Cli::parse()).await;
-    badge_runtime::telemetry::flush();
-    result
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = badge_cli::cli::Cli::parse();
+    let runtime = badge_runtime::server::runtime()?;
+    runtime.block_on(async {
+        let result = badge_cli::cli::run(cli).await;
+        badge_runtime::telemetry::flush();
+        result
+    })
 }

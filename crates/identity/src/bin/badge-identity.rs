@@ -3,9 +3,12 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let result = badge_identity::cli::run(badge_identity::cli::Cli::parse()).await;
-    badge_runtime::telemetry::flush();
-    result
+fn main() -> anyhow::Result<()> {
+    let cli = badge_identity::cli::Cli::parse();
+    let runtime = badge_runtime::server::runtime()?;
+    runtime.block_on(async {
+        let result = badge_identity::cli::run(cli).await;
+        badge_runtime::telemetry::flush();
+        result
+    })
 }

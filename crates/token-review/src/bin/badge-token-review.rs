@@ -3,9 +3,12 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let result = badge_token_review::cli::run(badge_token_review::cli::Cli::parse()).await;
-    badge_runtime::telemetry::flush();
-    result
+fn main() -> anyhow::Result<()> {
+    let cli = badge_token_review::cli::Cli::parse();
+    let runtime = badge_runtime::server::runtime()?;
+    runtime.block_on(async {
+        let result = badge_token_review::cli::run(cli).await;
+        badge_runtime::telemetry::flush();
+        result
+    })
 }
