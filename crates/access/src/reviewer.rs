@@ -138,15 +138,18 @@ impl Reviewer {
         let began = Instant::now();
         let revision = self.index.revision();
         let mut pass = self.pass(token, audiences);
+        // The two slow paths are boxed: their store queries are large futures, and
+        // unboxed they would make every review's future that large (copied into its
+        // box on every call).
         if pass.report.outcome.is_err() && pass.unknown_kid {
-            self.refresh_keys(began).await;
+            Box::pin(self.refresh_keys(began)).await;
             pass = self.pass(token, audiences);
         }
         let retry = match &pass.report.outcome {
             Err(e) => pass.consulted && e != TOKEN_REVOKED,
             Ok(_) => false,
         };
-        if retry && self.catch_up(began, revision).await {
+        if retry && Box::pin(self.catch_up(began, revision)).await {
             pass = self.pass(token, audiences);
         }
         let report = pass.report;

@@ -25,33 +25,34 @@ pub struct ReviewService {
     pub reviewer: Arc<Reviewer>,
 }
 
-/// The status of a finished review, as the proto has it.
-pub fn review_status(report: &ReviewReport) -> pb::TokenReviewStatus {
-    match &report.outcome {
+/// The status of a finished review, as the proto has it (the report's strings move
+/// into the answer).
+pub fn review_status(report: ReviewReport) -> pb::TokenReviewStatus {
+    match report.outcome {
         Ok(a) => authenticated(a),
-        Err(e) => pb::TokenReviewStatus {
+        Err(error) => pb::TokenReviewStatus {
             authenticated: false,
-            error: e.clone(),
+            error,
             ..Default::default()
         },
     }
 }
 
-fn authenticated(a: &Authenticated) -> pb::TokenReviewStatus {
+fn authenticated(a: Authenticated) -> pb::TokenReviewStatus {
     pb::TokenReviewStatus {
         authenticated: true,
         user: Some(pb::UserInfo {
-            username: a.user.username.clone(),
-            uid: a.user.uid.clone(),
-            groups: a.user.groups.clone(),
+            username: a.user.username,
+            uid: a.user.uid,
+            groups: a.user.groups,
             extra: a
                 .user
                 .extra
-                .iter()
-                .map(|(k, v)| (k.clone(), pb::ExtraValue { items: v.clone() }))
+                .into_iter()
+                .map(|(k, items)| (k, pb::ExtraValue { items }))
                 .collect(),
         }),
-        audiences: a.audiences.clone(),
+        audiences: a.audiences,
         error: String::new(),
         stale: a.stale,
     }
@@ -67,33 +68,32 @@ impl TokenReviewService for ReviewService {
         &self,
         req: Request<pb::CreateTokenReviewRequest>,
     ) -> Result<Response<pb::TokenReview>, Status> {
-        let requester = req
-            .extensions()
-            .get::<Caller>()
-            .map(|c| c.user.clone())
-            .unwrap_or_default();
-        let spec = req.into_inner().spec.unwrap_or_default();
+        let (_, extensions, message) = req.into_parts();
+        let requester = extensions.get::<Caller>().map_or("", |c| c.user.as_str());
+        let spec = message.spec.unwrap_or_default();
         if spec.token.is_empty() {
             return Err(status(Error::invalid("spec.token", TOKEN_REQUIRED)));
         }
-        let report = self
+        let mut report = self
             .reviewer
-            .review(&spec.token, &spec.audiences, Via::Grpc, &requester)
+            .review(&spec.token, &spec.audiences, Via::Grpc, requester)
             .await
             .map_err(status)?;
+        // Kubernetes returns warnings as `Warning` headers.
+        let warnings = match &mut report.outcome {
+            Ok(a) => std::mem::take(&mut a.warnings),
+            Err(_) => Vec::new(),
+        };
         let mut out = Response::new(pb::TokenReview {
             spec: Some(pb::TokenReviewSpec {
                 token: String::new(),
                 audiences: spec.audiences,
             }),
-            status: Some(review_status(&report)),
+            status: Some(review_status(report)),
         });
-        // Kubernetes returns warnings as `Warning` headers.
-        if let Ok(a) = &report.outcome {
-            for w in &a.warnings {
-                if let Ok(v) = w.parse() {
-                    out.metadata_mut().append("warning", v);
-                }
+        for w in &warnings {
+            if let Ok(v) = w.parse() {
+                out.metadata_mut().append("warning", v);
             }
         }
         Ok(out)
