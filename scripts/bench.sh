@@ -2,8 +2,9 @@
 # Measures Badge against this machine's own ceilings, in one run:
 #   1. one-core signing rates of pre-parsed keys (RS256, ES256);
 #   2. the tonic echo ceiling over the same mTLS (client and server on these cores),
-#      twice: in one process (`badge-bench ceiling`), and as a separate echo-server
-#      process like Badge's own (64 B, and the size of the reviewed token);
+#      twice: in one process (`badge-bench ceiling`: the server on Badge's runtime,
+#      the clients on their own threads), and as a separate echo-server process
+#      like Badge's own (64 B, and the size of the reviewed token);
 #   3. per algorithm (ES256, RS256) against `badge up`: CreateToken, CreateTokenReview of
 #      one of its tokens with a warm cache and with the cache off (a second
 #      token-review process: every review decodes and verifies); SubjectAccessReview.
