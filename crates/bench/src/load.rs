@@ -118,13 +118,13 @@ pub async fn run(config: &LoadConfig, scenario: Scenario) -> anyhow::Result<Repo
             Arc::clone(&scenario),
         )?);
     }
-    let mut connect_errors = Vec::new();
+    let mut connect_error = None;
     for client in &mut clients {
         if let Err(e) = client.connected().await {
-            connect_errors.push(e);
+            connect_error.get_or_insert(e);
         }
     }
-    if let Some(e) = connect_errors.into_iter().next() {
+    if let Some(e) = connect_error {
         // Dropping the clients' start senders ends their threads.
         drop(clients);
         return Err(e);
