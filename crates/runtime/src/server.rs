@@ -263,3 +263,15 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     builder.disable_lifo_slot();
     builder.build()
 }
+
+/// A binary's `main`: runs `main` on [`runtime`], then flushes telemetry (spans
+/// and metrics still buffered for the exporter). `Err` only when the runtime could
+/// not start.
+pub fn run_main<T>(main: impl std::future::Future<Output = T>) -> std::io::Result<T> {
+    // Flushed inside the runtime: the exporters send on it.
+    Ok(runtime()?.block_on(async {
+        let result = main.await;
+        crate::telemetry::flush();
+        result
+    }))
+}

@@ -5,10 +5,5 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let cli = badge_identity::cli::Cli::parse();
-    let runtime = badge_runtime::server::runtime()?;
-    runtime.block_on(async {
-        let result = badge_identity::cli::run(cli).await;
-        badge_runtime::telemetry::flush();
-        result
-    })
+    badge_runtime::server::run_main(badge_identity::cli::run(cli))?
 }
