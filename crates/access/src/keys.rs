@@ -250,13 +250,12 @@ impl SignatureVerifier for CachingVerifier<'_> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::time::UNIX_EPOCH;
-
-    use std::time::SystemTime;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     use badge_core::review::{ObjectLookup, ObjectState, ReviewSettings, SecretState, review};
-    use badge_core::token::unix_seconds;
-    use badge_core::token::{Binding, ClaimsInput, ObjectRef, TokenPlan, bound_claims_json};
+    use badge_core::token::{
+        Binding, ClaimsInput, ObjectRef, TokenPlan, bound_claims_json, unix_seconds,
+    };
     use badge_keys::{Algorithm, KeySource, SigningKey};
 
     use super::*;
