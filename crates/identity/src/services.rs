@@ -74,18 +74,6 @@ fn validate_secret(s: &Secret) -> badge_core::Result<()> {
     Error::check(v)
 }
 
-/// Attaches warnings the way Kubernetes sends `Warning` headers: as response
-/// metadata (one `warning` entry each).
-fn with_warnings<T>(msg: T, warnings: Vec<String>) -> Response<T> {
-    let mut resp = Response::new(msg);
-    for w in warnings {
-        if let Ok(v) = w.parse() {
-            resp.metadata_mut().append("warning", v);
-        }
-    }
-    resp
-}
-
 #[tonic::async_trait]
 impl NamespaceService for Objects {
     async fn create_namespace(&self, req: Request<pb::CreateNamespaceRequest>) -> R<Namespace> {
@@ -163,7 +151,7 @@ impl ServiceAccountService for Objects {
             .map_err(status)?;
         let warning = admission::enforce_mountable_secrets_warning(None, &sa);
         let sa = self.create(sa, vec![]).await.map_err(status)?;
-        Ok(with_warnings(sa, warning.into_iter().collect()))
+        Ok(status::with_warnings(sa, warning.into_iter().collect()))
     }
 
     async fn get_service_account(
@@ -208,7 +196,7 @@ impl ServiceAccountService for Objects {
             )
             .await
             .map_err(status)?;
-        Ok(with_warnings(sa, warning.into_iter().collect()))
+        Ok(status::with_warnings(sa, warning.into_iter().collect()))
     }
 
     async fn delete_service_account(

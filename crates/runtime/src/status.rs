@@ -53,6 +53,19 @@ pub fn status(err: Error) -> Status {
     to_status(err)
 }
 
+/// Attaches warnings the way Kubernetes sends `Warning` headers: as response
+/// metadata (one `warning` entry each; a warning that is not a valid header value
+/// is left out).
+pub fn with_warnings<T>(msg: T, warnings: Vec<String>) -> tonic::Response<T> {
+    let mut resp = tonic::Response::new(msg);
+    for w in warnings {
+        if let Ok(v) = w.parse() {
+            resp.metadata_mut().append("warning", v);
+        }
+    }
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

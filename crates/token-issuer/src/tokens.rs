@@ -381,16 +381,8 @@ impl TokenService for Issuer {
         let resp = Issuer::create_token(self, caller.as_ref(), req.into_inner())
             .await
             .map_err(status)?;
-        let warnings: Vec<_> = resp
-            .warnings
-            .iter()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        let mut out = Response::new(resp);
-        for v in warnings {
-            out.metadata_mut().append("warning", v);
-        }
-        Ok(out)
+        let warnings = resp.warnings.clone();
+        Ok(badge_runtime::status::with_warnings(resp, warnings))
     }
 }
 

@@ -84,18 +84,13 @@ impl TokenReviewService for ReviewService {
             Ok(a) => std::mem::take(&mut a.warnings),
             Err(_) => Vec::new(),
         };
-        let mut out = Response::new(pb::TokenReview {
+        let review = pb::TokenReview {
             spec: Some(pb::TokenReviewSpec {
                 token: String::new(),
                 audiences: spec.audiences,
             }),
             status: Some(review_status(report)),
-        });
-        for w in &warnings {
-            if let Ok(v) = w.parse() {
-                out.metadata_mut().append("warning", v);
-            }
-        }
-        Ok(out)
+        };
+        Ok(status::with_warnings(review, warnings))
     }
 }
