@@ -35,6 +35,21 @@ impl IdentityServer {
 
     /// As [`IdentityServer::start`], accepting bearer tokens of `issuers`.
     pub async fn start_accepting(issuers: &[String]) -> Self {
+        Self::start_with(issuers, badge_runtime::limits::Limits::default()).await
+    }
+
+    /// As [`IdentityServer::start_accepting`], with the listener's `limits`.
+    pub async fn start_with(issuers: &[String], limits: badge_runtime::limits::Limits) -> Self {
+        Self::start_configured(issuers, limits, |_| {}).await
+    }
+
+    /// As [`IdentityServer::start_with`], with `configure` adjusting the
+    /// configuration before the server starts (e.g. a short watch timeout).
+    pub async fn start_configured(
+        issuers: &[String],
+        limits: badge_runtime::limits::Limits,
+        configure: impl FnOnce(&mut IdentityConfig),
+    ) -> Self {
         let db = fresh_database().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = pki::generate(dir.path(), &[]).expect("dev pki");
@@ -57,6 +72,7 @@ impl IdentityServer {
             telemetry: Default::default(),
             server: ListenConfig {
                 listen: "127.0.0.1:0".parse().expect("addr"),
+                limits,
                 tls: TlsFiles {
                     ca: pki.ca.clone(),
                     cert: server.cert,
@@ -66,6 +82,7 @@ impl IdentityServer {
             database: DatabaseConfig {
                 url: db.url.clone(),
                 max_connections: 8,
+                max_index_lag_seconds: 5,
             },
             log: LogConfig::default(),
             feed: FeedConfig::default(),
@@ -79,6 +96,8 @@ impl IdentityServer {
                 api_audiences: vec![],
             },
         };
+        let mut config = config;
+        configure(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -284,6 +303,7 @@ impl IssuerServer {
             telemetry: Default::default(),
             server: ListenConfig {
                 listen: "127.0.0.1:0".parse().expect("addr"),
+                limits: Default::default(),
                 tls: TlsFiles {
                     ca: identity.pki.ca.clone(),
                     cert: server.cert.clone(),
@@ -320,6 +340,7 @@ impl IssuerServer {
                 socket: opts.socket.then(|| dir.join("signer.sock")),
                 refresh_hint_seconds: Some(30),
             },
+            ca: Default::default(),
             identity: opts.legacy_tokens.then(|| PeerConfig {
                 endpoint: identity.url(),
                 server_name: "localhost".into(),
@@ -529,7 +550,8 @@ impl PgProxy {
 /// Options for [`ReviewServer::start_with`].
 #[derive(Debug, Clone)]
 pub struct ReviewOptions {
-    /// The webhook requires client certificates from the dev CA.
+    /// `webhook.client_ca` is set to the dev CA (unset: it defaults to the
+    /// server's CA, the same one).
     pub webhook_client_certs: bool,
     /// Record legacy-token use through identity.
     pub last_used: bool,
@@ -585,8 +607,10 @@ impl ReviewServer {
         database.max_connections = 4;
         ReviewConfig {
             telemetry: Default::default(),
+            mesh: Default::default(),
             server: ListenConfig {
                 listen: "127.0.0.1:0".parse().expect("addr"),
+                limits: Default::default(),
                 tls: TlsFiles {
                     ca: identity.pki.ca.clone(),
                     cert: server.cert.clone(),
@@ -612,6 +636,7 @@ impl ReviewServer {
                 cert: server.cert,
                 key: server.key,
                 client_ca: opts.webhook_client_certs.then(|| identity.pki.ca.clone()),
+                limits: Default::default(),
             }),
             identity: opts.last_used.then(|| PeerConfig {
                 endpoint: identity.url(),

@@ -293,3 +293,75 @@ async fn agent_keeps_retrying_while_the_issuer_is_unreachable() {
     assert_eq!(exit, Exit::Stopped);
     assert!(dir.join("ca.crt").is_file(), "stop leaves the files");
 }
+
+/// #13 finding 10: the agent refuses a target directory that is a symlink or that
+/// another user owns (that user could read the tokens or redirect them), before
+/// writing anything, with an error naming the directory.
+#[tokio::test]
+async fn agent_refuses_a_symlinked_or_foreign_target_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let s = stack().await;
+    workload(&s).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let real = tmp.path().join("real");
+    std::fs::create_dir(&real).expect("mkdir");
+    let link = tmp.path().join("tokens");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+
+    let (_handle, control) = badge_agent::control();
+    // Refused at once (before the fix it projected through the link and ran on).
+    let e = tokio::time::timeout(
+        Duration::from_secs(20),
+        badge_agent::run(s.agent_args("apps", "web", &link), control),
+    )
+    .await
+    .expect("the agent ran on instead of refusing the symlinked directory")
+    .expect_err("a symlinked directory is refused");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains(&format!(
+            "{} is a symlink (to {}): refusing to write tokens through it",
+            link.display(),
+            real.display()
+        )),
+        "{e}"
+    );
+    assert!(
+        std::fs::read_dir(&real).expect("ls").next().is_none(),
+        "nothing written through the link"
+    );
+
+    // Another user's directory: as root, one chowned away; otherwise root's own /.
+    let me = std::fs::metadata("/proc/self").expect("/proc/self").uid();
+    let foreign = if me == 0 {
+        let d = tmp.path().join("foreign");
+        std::fs::create_dir(&d).expect("mkdir");
+        std::os::unix::fs::chown(&d, Some(4242), Some(4242)).expect("chown as root");
+        d
+    } else {
+        PathBuf::from("/")
+    };
+    let owner = std::fs::metadata(&foreign).expect("stat").uid();
+    let (_handle, control) = badge_agent::control();
+    let e = tokio::time::timeout(
+        Duration::from_secs(20),
+        badge_agent::run(s.agent_args("apps", "web", &foreign), control),
+    )
+    .await
+    .expect("the agent ran on instead of refusing another user's directory")
+    .expect_err("another user's directory is refused");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains(&format!(
+            "{} is owned by uid {owner}, not by the agent's uid {me}",
+            foreign.display()
+        )),
+        "{e}"
+    );
+    assert!(
+        std::fs::read_dir(&foreign)
+            .expect("ls")
+            .all(|e| e.expect("entry").file_name() != "ca.crt"),
+        "nothing written into it"
+    );
+}

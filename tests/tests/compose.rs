@@ -94,8 +94,10 @@ fn compose() -> BTreeMap<String, Service> {
         let ports = strings(&get("ports"), &format!("{name}.ports"))
             .iter()
             .map(|p| {
+                // [ip:]host:container; the ip (if any) is checked by its own test.
                 let (host, container) = p
-                    .split_once(':')
+                    .rsplit_once(':')
+                    .map(|(h, c)| (h.rsplit_once(':').map_or(h, |(_, h)| h), c))
                     .unwrap_or_else(|| panic!("{name}: port {p:?} is not host:container"));
                 let n = |x: &str| {
                     x.parse::<u16>()
@@ -678,6 +680,12 @@ async fn the_stack_starts_and_its_health_checks_pass() {
         webhook: Some(bind().await),
     };
     let rv_port = listeners.grpc.local_addr().expect("addr").port();
+    let webhook_addr = listeners
+        .webhook
+        .as_ref()
+        .expect("webhook")
+        .local_addr()
+        .expect("addr");
     let (c, stop) = (clock.clone(), stopped());
     tasks.push(tokio::spawn(async move {
         badge_token_review::serve(&cfg, store, c, listeners, stop).await
@@ -688,10 +696,57 @@ async fn the_stack_starts_and_its_health_checks_pass() {
     )
     .await;
 
+    // The webhook requires a credential: anonymous → 401; pki-init's
+    // kube-apiserver certificate (the one in its webhook kubeconfig) is let in and
+    // authorized by the bootstrap policy.
+    let pki = badge_runtime::pki::DevPki::at(&dir.path().join("pki"));
+    let kubeconfig = std::fs::read_to_string(dir.path().join("pki/webhook-kubeconfig.yaml"))
+        .expect("pki-init writes the webhook kubeconfig");
+    assert!(
+        kubeconfig.contains("server: https://localhost:8447/"),
+        "{kubeconfig}"
+    );
+    let body = br#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"x.y.z"}}"#;
+    let (status, _, _) =
+        badge_tests::https_post(webhook_addr, "/", &pki.ca, None, "application/json", body).await;
+    assert_eq!(status, 401);
+    let (status, _, out) = badge_tests::https_post(
+        webhook_addr,
+        "/",
+        &pki.ca,
+        Some(&pki.kube_apiserver),
+        "application/json",
+        body,
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+
     let _ = stop_tx.send(true);
     for t in tasks {
         t.await.expect("join").expect("service stopped cleanly");
     }
+}
+
+/// The webhook is published on the loopback interface only, and requires client
+/// certificates from the dev CA.
+#[test]
+fn the_webhook_is_published_on_loopback_with_a_client_ca() {
+    let raw: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("docker-compose.yml")).expect("compose"),
+    )
+    .expect("yaml");
+    let ports: Vec<&str> = raw["services"]["token-review"]["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert!(ports.contains(&"127.0.0.1:8447:8447"), "{ports:?}");
+    let env = &raw["services"]["token-review"]["environment"];
+    assert_eq!(
+        env["BADGE_WEBHOOK__CLIENT_CA"].as_str(),
+        Some("/var/lib/badge/pki/ca.pem")
+    );
 }
 
 /// `badge health` fails, rather than hanging, when nothing listens.

@@ -118,8 +118,14 @@ fn parses(argv: &[String]) -> Result<(), String> {
 
 /// `package.Service/Method` of every method the servers offer (and reflect).
 fn methods() -> BTreeSet<String> {
-    let set = prost_types::FileDescriptorSet::decode(badge_proto::FILE_DESCRIPTOR_SET)
+    let mut set = prost_types::FileDescriptorSet::decode(badge_proto::FILE_DESCRIPTOR_SET)
         .expect("descriptor set");
+    // token-review also serves and reflects Envoy's ext_authz Authorization service.
+    set.file.extend(
+        prost_types::FileDescriptorSet::decode(badge_token_review::ext_authz::FILE_DESCRIPTOR_SET)
+            .expect("envoy descriptor set")
+            .file,
+    );
     let mut out = BTreeSet::new();
     for file in set.file {
         let package = file.package().to_string();

@@ -1403,3 +1403,667 @@ async fn shutdown_ends_open_watches() {
         Some(Ok(ev)) => panic!("unexpected event {ev:?}"),
     }
 }
+
+/// #13 finding 9: an update without a resource_version ran its immutability checks
+/// on one read and wrote to whatever was current. Here the object is deleted and
+/// re-created with another immutable value between the check and the write (from
+/// inside the check, so the race is hit every time): the write must not land on the
+/// re-created object unchecked — it re-reads, re-checks and is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_writes_only_the_version_it_checked() {
+    use badge_identity::Objects;
+    use badge_identity::services::{check_pod_update, check_secret_update};
+    let db = badge_store::testing::fresh_database().await;
+    let store = db.store().await;
+    let objects = Objects::new(store.clone(), std::sync::Arc::new(badge_core::SystemClock));
+    badge_identity::controllers::bootstrap(&objects)
+        .await
+        .expect("bootstrap");
+    // Runs `f` to completion from inside a synchronous check.
+    fn blocking<F: std::future::Future>(f: F) -> F::Output {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+    }
+
+    let secret = |ty: &str, value: &[u8]| pb::Secret {
+        metadata: meta("default", "creds"),
+        r#type: ty.into(),
+        data: [("k".to_string(), value.to_vec())].into(),
+        ..Default::default()
+    };
+    let prepared = objects
+        .prepare(Some(secret("Opaque", b"one")), "secret")
+        .expect("valid");
+    objects.create(prepared, vec![]).await.expect("create");
+    let mut raced = false;
+    let r = objects
+        .update(Some(secret("Opaque", b"mine")), "secret", |old, new| {
+            if !raced {
+                raced = true;
+                blocking(async {
+                    objects
+                        .delete::<pb::Secret>("default", "creds", "", "", vec![])
+                        .await
+                        .expect("delete");
+                    let other = objects
+                        .prepare(Some(secret("example.com/other", b"two")), "secret")
+                        .expect("valid");
+                    objects.create(other, vec![]).await.expect("re-create");
+                });
+            }
+            check_secret_update(old, new)
+        })
+        .await;
+    assert!(raced);
+    let e = r.expect_err("the type change must be refused");
+    assert!(
+        matches!(&e, badge_core::Error::Invalid(v) if v[0].field == "secret.type"),
+        "{e:?}"
+    );
+    let stored: pb::Secret = objects.get("default", "creds").await.expect("get");
+    assert_eq!(stored.r#type, "example.com/other");
+    assert_eq!(stored.data.get("k").map(Vec::as_slice), Some(&b"two"[..]));
+
+    let pod = |image: &str| pb::Pod {
+        metadata: meta("default", "web"),
+        spec: Some(pb::PodSpec {
+            service_account_name: "default".into(),
+            containers: vec![pb::Container {
+                name: "app".into(),
+                image: image.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    };
+    objects
+        .create(
+            objects.prepare(Some(pod("app:1")), "pod").expect("valid"),
+            vec![],
+        )
+        .await
+        .expect("create pod");
+    let mut raced = false;
+    let r = objects
+        .update(Some(pod("app:1")), "pod", |old, new| {
+            if !raced {
+                raced = true;
+                blocking(async {
+                    objects
+                        .delete::<pb::Pod>("default", "web", "", "", vec![])
+                        .await
+                        .expect("delete");
+                    let other = objects.prepare(Some(pod("app:2")), "pod").expect("valid");
+                    objects.create(other, vec![]).await.expect("re-create");
+                });
+            }
+            check_pod_update(old, new)
+        })
+        .await;
+    let e = r.expect_err("the spec change must be refused");
+    assert!(
+        matches!(&e, badge_core::Error::Invalid(v) if v[0].field == "pod.spec"),
+        "{e:?}"
+    );
+    let stored: pb::Pod = objects.get("default", "web").await.expect("get");
+    assert_eq!(stored.spec.expect("spec").containers[0].image, "app:2");
+
+    // A plain concurrent update (same object, new version) is retried, not refused.
+    let mut raced = false;
+    let updated = objects
+        .update(
+            Some(secret("example.com/other", b"three")),
+            "secret",
+            |old, new| {
+                if !raced {
+                    raced = true;
+                    let mut bump = old.clone();
+                    bump.metadata.get_or_insert_default().labels =
+                        [("touched".to_string(), "yes".to_string())].into();
+                    bump.metadata.get_or_insert_default().resource_version = String::new();
+                    blocking(objects.update(Some(bump), "secret", |_, _| Ok(())))
+                        .expect("concurrent update");
+                }
+                check_secret_update(old, new)
+            },
+        )
+        .await
+        .expect("retried on the new version");
+    assert_eq!(
+        updated.data.get("k").map(Vec::as_slice),
+        Some(&b"three"[..])
+    );
+}
+
+/// identity accepting the issuer's tokens, and that issuer.
+async fn token_stack() -> (IdentityServer, badge_tests::IssuerServer) {
+    let oidc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "https://127.0.0.1:{}",
+        oidc.local_addr().expect("addr").port()
+    );
+    let identity = IdentityServer::start_accepting(&[url]).await;
+    let issuer =
+        badge_tests::IssuerServer::start_on(&identity, badge_tests::IssuerOptions::default(), oidc)
+            .await;
+    (identity, issuer)
+}
+
+/// A TLS channel to `identity` without a client certificate (bearer callers).
+fn anonymous(identity: &IdentityServer) -> Channel {
+    let ca = std::fs::read(&identity.pki.ca).expect("ca");
+    Channel::from_shared(identity.url())
+        .expect("url")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name("localhost"),
+        )
+        .expect("tls")
+        .connect_lazy()
+}
+
+/// A service-account token, optionally bound to a pod; with its credential id.
+async fn sa_token(issuer: &Channel, ns: &str, sa: &str, pod: Option<&pb::Pod>) -> (String, String) {
+    use badge_proto::token as tk;
+    let bound_object_ref = pod.map(|p| {
+        let m = p.metadata.as_ref().expect("meta");
+        tk::BoundObjectReference {
+            kind: "Pod".into(),
+            api_version: "v1".into(),
+            name: m.name.clone(),
+            uid: m.uid.clone(),
+        }
+    });
+    let r = tk::token_service_client::TokenServiceClient::new(issuer.clone())
+        .create_token(tk::CreateTokenRequest {
+            namespace: ns.into(),
+            name: sa.into(),
+            bound_object_ref,
+            ..Default::default()
+        })
+        .await
+        .expect("token")
+        .into_inner();
+    (r.token, r.credential_id)
+}
+
+/// `watch` on Secrets in `ns` for the service account, through a Role and a
+/// RoleBinding named `name`.
+async fn grant_watch_secrets(admin: &Channel, ns: &str, name: &str, sa: &str) {
+    use badge_proto::rbac as rb;
+    rb::role_service_client::RoleServiceClient::new(admin.clone())
+        .create_role(rb::CreateRoleRequest {
+            role: Some(rb::Role {
+                metadata: meta(ns, name),
+                rules: vec![rb::PolicyRule {
+                    verbs: vec!["watch".into()],
+                    api_groups: vec!["".into()],
+                    resources: vec!["secrets".into()],
+                    ..Default::default()
+                }],
+            }),
+        })
+        .await
+        .expect("role");
+    rb::role_binding_service_client::RoleBindingServiceClient::new(admin.clone())
+        .create_role_binding(rb::CreateRoleBindingRequest {
+            role_binding: Some(rb::RoleBinding {
+                metadata: meta(ns, name),
+                subjects: vec![rb::Subject {
+                    kind: "ServiceAccount".into(),
+                    name: sa.into(),
+                    namespace: ns.into(),
+                    ..Default::default()
+                }],
+                role_ref: Some(rb::RoleRef {
+                    kind: "Role".into(),
+                    name: name.into(),
+                    ..Default::default()
+                }),
+            }),
+        })
+        .await
+        .expect("role binding");
+}
+
+/// Opens a watch on Secrets in `ns` with a bearer token (retrying while a fresh
+/// binding reaches the auth layer) and reads past the initial list.
+async fn watch_secrets_as(
+    identity: &IdentityServer,
+    ns: &str,
+    token: &str,
+) -> tonic::Streaming<pb::WatchEvent> {
+    let mut last = None;
+    for _ in 0..100 {
+        let mut req = tonic::Request::new(pb::WatchRequest {
+            kinds: vec![pb::Kind::Secret as i32],
+            namespace: ns.into(),
+            ..Default::default()
+        });
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        match WatchServiceClient::new(anonymous(identity))
+            .watch(req)
+            .await
+        {
+            Ok(r) => {
+                let mut stream = r.into_inner();
+                loop {
+                    let ev = next(&mut stream).await;
+                    if ev.r#type == pb::EventType::Bookmark as i32 {
+                        return stream;
+                    }
+                }
+            }
+            Err(e) if e.code() == Code::PermissionDenied => last = Some(e),
+            Err(e) => panic!("watch: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("watch stayed denied: {last:?}");
+}
+
+async fn create_secret(c: &mut Clients, ns: &str, name: &str) -> pb::Secret {
+    c.secrets
+        .create_secret(pb::CreateSecretRequest {
+            secret: Some(pb::Secret {
+                metadata: meta(ns, name),
+                data: [("k".to_string(), b"v".to_vec())].into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create secret")
+        .into_inner()
+}
+
+/// What the stream says after access was withdrawn at `since`: it must end with
+/// `code` within 1 s, delivering none of the Secrets named in `unseen` first.
+async fn ends_with(
+    stream: &mut tonic::Streaming<pb::WatchEvent>,
+    since: std::time::Instant,
+    code: Code,
+    unseen: &[&str],
+) -> tonic::Status {
+    loop {
+        let left = Duration::from_secs(1).saturating_sub(since.elapsed());
+        let item = tokio::time::timeout(left, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("the watch still ran 1 s after access was withdrawn"));
+        match item {
+            Some(Ok(ev)) => {
+                let (_, name) = event_name(&ev);
+                assert!(
+                    !unseen.contains(&name.as_str()),
+                    "{name} was delivered after access was withdrawn"
+                );
+            }
+            Some(Err(e)) => {
+                assert_eq!(e.code(), code, "{e:?}");
+                return e;
+            }
+            None => panic!("the watch ended OK instead of {code:?}"),
+        }
+    }
+}
+
+/// #13 finding 4: a watch was authorized once and then ran forever. Removing the
+/// RoleBinding, revoking the token or deleting the pod it is bound to now ends the
+/// stream within 1 s with PERMISSION_DENIED / UNAUTHENTICATED, and nothing written
+/// after the removal is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_end_when_access_is_withdrawn() {
+    let (identity, issuer) = token_stack().await;
+    let admin = identity.admin().await;
+    let issuer_admin = issuer.channel(&identity, &identity.pki.admin);
+    let mut c = clients(admin.clone());
+    create_ns(&mut c, "dev").await;
+    c.sa.create_service_account(pb::CreateServiceAccountRequest {
+        service_account: Some(sa("dev", "app")),
+    })
+    .await
+    .expect("sa");
+    grant_watch_secrets(&admin, "dev", "app-watch", "app").await;
+
+    // 1. The RoleBinding goes: PERMISSION_DENIED, Kubernetes' forbidden text.
+    let (jwt, _) = sa_token(&issuer_admin, "dev", "app", None).await;
+    let mut stream = watch_secrets_as(&identity, "dev", &jwt).await;
+    create_secret(&mut c, "dev", "before").await;
+    assert_eq!(
+        event_name(&next(&mut stream).await),
+        (pb::EventType::Added as i32, "before".into())
+    );
+    badge_proto::rbac::role_binding_service_client::RoleBindingServiceClient::new(admin.clone())
+        .delete_role_binding(badge_proto::rbac::DeleteRoleBindingRequest {
+            namespace: "dev".into(),
+            name: "app-watch".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete binding");
+    let since = std::time::Instant::now();
+    create_secret(&mut c, "dev", "after-unbind").await;
+    let e = ends_with(
+        &mut stream,
+        since,
+        Code::PermissionDenied,
+        &["after-unbind"],
+    )
+    .await;
+    assert!(
+        e.message().starts_with(
+            "secrets is forbidden: User \"system:serviceaccount:dev:app\" cannot watch resource \"secrets\""
+        ),
+        "{e:?}"
+    );
+
+    // 2. The token is revoked: UNAUTHENTICATED with the review's text.
+    grant_watch_secrets(&admin, "dev", "app-watch-2", "app").await;
+    let (jwt, credential_id) = sa_token(&issuer_admin, "dev", "app", None).await;
+    let mut stream = watch_secrets_as(&identity, "dev", &jwt).await;
+    badge_proto::token::token_service_client::TokenServiceClient::new(issuer_admin.clone())
+        .revoke_token(badge_proto::token::RevokeTokenRequest {
+            credential_id,
+            ..Default::default()
+        })
+        .await
+        .expect("revoke");
+    let since = std::time::Instant::now();
+    create_secret(&mut c, "dev", "after-revoke").await;
+    let e = ends_with(&mut stream, since, Code::Unauthenticated, &["after-revoke"]).await;
+    assert!(e.message().contains("revoked"), "{e:?}");
+    assert!(!e.message().contains(&jwt[..20]), "no token in errors");
+
+    // 3. The pod the token is bound to is deleted: UNAUTHENTICATED.
+    let p = c
+        .pods
+        .create_pod(pb::CreatePodRequest {
+            pod: Some(pod("dev", "web", "app")),
+        })
+        .await
+        .expect("pod")
+        .into_inner();
+    let (jwt, _) = sa_token(&issuer_admin, "dev", "app", Some(&p)).await;
+    let mut stream = watch_secrets_as(&identity, "dev", &jwt).await;
+    c.pods
+        .delete_pod(pb::DeletePodRequest {
+            namespace: "dev".into(),
+            name: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete pod");
+    let since = std::time::Instant::now();
+    create_secret(&mut c, "dev", "after-pod").await;
+    let e = ends_with(&mut stream, since, Code::Unauthenticated, &["after-pod"]).await;
+    assert!(e.message().starts_with("invalid bearer token"), "{e:?}");
+
+    // 4. The service account is deleted: UNAUTHENTICATED.
+    let (jwt, _) = sa_token(&issuer_admin, "dev", "app", None).await;
+    let mut stream = watch_secrets_as(&identity, "dev", &jwt).await;
+    c.sa.delete_service_account(pb::DeleteServiceAccountRequest {
+        namespace: "dev".into(),
+        name: "app".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("delete sa");
+    let since = std::time::Instant::now();
+    ends_with(&mut stream, since, Code::Unauthenticated, &[]).await;
+}
+
+/// #13 finding 4: every watch ends after the server-chosen lifetime
+/// (`feed.watch_timeout_seconds`, ±50 %) with a BOOKMARK and OK; resuming from the
+/// last resource_version loses nothing written meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_end_after_their_lifetime_and_resume_losslessly() {
+    let identity =
+        IdentityServer::start_configured(&[], badge_runtime::limits::Limits::default(), |c| {
+            c.feed.watch_timeout_seconds = 2;
+        })
+        .await;
+    let mut c = clients(identity.admin().await);
+    let started = std::time::Instant::now();
+    let mut stream = c
+        .watch
+        .watch(pb::WatchRequest {
+            kinds: vec![pb::Kind::Secret as i32],
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(
+        next(&mut stream).await.r#type,
+        pb::EventType::Bookmark as i32
+    );
+    // A writer creates a Secret every 50 ms across both streams.
+    let writer = {
+        let mut c = clients(identity.admin().await);
+        tokio::spawn(async move {
+            for i in 0..80 {
+                create_secret(&mut c, "default", &format!("s{i}")).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    let mut last_rv = String::new();
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the watch ends within 1.5 × its timeout");
+        match item {
+            Some(Ok(ev)) => {
+                last_rv.clone_from(&ev.resource_version);
+                if ev.r#type != pb::EventType::Bookmark as i32 {
+                    seen.push(event_name(&ev).1);
+                }
+            }
+            Some(Err(e)) => panic!("the lifetime ends the watch with OK, got {e:?}"),
+            None => break,
+        }
+    }
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_millis(900) && lived <= Duration::from_millis(3500),
+        "lived {lived:?}, expected 1 s to 3 s"
+    );
+    assert!(!seen.is_empty());
+    // Resume after the last revision sent, as often as the streams end, until the
+    // writer's last Secret arrived.
+    let mut resumed = 0;
+    while !seen.contains(&"s79".to_string()) {
+        assert!(resumed < 10, "too many resumes");
+        resumed += 1;
+        let mut stream = c
+            .watch
+            .watch(pb::WatchRequest {
+                kinds: vec![pb::Kind::Secret as i32],
+                resource_version: last_rv.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("resume")
+            .into_inner();
+        while !seen.contains(&"s79".to_string()) {
+            let item = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .expect("an event or the end within 5 s");
+            match item {
+                Some(Ok(ev)) => {
+                    last_rv.clone_from(&ev.resource_version);
+                    if ev.r#type != pb::EventType::Bookmark as i32 {
+                        seen.push(event_name(&ev).1);
+                    }
+                }
+                Some(Err(e)) => panic!("the lifetime ends the watch with OK, got {e:?}"),
+                None => break,
+            }
+        }
+    }
+    writer.await.expect("writer");
+    let want: Vec<String> = (0..80).map(|i| format!("s{i}")).collect();
+    assert_eq!(seen, want, "every Secret exactly once, in order");
+}
+
+/// Collects formatted log lines in memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// #13 finding 13: identity writes and Secret reads were not audited. Each
+/// create, update, delete and Secret Get/List/Watch now emits exactly one `audit`
+/// event naming the caller, verb, object and result — and no Secret data or
+/// annotation value appears anywhere in the logs.
+#[tokio::test]
+async fn identity_writes_and_secret_reads_are_audited_without_data() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || sink.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // Single-threaded test runtime: the server's tasks log to this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    let data_value = "s3cr3t-data-value";
+    let annotation_value = "annotation-s3cr3t";
+    let mut secret = pb::Secret {
+        metadata: Some(ObjectMeta {
+            name: "audited".into(),
+            namespace: "default".into(),
+            annotations: [("note".to_string(), annotation_value.to_string())].into(),
+            ..Default::default()
+        }),
+        data: [("password".to_string(), data_value.as_bytes().to_vec())].into(),
+        ..Default::default()
+    };
+    let created = c
+        .secrets
+        .create_secret(pb::CreateSecretRequest {
+            secret: Some(secret.clone()),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let mut w = c
+        .watch
+        .watch(pb::WatchRequest {
+            kinds: vec![pb::Kind::Secret as i32],
+            namespace: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(
+        event_name(&next(&mut w).await),
+        (pb::EventType::Added as i32, "audited".into())
+    );
+    c.secrets
+        .get_secret(pb::GetSecretRequest {
+            namespace: "default".into(),
+            name: "audited".into(),
+        })
+        .await
+        .expect("get");
+    secret
+        .data
+        .insert("other".into(), b"s3cr3t-data-2".to_vec());
+    let updated = c
+        .secrets
+        .update_secret(pb::UpdateSecretRequest {
+            secret: Some(secret.clone()),
+        })
+        .await
+        .expect("update")
+        .into_inner();
+    let refused = c
+        .secrets
+        .update_secret(pb::UpdateSecretRequest {
+            secret: Some(pb::Secret {
+                r#type: "example.com/other".into(),
+                ..secret.clone()
+            }),
+        })
+        .await
+        .expect_err("type change refused");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    c.secrets
+        .delete_secret(pb::DeleteSecretRequest {
+            namespace: "default".into(),
+            name: "audited".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    drop(w);
+    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let audit: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "audit" && v["fields"]["event"] == "identity.request")
+        .map(|v| v["fields"].clone())
+        .filter(|f| f["resource"] == "secrets" && f["name"] == "audited")
+        .collect();
+    let of = |verb: &str| -> Vec<&serde_json::Value> {
+        audit.iter().filter(|f| f["verb"] == verb).collect()
+    };
+    let rv = |o: &pb::Secret| o.metadata.as_ref().expect("meta").resource_version.clone();
+    let create = of("create");
+    assert_eq!(create.len(), 1, "{audit:#?}");
+    assert_eq!(create[0]["user"], "admin");
+    assert_eq!(create[0]["namespace"], "default");
+    assert_eq!(create[0]["code"], "Ok");
+    assert_eq!(create[0]["resource_version"], rv(&created).as_str());
+    assert_eq!(of("get").len(), 1, "{audit:#?}");
+    assert_eq!(of("get")[0]["code"], "Ok");
+    // One per Secret event the watch delivered (ADDED, MODIFIED, maybe DELETED).
+    for o in [&created, &updated] {
+        let n = of("watch")
+            .iter()
+            .filter(|f| f["resource_version"] == rv(o).as_str())
+            .count();
+        assert_eq!(n, 1, "{audit:#?}");
+    }
+    let update = of("update");
+    assert_eq!(update.len(), 2, "one OK, one refused: {audit:#?}");
+    assert_eq!(update[0]["code"], "Ok");
+    assert_eq!(update[0]["resource_version"], rv(&updated).as_str());
+    assert_eq!(update[1]["code"], "InvalidArgument");
+    assert!(
+        update[1]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("secret.type")),
+        "{audit:#?}"
+    );
+    let delete = of("delete");
+    assert_eq!(delete.len(), 1, "{audit:#?}");
+    assert_eq!(delete[0]["code"], "Ok");
+    // Nothing of the Secret's data or annotations, in any encoding.
+    use base64::Engine as _;
+    for needle in [
+        data_value.to_string(),
+        "s3cr3t-data-2".to_string(),
+        annotation_value.to_string(),
+        base64::engine::general_purpose::STANDARD.encode(data_value),
+    ] {
+        assert!(!logs.contains(&needle), "{needle} appears in the logs");
+    }
+}

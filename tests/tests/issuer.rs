@@ -895,6 +895,62 @@ async fn revoke_token_records_the_credential_until_expiry() {
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
+/// A second RevokeToken never reports an expiry the store does not hold: an
+/// earlier expiry answers the stored (later) one, a later expiry extends the
+/// stored revocation — revocation outlives the token it revokes.
+#[tokio::test]
+async fn revoking_again_answers_and_keeps_the_later_expiry() {
+    let e = env(IssuerOptions::default()).await;
+    let resp = e
+        .token(CreateTokenRequest {
+            namespace: "default".into(),
+            name: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("token");
+    let exp = resp.expiration_timestamp.expect("exp").seconds;
+    let jti = resp.credential_id.trim_start_matches("JTI=").to_string();
+    let revoke = |seconds: i64| {
+        let mut tokens = e.tokens.clone();
+        let credential_id = resp.credential_id.clone();
+        async move {
+            tokens
+                .revoke_token(tpb::RevokeTokenRequest {
+                    credential_id,
+                    expires_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+                    reason: String::new(),
+                })
+                .await
+                .expect("revoke")
+                .into_inner()
+                .expires_at
+                .expect("expires_at")
+                .seconds
+        }
+    };
+    let stored = || async {
+        let rec = e
+            .identity
+            .db
+            .store()
+            .await
+            .get(badge_core::Kind::Revocation, "", &jti)
+            .await
+            .expect("revocation stored");
+        badge_core::revocation::Revocation::from_bytes(&rec.data)
+            .expect("decode")
+            .expires_at_unix
+    };
+    assert_eq!(revoke(exp + 600).await, exp + 600);
+    // Earlier than stored: the answer is what is stored, and it stays.
+    assert_eq!(revoke(exp - 60).await, exp + 600);
+    assert_eq!(stored().await, exp + 600);
+    // Later than stored: the revocation is extended.
+    assert_eq!(revoke(exp + 3600).await, exp + 3600);
+    assert_eq!(stored().await, exp + 3600);
+}
+
 /// Collects formatted log lines in memory.
 #[derive(Clone, Default)]
 struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

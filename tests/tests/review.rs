@@ -1015,18 +1015,13 @@ async fn webhook_speaks_kubernetes_token_review_json() {
     let (status, _, _) = post("/authenticate", vec![b' '; (1 << 20) + 1]).await;
     assert_eq!(status, 413);
 
-    // Without a client certificate the TLS handshake fails.
-    let addr = e.review.webhook;
-    let ca2 = ca.clone();
+    // Without a credential: 401 with a Kubernetes Status, and no answer.
     let body = webhook_body("authentication.k8s.io/v1", &resp.token, &[]);
-    let anonymous = tokio::spawn(async move {
-        badge_tests::https_post(addr, "/", &ca2, None, "application/json", &body).await
-    })
-    .await;
-    assert!(
-        anonymous.is_err(),
-        "a caller without a certificate is refused"
-    );
+    let (status, _, out) =
+        badge_tests::https_post(e.review.webhook, "/", &ca, None, "application/json", &body).await;
+    assert_eq!(status, 401, "a caller without a credential is refused");
+    let v: Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v["reason"], "Unauthorized");
 }
 
 #[tokio::test]
@@ -1619,4 +1614,343 @@ async fn subject_access_review_answers_the_cross_namespace_case() {
         .into_inner();
     assert!(me.status.expect("status").allowed);
     assert_eq!(me.spec.expect("spec").user, "admin");
+}
+
+/// Waits until the issuer has filled in the legacy token of `apps/<name>`.
+async fn legacy_token_of(id: &Channel, namespace: &str, name: &str) -> String {
+    let mut secrets = pb::secret_service_client::SecretServiceClient::new(id.clone());
+    for _ in 0..200 {
+        let s = secrets
+            .get_secret(pb::GetSecretRequest {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        if let Some(t) = s.data.get("token") {
+            return String::from_utf8(t.clone()).expect("utf8");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the issuer never filled the legacy token of {namespace}/{name}");
+}
+
+/// #13 finding 3: a change-feed row that cannot be decrypted (written by a
+/// process with another key-encryption key) must not freeze the index. Before,
+/// every later change stopped applying — a deleted pod's token kept reviewing as
+/// authenticated — while health said SERVING. Now the pod's deletion still
+/// rejects its token, the Secret overwritten with unreadable data no longer
+/// authenticates its legacy token (the old version is not kept), and health stays
+/// SERVING (the index is current).
+#[tokio::test]
+async fn an_undecryptable_feed_row_does_not_stop_deletions_taking_effect() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let e = env().await;
+    e.ns("apps").await;
+    e.sa("apps", "web").await;
+    let pod = e.pod("apps", "web-1", "web", "").await;
+    let resp = e.pod_token("apps", "web", &pod, &["vault"]).await;
+    assert!(e.review(&resp.token, &["vault"]).await.authenticated);
+    create_legacy_token_secret(e.id.clone(), "apps", "legacy-token", "web").await;
+    let legacy = legacy_token_of(&e.id, "apps", "legacy-token").await;
+    assert!(e.review(&legacy, &[]).await.authenticated);
+
+    // A writer with another key-encryption key (a replica started with the wrong
+    // one): its Secret rows cannot be opened by anyone else.
+    let (kek, _) = badge_keys::Kek::generate().expect("kek");
+    let foreign = badge_store::Store::connect(
+        &e.identity.config.database.url,
+        badge_store::StoreOptions {
+            sealer: Some(std::sync::Arc::new(kek)),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("store");
+    let now = SystemTime::now();
+    foreign
+        .apply(
+            vec![
+                badge_store::Op::Create {
+                    kind: badge_core::Kind::Secret,
+                    namespace: "apps".into(),
+                    name: "foreign".into(),
+                    labels: Default::default(),
+                    data: b"sealed under another key".to_vec(),
+                },
+                badge_store::Op::Update {
+                    kind: badge_core::Kind::Secret,
+                    namespace: "apps".into(),
+                    name: "legacy-token".into(),
+                    precondition: Default::default(),
+                    labels: Default::default(),
+                    data: b"sealed under another key".to_vec(),
+                    deletion_timestamp: None,
+                },
+            ],
+            now,
+        )
+        .await
+        .expect("foreign writes");
+
+    e.delete_pod("apps", "web-1").await;
+    let (delay, error) = until_rejected(&e.reviews, &resp.token, &["vault"], Instant::now()).await;
+    println!("after an undecryptable row: DeletePod → rejection in {delay:?}");
+    assert_eq!(error, "service account token has been invalidated");
+    let s = e.review(&legacy, &[]).await;
+    assert!(
+        !s.authenticated,
+        "a legacy token whose Secret cannot be read is not authenticated: {s:?}"
+    );
+    assert_eq!(
+        health_of(&e.review, &e.identity).await,
+        ServingStatus::Serving as i32,
+        "the index is current: nothing to report"
+    );
+}
+
+/// #13 finding 3: health reports an index held behind the store. A real lock on
+/// the feed table holds every index's catch-up while the store's revision moves
+/// on: token-review goes NOT_SERVING once it has been behind for longer than
+/// `database.max_index_lag_seconds` (1 s here), and SERVING again once the lock
+/// is gone and the index caught up.
+#[tokio::test]
+async fn health_is_not_serving_while_the_index_is_held_behind_the_store() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let identity = IdentityServer::start_configured(&[], Default::default(), |c| {
+        c.database.max_index_lag_seconds = 1;
+    })
+    .await;
+    if identity.db.backend() != badge_store::testing::Backend::Postgres {
+        println!("Postgres only (LOCK TABLE)");
+        return;
+    }
+    let issuer = IssuerServer::start(&identity, IssuerOptions::default()).await;
+    let review = ReviewServer::start(&identity, &issuer).await;
+    assert_eq!(review.config.database.max_index_lag_seconds, 1);
+    until_health(&review, &identity, ServingStatus::Serving as i32).await;
+
+    // Hold the feed for 6 s: every read of `changes` waits for the lock.
+    let locked = Instant::now();
+    let hold = identity
+        .db
+        .execute("BEGIN; LOCK TABLE changes IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT");
+    let observe = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The store moves on (the counter, and the notification every index
+        // wakes on).
+        identity
+            .db
+            .execute(
+                "UPDATE revision_counter SET revision = revision + 1 WHERE id = 1; \
+                 SELECT pg_notify('badge_changes', (SELECT revision::text FROM revision_counter WHERE id = 1))",
+            )
+            .await;
+        let held = Instant::now();
+        until_health(&review, &identity, ServingStatus::NotServing as i32).await;
+        println!("index held behind: NOT_SERVING after {:?}", held.elapsed());
+        assert!(
+            locked.elapsed() < Duration::from_secs(6),
+            "reported while the feed was still held"
+        );
+    };
+    tokio::join!(hold, observe);
+    until_health(&review, &identity, ServingStatus::Serving as i32).await;
+    println!(
+        "feed released: SERVING again {:?} after the lock was taken",
+        locked.elapsed()
+    );
+}
+
+/// #13 finding 11: a legacy Secret token used only as a bearer credential (no
+/// TokenReview ever sees it) is recorded as used, so the cleaner does not
+/// invalidate a token in daily use. Here it calls identity directly; no
+/// token-review runs at all.
+#[tokio::test]
+async fn a_legacy_token_used_as_a_bearer_credential_gets_its_last_used_label() {
+    let oidc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "https://127.0.0.1:{}",
+        oidc.local_addr().expect("addr").port()
+    );
+    let identity = IdentityServer::start_accepting(&[url]).await;
+    let issuer = IssuerServer::start_on(&identity, IssuerOptions::default(), oidc).await;
+    let id = identity.admin().await;
+    let mut namespaces = pb::namespace_service_client::NamespaceServiceClient::new(id.clone());
+    namespaces
+        .create_namespace(pb::CreateNamespaceRequest {
+            namespace: Some(pb::Namespace {
+                metadata: meta("", "apps"),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("namespace");
+    let mut sas = pb::service_account_service_client::ServiceAccountServiceClient::new(id.clone());
+    for (sa, secret) in [("legacy", "legacy-token"), ("legacy2", "legacy-token-2")] {
+        sas.create_service_account(pb::CreateServiceAccountRequest {
+            service_account: Some(pb::ServiceAccount {
+                metadata: meta("apps", sa),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("service account");
+        create_legacy_token_secret(id.clone(), "apps", secret, sa).await;
+    }
+    let anonymous = |addr: String| {
+        let ca = std::fs::read(&identity.pki.ca).expect("ca");
+        Channel::from_shared(addr)
+            .expect("url")
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                    .domain_name("localhost"),
+            )
+            .expect("tls")
+            .connect_lazy()
+    };
+    fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        req
+    }
+    // RBAC may refuse the call; the use counts anyway (Kubernetes records it at
+    // authentication). Anything but UNAUTHENTICATED means the token was accepted.
+    let authenticated = |answer: Result<_, tonic::Status>| {
+        if let Err(e) = answer {
+            assert_ne!(e.code(), Code::Unauthenticated, "authenticated: {e:?}");
+        }
+    };
+
+    // On identity (its own store writes the label)…
+    let token = legacy_token_of(&id, "apps", "legacy-token").await;
+    let req = bearer(
+        &token,
+        pb::GetServiceAccountRequest {
+            namespace: "apps".into(),
+            name: "legacy".into(),
+        },
+    );
+    authenticated(
+        pb::service_account_service_client::ServiceAccountServiceClient::new(anonymous(
+            identity.url(),
+        ))
+        .get_service_account(req)
+        .await
+        .map(drop),
+    );
+    // …and on the token-issuer (through identity's SecretService).
+    let token2 = legacy_token_of(&id, "apps", "legacy-token-2").await;
+    let req = bearer(
+        &token2,
+        CreateTokenRequest {
+            namespace: "apps".into(),
+            name: "legacy2".into(),
+            audiences: vec!["a".into()],
+            ..Default::default()
+        },
+    );
+    authenticated(
+        TokenServiceClient::new(anonymous(format!("https://{}", issuer.grpc)))
+            .create_token(req)
+            .await
+            .map(drop),
+    );
+
+    let mut secrets = pb::secret_service_client::SecretServiceClient::new(id.clone());
+    for secret in ["legacy-token", "legacy-token-2"] {
+        let mut label = None;
+        for _ in 0..200 {
+            let s = secrets
+                .get_secret(pb::GetSecretRequest {
+                    namespace: "apps".into(),
+                    name: secret.into(),
+                })
+                .await
+                .expect("get")
+                .into_inner();
+            label = s
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.get("kubernetes.io/legacy-token-last-used"))
+                .cloned();
+            if label.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            label.as_deref(),
+            Some(today().as_str()),
+            "{secret}: bearer use of a legacy token sets its last-used label within 4 s"
+        );
+    }
+}
+
+/// #13 finding 3: a service that needs the key-encryption key refuses to start
+/// without one, naming the setting (before, identity stored Secrets in the clear
+/// with a warning and token-review ran unable to check legacy tokens).
+#[tokio::test]
+async fn services_that_need_the_key_encryption_key_refuse_to_start_without_it() {
+    let identity = IdentityServer::start().await;
+    let issuer = IssuerServer::start(&identity, IssuerOptions::default()).await;
+    let unsealed = || async {
+        badge_store::Store::connect(&identity.db.url, badge_store::StoreOptions::default())
+            .await
+            .expect("store")
+    };
+    let bind = || async {
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+    };
+    let clock = || std::sync::Arc::new(badge_core::SystemClock);
+
+    let started = tokio::time::timeout(
+        Duration::from_secs(10),
+        badge_identity::serve(
+            &identity.config,
+            unsealed().await,
+            clock(),
+            bind().await,
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("identity must refuse at once, not serve");
+    let err = started.expect_err("identity without a KEK").to_string();
+    assert!(err.contains("encryption.kek_file"), "{err}");
+    assert!(err.contains("key-encryption key is required"), "{err}");
+
+    let webhook = bind().await;
+    let config = ReviewServer::config(
+        &identity,
+        &issuer,
+        webhook.local_addr().expect("addr"),
+        &ReviewOptions::default(),
+    );
+    let started = tokio::time::timeout(
+        Duration::from_secs(10),
+        badge_token_review::serve(
+            &config,
+            unsealed().await,
+            clock(),
+            badge_token_review::Listeners {
+                grpc: bind().await,
+                webhook: Some(webhook),
+            },
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("token-review must refuse at once, not serve");
+    let err = started.expect_err("token-review without a KEK").to_string();
+    assert!(err.contains("encryption.kek_file"), "{err}");
 }

@@ -158,3 +158,154 @@ async fn badge_up_runs_on_embedded_sqlite_and_a_restart_keeps_the_data() {
     assert_eq!(found.metadata.expect("metadata").uid, uid);
     second.stop().await;
 }
+
+/// Issue 13 findings 2 and 10 through `badge up`: the data and PKI directories are
+/// private, the webhook kubeconfig holds the kube-apiserver certificate (0600),
+/// and the webhook answers only a credential that RBAC allows: anonymous → 401,
+/// an authenticated user without `create tokenreviews` → 403 with Kubernetes'
+/// text, the kube-apiserver certificate → 200.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn badge_up_webhook_requires_a_credential_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("badge-data");
+    let a = free_addrs().await;
+    let args = UpArgs {
+        data_dir: data.clone(),
+        database_url: None,
+        identity_listen: a[0],
+        issuer_listen: a[1],
+        oidc_listen: a[2],
+        review_listen: a[3],
+        webhook_listen: a[4],
+        issuer_url: None,
+        algorithm: "ES256".into(),
+    };
+    let webhook = a[4];
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run_until(args, async move {
+        let _ = stopped.await;
+    }));
+    let kubeconfig = data.join("webhook-kubeconfig.yaml");
+    for _ in 0..400 {
+        if kubeconfig.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mode = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let pki = DevPki::at(&data.join("pki"));
+    assert_eq!(mode(&data), 0o700, "data directory");
+    assert_eq!(mode(&pki.dir), 0o700, "pki directory");
+    assert_eq!(
+        mode(&kubeconfig),
+        0o600,
+        "the kubeconfig holds a private key"
+    );
+    assert_eq!(mode(&pki.kube_apiserver.key), 0o600);
+    assert_eq!(mode(&data.join("kek")), 0o600);
+    let text = std::fs::read_to_string(&kubeconfig).expect("kubeconfig");
+    for want in [
+        format!("server: https://{webhook}/"),
+        "certificate-authority-data: ".into(),
+        "client-certificate-data: ".into(),
+        "client-key-data: ".into(),
+        "current-context: webhook".into(),
+    ] {
+        assert!(text.contains(&want), "{want} missing from {text}");
+    }
+
+    let body = br#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"a.b.c"}}"#;
+    let ca = pki.ca.clone();
+    let post = |client: Option<badge_runtime::pki::CertPaths>| {
+        let ca = ca.clone();
+        async move {
+            badge_tests::https_post(webhook, "/", &ca, client.as_ref(), "application/json", body)
+                .await
+        }
+    };
+    // The policy loads shortly after start: wait for the apiserver's 200.
+    let mut last = None;
+    for _ in 0..200 {
+        let (status, _, out) = post(Some(pki.kube_apiserver.clone())).await;
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+            assert_eq!(v["status"]["authenticated"], false);
+            last = None;
+            break;
+        }
+        last = Some((status, String::from_utf8_lossy(&out).into_owned()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        last.is_none(),
+        "kube-apiserver was never answered: {last:?}"
+    );
+
+    let (status, _, out) = post(None).await;
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(status, 401);
+    assert_eq!(
+        v,
+        serde_json::json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+            "message":"Unauthorized","reason":"Unauthorized","code":401})
+    );
+
+    let mallory =
+        badge_runtime::pki::issue_client(&pki.dir, "mallory", "mallory", &[]).expect("issue");
+    let (status, _, out) = post(Some(mallory.clone())).await;
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["reason"], "Forbidden");
+    assert_eq!(v["code"], 403);
+    let message = v["message"].as_str().expect("message");
+    assert!(
+        message.starts_with(
+            r#"tokenreviews.authentication.k8s.io is forbidden: User "mallory" cannot create resource "tokenreviews" in API group "authentication.k8s.io" at the cluster scope"#
+        ),
+        "{message}"
+    );
+    // The authorization webhook needs create subjectaccessreviews.
+    let sar = br#"{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview","spec":{"user":"admin","resourceAttributes":{"verb":"get","resource":"secrets"}}}"#;
+    let (status, _, out) = badge_tests::https_post(
+        webhook,
+        "/",
+        &pki.ca,
+        Some(&mallory),
+        "application/json",
+        sar,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert!(
+        v["message"].as_str().expect("message").starts_with(
+            "subjectaccessreviews.authorization.k8s.io is forbidden: User \"mallory\""
+        ),
+        "{v}"
+    );
+    let (status, _, _) = badge_tests::https_post(
+        webhook,
+        "/",
+        &pki.ca,
+        Some(&pki.kube_apiserver),
+        "application/json",
+        sar,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("badge up did not stop within 30s")
+        .expect("join")
+        .expect("badge up returned an error");
+}

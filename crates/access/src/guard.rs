@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use badge_core::rbac::{Attributes, UserInfo, authorize};
-use badge_core::review::INVALID_BEARER_TOKEN;
+use badge_core::review::{Authenticated, INVALID_BEARER_TOKEN};
 use badge_runtime::{Authorizer, Caller, forbidden};
 use futures_util::future::BoxFuture;
 use tonic::Status;
@@ -36,6 +36,38 @@ impl Guard {
 
     pub fn policy(&self) -> &RbacPolicy {
         &self.policy
+    }
+
+    /// [`Authorizer::authenticate_token`], also handing back what the review
+    /// established (expiry, credential id, legacy): a Watch keeps its caller's
+    /// token and re-reviews it as the objects behind it change.
+    pub async fn authenticate_bearer(
+        &self,
+        token: &str,
+    ) -> Result<(Caller, Authenticated), Status> {
+        let Some(reviewer) = &self.reviewer else {
+            return Err(Status::unauthenticated(
+                "bearer tokens are not accepted by this server (no token issuers configured): present a client certificate",
+            ));
+        };
+        let report = reviewer
+            .review(token, &[], Via::Bearer, "")
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        match report.outcome {
+            Ok(a) => Ok((
+                Caller {
+                    user: a.user.username.clone(),
+                    uid: a.user.uid.clone(),
+                    groups: a.user.groups.clone(),
+                    extra: a.user.extra.clone(),
+                },
+                a,
+            )),
+            Err(e) => Err(Status::unauthenticated(format!(
+                "{INVALID_BEARER_TOKEN}: {e}"
+            ))),
+        }
     }
 
     /// RBAC's decision for `user` (masters included), for callers that need more
@@ -79,27 +111,6 @@ impl Authorizer for Guard {
     }
 
     fn authenticate_token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, Status>> {
-        Box::pin(async move {
-            let Some(reviewer) = &self.reviewer else {
-                return Err(Status::unauthenticated(
-                    "bearer tokens are not accepted by this server (no token issuers configured): present a client certificate",
-                ));
-            };
-            let report = reviewer
-                .review(token, &[], Via::Bearer, "")
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-            match report.outcome {
-                Ok(a) => Ok(Caller {
-                    user: a.user.username,
-                    uid: a.user.uid,
-                    groups: a.user.groups,
-                    extra: a.user.extra,
-                }),
-                Err(e) => Err(Status::unauthenticated(format!(
-                    "{INVALID_BEARER_TOKEN}: {e}"
-                ))),
-            }
-        })
+        Box::pin(async move { self.authenticate_bearer(token).await.map(|(c, _)| c) })
     }
 }

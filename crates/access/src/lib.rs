@@ -12,6 +12,7 @@
 
 pub mod guard;
 pub mod keys;
+pub mod last_used;
 pub mod lookup;
 pub mod policy;
 pub mod reviewer;
@@ -28,16 +29,18 @@ use tokio::sync::mpsc;
 
 pub use guard::{Guard, user_info};
 pub use policy::{RBAC_KINDS, RbacPolicy};
-pub use reviewer::{Reviewer, Via};
+pub use reviewer::{Probe, Reviewer, Via};
 
 /// The kinds a review (and an RBAC decision) reads.
-pub const INDEXED_KINDS: [Kind; 10] = [
+pub const INDEXED_KINDS: [Kind; 11] = [
     Kind::ServiceAccount,
     Kind::Pod,
     Kind::Secret,
     Kind::Node,
     Kind::SigningKey,
     Kind::Revocation,
+    // The token-issuer's CA records: its replicas follow rotations (trust bundle).
+    Kind::CertificateAuthority,
     Kind::Role,
     Kind::ClusterRole,
     Kind::RoleBinding,
@@ -102,13 +105,16 @@ static OBSERVED: std::sync::Mutex<Vec<(&'static str, badge_records::index::WeakI
     std::sync::Mutex::new(Vec::new());
 
 /// Registers `index` with the gauges `badge.index.objects` (objects held) and
-/// `badge.index.feed_lag` (feed revisions announced but not applied yet), both by
-/// `badge.service`. The gauges are created once per process; dropped indexes fall
-/// out of them.
+/// `badge.index.feed_lag` (feed revisions announced but not applied yet) and the
+/// counter `badge.index.unreadable` (objects and feed entries left out because
+/// their data could not be opened — another key-encryption key, tampering), all
+/// by `badge.service`. The instruments are created once per process; dropped
+/// indexes fall out of them.
 fn observe(service: &'static str, index: &Index) {
     static GAUGES: std::sync::OnceLock<(
         opentelemetry::metrics::ObservableGauge<u64>,
         opentelemetry::metrics::ObservableGauge<u64>,
+        opentelemetry::metrics::ObservableCounter<u64>,
     )> = std::sync::OnceLock::new();
     if let Ok(mut o) = OBSERVED.lock() {
         o.retain(|(_, w)| w.upgrade().is_some());
@@ -149,7 +155,21 @@ fn observe(service: &'static str, index: &Index) {
                 });
             })
             .build();
-        (objects, lag)
+        let unreadable = meter
+            .u64_observable_counter("badge.index.unreadable")
+            .with_description(
+                "objects and change-feed entries left out of the index because their data could not be opened",
+            )
+            .with_callback(|o| {
+                each(|service, index| {
+                    o.observe(
+                        index.unreadable(),
+                        &[opentelemetry::KeyValue::new("badge.service", service)],
+                    );
+                });
+            })
+            .build();
+        (objects, lag, unreadable)
     });
 }
 
@@ -170,6 +190,10 @@ async fn follow_keys(reviewer: Arc<Reviewer>) {
     );
     let mut rx = index.subscribe();
     let mut last_scan = tokio::time::Instant::now();
+    // Bumped by every SigningKey change the index applies, additions included:
+    // a key rotated in is installed from the feed at once, not left to the
+    // unknown-kid re-read (rate-limited, see KEY_REFRESH_INTERVAL) or the scan.
+    let mut key_generation = index.generation(&[Kind::SigningKey]);
     loop {
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
@@ -182,13 +206,16 @@ async fn follow_keys(reviewer: Arc<Reviewer>) {
             continue;
         }
         let scan = last_scan.elapsed() >= KEY_SCAN_INTERVAL;
-        let changed = current.versions.iter().any(|(kid, rv)| {
-            index
-                .get(Kind::SigningKey, "", kid)
-                .map(|r| r.resource_version)
-                != Some(*rv)
-        });
+        let generation = index.generation(&[Kind::SigningKey]);
+        let changed = generation != key_generation
+            || current.versions.iter().any(|(kid, rv)| {
+                index
+                    .get(Kind::SigningKey, "", kid)
+                    .map(|r| r.resource_version)
+                    != Some(*rv)
+            });
         if scan || changed {
+            key_generation = generation;
             reviewer
                 .keys
                 .install(&index.list(Kind::SigningKey), revision);

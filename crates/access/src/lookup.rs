@@ -22,6 +22,7 @@ pub struct IndexLookup<'a> {
     index: &'a Index,
     now: SystemTime,
     consulted: Cell<bool>,
+    revoked: Cell<bool>,
 }
 
 impl<'a> IndexLookup<'a> {
@@ -30,11 +31,19 @@ impl<'a> IndexLookup<'a> {
             index,
             now,
             consulted: Cell::new(false),
+            revoked: Cell::new(false),
         }
     }
 
     pub fn consulted(&self) -> bool {
         self.consulted.get()
+    }
+
+    /// Whether a Revocation record revoked the token (the review then fails with
+    /// "has been revoked"): a fact from the index, so callers need not compare
+    /// error texts.
+    pub fn revoked_seen(&self) -> bool {
+        self.revoked.get()
     }
 
     fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Record> {
@@ -114,9 +123,11 @@ impl ObjectLookup for IndexLookup<'_> {
         let Some(r) = self.get(Kind::Revocation, "", jti) else {
             return false;
         };
-        match Revocation::from_bytes(&r.data) {
+        let revoked = match Revocation::from_bytes(&r.data) {
             Ok(rev) => rev.expires_at_unix >= badge_core::token::unix_seconds(self.now),
             Err(_) => true,
-        }
+        };
+        self.revoked.set(revoked);
+        revoked
     }
 }

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use badge_core::review::{ReviewReport, ReviewSettings, TOKEN_REVOKED, review_with_report};
+use badge_core::review::{ReviewReport, ReviewSettings, review_with_report};
 use badge_core::{Clock, Error, Kind, Result};
 use badge_records::Index;
+use badge_records::index::LagWatch;
 use badge_store::{ListQuery, Record, Store};
 use tokio::sync::{Mutex, mpsc};
 
@@ -29,6 +30,38 @@ use crate::lookup::IndexLookup;
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an unknown-kid refresh may take.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
+/// At most one re-read of the signing keys per interval. Security: a token with
+/// the real `iss` and a random `kid` can be sent by anyone (bearer tokens need no
+/// client certificate), so without this bound each one would cost a SELECT of
+/// every key. New keys reach the index through the change feed, and a key is
+/// published for the propagation delay before it signs, so the re-read is only a
+/// fallback for a feed that lags; once a second is plenty. No per-kid memory is
+/// needed (an attacker's random kids would only fill it).
+pub const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Catch-ups (one `current_revision` query for every review that failed on the
+/// index) start at most this often; reviews in between wait for the next one and
+/// share it. Failing reviews are the only ones that pay the wait.
+pub const CATCH_UP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Default of how long the index may stay behind the store's latest revision
+/// before health turns NOT_SERVING (`database.max_index_lag_seconds`).
+pub const DEFAULT_MAX_INDEX_LAG: Duration = Duration::from_secs(5);
+
+/// What one health probe found (see [`Reviewer::probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// The store answered.
+    pub store_reachable: bool,
+    /// The index has not been behind the store for longer than the bound.
+    pub index_current: bool,
+}
+
+impl Probe {
+    /// Both: the service may report SERVING (given its own readiness).
+    pub fn ok(self) -> bool {
+        self.store_reachable && self.index_current
+    }
+}
 
 /// A legacy Secret (namespace, name) whose use to record, with the trace context
 /// of the review that used it.
@@ -41,6 +74,9 @@ pub enum Via {
     Webhook,
     /// An `authorization: Bearer` caller of any Badge RPC.
     Bearer,
+    /// A request a gateway asks about through Envoy's ext_authz Check
+    /// (token-review), which audits its own decisions.
+    ExtAuthz,
 }
 
 impl Via {
@@ -49,6 +85,7 @@ impl Via {
             Via::Grpc => "grpc",
             Via::Webhook => "webhook",
             Via::Bearer => "bearer",
+            Via::ExtAuthz => "ext_authz",
         }
     }
 }
@@ -58,6 +95,8 @@ struct Pass {
     report: ReviewReport,
     unknown_kid: bool,
     consulted: bool,
+    /// A Revocation record in the index revoked the token.
+    revoked: bool,
 }
 
 /// Shared by the gRPC service and the webhook.
@@ -76,8 +115,14 @@ pub struct Reviewer {
     pub last_used: Option<mpsc::Sender<LastUse>>,
     /// When the last unknown-kid refresh started.
     key_refresh: Mutex<Option<Instant>>,
+    /// Unknown-kid re-reads of the signing keys so far (each one a store query).
+    key_refreshes: std::sync::atomic::AtomicU64,
     /// When the last index catch-up started.
     catch_up: Mutex<Option<Instant>>,
+    /// Whether the index keeps up with the store (fed by [`Reviewer::probe`]).
+    lag: std::sync::Mutex<LagWatch>,
+    /// The last probe's verdict (to log changes only).
+    index_current: AtomicBool,
 }
 
 impl Reviewer {
@@ -99,12 +144,68 @@ impl Reviewer {
             store_ok: AtomicBool::new(true),
             last_used,
             key_refresh: Mutex::new(None),
+            key_refreshes: std::sync::atomic::AtomicU64::new(0),
             catch_up: Mutex::new(None),
+            lag: std::sync::Mutex::new(LagWatch::new(DEFAULT_MAX_INDEX_LAG)),
+            index_current: AtomicBool::new(true),
+        }
+    }
+
+    /// How long the index may stay behind the store before [`Reviewer::probe`]
+    /// reports it (default [`DEFAULT_MAX_INDEX_LAG`]).
+    pub fn set_max_index_lag(&self, bound: Duration) {
+        if let Ok(mut w) = self.lag.lock() {
+            *w = LagWatch::new(bound);
+        }
+    }
+
+    /// One health probe: reads the store's revision counter (one round trip; it
+    /// doubles as the reachability ping and, unlike the LISTEN-fed revision, also
+    /// sees commits a dead LISTEN connection missed) and checks that the index has
+    /// not been behind it for longer than the bound. Security: an index that
+    /// stopped following the feed keeps answering from old state — deletions and
+    /// revocations would silently stop taking effect — so it must not look
+    /// healthy. Also records reachability for the slow paths (`store_ok`).
+    pub async fn probe(&self) -> Probe {
+        let polled = self.store.current_revision().await;
+        let store_reachable = polled.is_ok();
+        self.store_ok.store(store_reachable, Ordering::Relaxed);
+        let (latest, applied) = self.index.progress(polled.unwrap_or(0));
+        let (index_current, bound) = match self.lag.lock() {
+            Ok(mut w) => (w.observe(latest, applied, Instant::now()), w.bound()),
+            Err(_) => (false, DEFAULT_MAX_INDEX_LAG),
+        };
+        // Logged when it changes, not on every probe.
+        if self.index_current.swap(index_current, Ordering::Relaxed) != index_current {
+            if index_current {
+                tracing::info!(
+                    store_revision = latest,
+                    index_revision = applied,
+                    "the index caught up with the store"
+                );
+            } else {
+                tracing::warn!(
+                    store_revision = latest,
+                    index_revision = applied,
+                    bound = ?bound,
+                    "the index is behind the store's change feed for longer than the bound"
+                );
+            }
+        }
+        Probe {
+            store_reachable,
+            index_current,
         }
     }
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// How many times an unknown `kid` made the reviewer re-read the signing keys
+    /// from the store (bounded by [`KEY_REFRESH_INTERVAL`]).
+    pub fn key_refreshes(&self) -> u64 {
+        self.key_refreshes.load(Ordering::Relaxed)
     }
 
     fn pass(&self, token: &str, audiences: &[String]) -> Pass {
@@ -117,6 +218,7 @@ impl Reviewer {
             report,
             unknown_kid: verifier.saw_unknown_kid(),
             consulted: lookup.consulted(),
+            revoked: lookup.revoked_seen(),
         }
     }
 
@@ -145,10 +247,10 @@ impl Reviewer {
             Box::pin(self.refresh_keys(began)).await;
             pass = self.pass(token, audiences);
         }
-        let retry = match &pass.report.outcome {
-            Err(e) => pass.consulted && e != TOKEN_REVOKED,
-            Ok(_) => false,
-        };
+        // A failure the index may simply not have caught up with is checked again
+        // after a catch-up; a revocation is not (it is never undone before the
+        // token expires, so waiting cannot change the answer).
+        let retry = pass.report.outcome.is_err() && pass.consulted && !pass.revoked;
         if retry && Box::pin(self.catch_up(began, revision)).await {
             pass = self.pass(token, audiences);
         }
@@ -168,7 +270,12 @@ impl Reviewer {
             ],
         );
         self.record_use(&report);
-        audit(&report, via, requester);
+        // ext_authz audits its decisions itself (each denial, allowed checks
+        // sampled): an audit line per review there would be one per request through
+        // the mesh.
+        if via != Via::ExtAuthz {
+            audit(&report, via, requester);
+        }
         Ok(report)
     }
 
@@ -195,10 +302,11 @@ impl Reviewer {
             return;
         }
         let mut last = self.key_refresh.lock().await;
-        if last.is_some_and(|t| t >= began) {
+        if last.is_some_and(|t| t >= began || t.elapsed() < KEY_REFRESH_INTERVAL) {
             return;
         }
         let started = Instant::now();
+        self.key_refreshes.fetch_add(1, Ordering::Relaxed);
         let all = |_: &Record| true;
         let listed = tokio::time::timeout(
             REFRESH_TIMEOUT,
@@ -231,6 +339,11 @@ impl Reviewer {
         {
             let mut last = self.catch_up.lock().await;
             if !last.is_some_and(|t| t >= began) {
+                // Rate limit (see CATCH_UP_INTERVAL): wait out the interval while
+                // holding the lock, so the waiters behind us share our query.
+                if let Some(t) = *last {
+                    tokio::time::sleep_until((t + CATCH_UP_INTERVAL).into()).await;
+                }
                 let started = Instant::now();
                 let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
                 if let Ok(Ok(target)) =

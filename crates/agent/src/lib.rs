@@ -4,7 +4,8 @@
 //! `<dir>/<path>`, `<dir>/ca.crt` and `<dir>/namespace` current:
 //!
 //! - files are written atomically (a temporary file in the same directory, then
-//!   rename) with mode 0600, the directory 0700;
+//!   rename) with mode 0600, the directory 0700; a directory that is a symlink or
+//!   that another user owns is refused before anything is written;
 //! - each token is refreshed once it is older than 80 % of its lifetime or 24 h,
 //!   whichever comes first, plus up to 10 s of jitter ([`next_refresh`]);
 //! - while Badge is unreachable it retries with exponential backoff (1 s to 30 s),
@@ -192,19 +193,94 @@ pub fn token_sources(pod: &id::Pod) -> Vec<TokenSource> {
     out
 }
 
+/// Creates `dir` (0700) if missing, then refuses it unless it is a real directory
+/// owned by the agent's own user, and only then narrows it to 0700.
+///
+/// Security: the agent writes bearer tokens into `dir`. If `dir` is a symlink, or
+/// a directory another user owns, that user decides where the tokens land (swap
+/// the link, or rename and replace entries in their own directory) or simply
+/// reads them; and `chmod` follows a symlink, so narrowing first would change the
+/// mode of whatever the link points at. So the checks run on the path itself
+/// (`symlink_metadata`, never followed) before anything is changed or written.
+/// Symlinks among the ancestors (e.g. `/var/run` → `/run`) are the system's and
+/// are allowed.
 #[cfg(unix)]
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    let meta = std::fs::symlink_metadata(dir)?;
+    if let Some(refusal) = dir_refusal(dir, &meta, own_uid()?) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            refusal,
+        ));
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 #[cfg(not(unix))]
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
+}
+
+/// Why the agent must not write into `dir`, whose own (not followed) metadata is
+/// `meta`, when it runs as `uid`; `None` when it may.
+#[cfg(unix)]
+fn dir_refusal(dir: &Path, meta: &std::fs::Metadata, uid: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = dir.display();
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(dir)
+            .map(|t| format!(" (to {})", t.display()))
+            .unwrap_or_default();
+        return Some(format!(
+            "{shown} is a symlink{target}: refusing to write tokens through it; give the real directory"
+        ));
+    }
+    if !meta.is_dir() {
+        return Some(format!("{shown} is not a directory"));
+    }
+    if meta.uid() != uid {
+        return Some(format!(
+            "{shown} is owned by uid {}, not by the agent's uid {uid}: refusing to write tokens into another user's directory",
+            meta.uid()
+        ));
+    }
+    None
+}
+
+/// The agent's effective uid, without `unsafe`: the owner of `/proc/self` (Linux),
+/// else of a file the agent creates (and removes) in the temporary directory.
+#[cfg(unix)]
+fn own_uid() -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    static UID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    if let Some(uid) = UID.get() {
+        return Ok(*uid);
+    }
+    let uid = match std::fs::metadata("/proc/self") {
+        Ok(m) => m.uid(),
+        Err(_) => {
+            let probe = std::env::temp_dir().join(format!(
+                ".badge-agent-uid-{:016x}",
+                rand::rng().random::<u64>()
+            ));
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)?;
+            let uid = file.metadata().map(|m| m.uid());
+            let _ = std::fs::remove_file(&probe);
+            uid?
+        }
+    };
+    Ok(*UID.get_or_init(|| uid))
 }
 
 /// Writes `dir/rel` atomically: a temporary file (mode 0600) in the same directory,
@@ -674,6 +750,79 @@ mod tests {
         assert!(safe_path("a/../../x").is_err());
         assert!(safe_path("ca.crt").is_err());
         assert!(safe_path("").is_err());
+    }
+
+    /// Security regression (#13 finding 10): a symlinked target directory was
+    /// followed (tokens written wherever the link points, and the target chmod-ed).
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_target_directory_is_refused_and_its_target_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let link = tmp.path().join("tokens");
+        std::os::unix::fs::symlink(&elsewhere, &link).expect("symlink");
+
+        let err = write_atomic(&link, Path::new("token"), b"secret").expect_err("refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} is a symlink (to {}): refusing to write tokens through it; give the real directory",
+                link.display(),
+                elsewhere.display()
+            )
+        );
+        assert!(
+            std::fs::read_dir(&elsewhere).expect("ls").next().is_none(),
+            "nothing written through the link"
+        );
+        let mode = std::fs::metadata(&elsewhere)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(format!("{mode:o}"), "755", "the link's target was chmod-ed");
+
+        // A symlink inside the directory, where a projection's subdirectory goes.
+        let real = tmp.path().join("real");
+        write_atomic(&real, Path::new("ok"), b"x").expect("a real directory works");
+        std::os::unix::fs::symlink(&elsewhere, real.join("sub")).expect("symlink");
+        let err = write_atomic(&real, Path::new("sub/token"), b"secret").expect_err("refused");
+        assert!(err.to_string().contains("is a symlink"), "{err}");
+        assert!(std::fs::read_dir(&elsewhere).expect("ls").next().is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_directory_of_another_user_or_a_file_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("tokens");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let me = own_uid().expect("uid");
+        let meta = std::fs::symlink_metadata(&dir).expect("stat");
+        assert_eq!(dir_refusal(&dir, &meta, me), None, "our own directory");
+        let other = me.wrapping_add(1);
+        assert_eq!(
+            dir_refusal(&dir, &meta, other),
+            Some(format!(
+                "{} is owned by uid {me}, not by the agent's uid {other}: refusing to write tokens into another user's directory",
+                dir.display()
+            ))
+        );
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"").expect("write");
+        let meta = std::fs::symlink_metadata(&file).expect("stat");
+        assert_eq!(
+            dir_refusal(&file, &meta, me),
+            Some(format!("{} is not a directory", file.display()))
+        );
+        // The uid the checks compare with is the agent's own: a directory it
+        // creates passes.
+        create_private_dir(&tmp.path().join("new")).expect("created and accepted");
     }
 
     #[test]

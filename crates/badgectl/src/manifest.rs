@@ -164,6 +164,47 @@ pub fn parse_value(
     })
 }
 
+/// Deeper flow nesting (`[`/`{`) than this is refused before YAML parsing. serde_yaml
+/// refuses more than 128 levels anyway, but only after its scanner (libyaml's) has
+/// read the whole text, and that scanner is quadratic in the nesting depth: 64 KiB of
+/// `[` took 13 s, 1 MiB would take an hour (found by `tests/prop_manifest.rs`).
+const MAX_FLOW_DEPTH: usize = 128;
+
+/// The line (1-based) where flow nesting first goes past [`MAX_FLOW_DEPTH`]. A rough
+/// scan: quoted scalars and comments are skipped, and in block context a `[`/`{`
+/// counts only where a value can start, so brackets inside plain text do not add up.
+fn too_deep_at(text: &str) -> Option<usize> {
+    let (mut depth, mut line, mut quote, mut comment) = (0usize, 1, None, false);
+    let mut prev = '\n';
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (_, '\n') => {
+                line += 1;
+                comment = false;
+            }
+            _ if comment => {}
+            (Some('"'), '\\') => {
+                chars.next();
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') if !prev.is_alphanumeric() => quote = Some(c),
+            (None, '#') if prev.is_whitespace() => comment = true,
+            (None, '[' | '{') if depth > 0 || matches!(prev, '\n' | ' ' | '\t' | ':' | '-') => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(line);
+                }
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    None
+}
+
 /// Parses a multi-document YAML text. Every document is checked; the error lists
 /// each failing document.
 pub fn parse_text(
@@ -173,6 +214,11 @@ pub fn parse_text(
     explicit_namespace: Option<&str>,
 ) -> Result<Vec<Document>, Vec<String>> {
     use serde::Deserialize as _;
+    if let Some(line) = too_deep_at(text) {
+        return Err(vec![format!(
+            "{prefix}invalid YAML: nesting deeper than {MAX_FLOW_DEPTH} levels at line {line}"
+        )]);
+    }
     let mut docs = Vec::new();
     let mut errors = Vec::new();
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {

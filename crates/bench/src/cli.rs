@@ -201,6 +201,27 @@ pub enum ScenarioArgs {
         #[arg(long)]
         expect_allowed: bool,
     },
+    /// envoy.service.auth.v3.Authorization/Check (token-review's ext_authz) with a
+    /// CheckRequest shaped as Envoy's: a dozen headers, a bearer token
+    /// (--token-file) or the mesh peer's SPIFFE ID (--principal).
+    Check {
+        /// File holding the bearer token (surrounding whitespace is ignored).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// `source.principal`, e.g. spiffe://<trust domain>/ns/<ns>/sa/<sa>.
+        #[arg(long, default_value = "")]
+        principal: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Repeatable: the route's `badge.dev/audiences`; none: the API audiences.
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// Count a denial as an error.
+        #[arg(long)]
+        expect_allowed: bool,
+    },
 }
 
 impl ScenarioArgs {
@@ -271,6 +292,38 @@ impl ScenarioArgs {
                 },
                 expect_allowed,
             },
+            ScenarioArgs::Check {
+                token_file,
+                principal,
+                method,
+                path,
+                audiences,
+                expect_allowed,
+            } => {
+                let token = match token_file {
+                    Some(f) => {
+                        let t = std::fs::read_to_string(&f)
+                            .with_context(|| format!("--token-file {}", f.display()))?
+                            .trim()
+                            .to_string();
+                        if t.is_empty() {
+                            bail!("--token-file {}: no token in it", f.display());
+                        }
+                        Some(t)
+                    }
+                    None => None,
+                };
+                Scenario::Check {
+                    request: Box::new(crate::check::envoy_request(&crate::check::CheckSpec {
+                        token,
+                        principal,
+                        method,
+                        path,
+                        audiences,
+                    })),
+                    expect_allowed,
+                }
+            }
         })
     }
 }

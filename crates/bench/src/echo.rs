@@ -50,7 +50,11 @@ impl EchoServer {
         let acceptor = tls
             .server_acceptor(false)
             .context("server TLS configuration")?;
-        let incoming = badge_runtime::transport::incoming(listener, acceptor);
+        let incoming = badge_runtime::transport::incoming(
+            listener,
+            acceptor,
+            &badge_runtime::limits::Limits::default(),
+        );
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(EchoServiceServer::new(Echo));

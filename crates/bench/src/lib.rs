@@ -10,6 +10,7 @@
 //! - [`ceiling`]: temp PKI + in-process echo server + echo load, in one call.
 
 pub mod ceiling;
+pub mod check;
 pub mod cli;
 pub mod duration;
 pub mod echo;

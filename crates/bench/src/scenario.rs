@@ -35,6 +35,12 @@ pub enum Scenario {
         request: CreateSubjectAccessReviewRequest,
         expect_allowed: bool,
     },
+    /// `envoy.service.auth.v3.Authorization/Check` (see [`crate::check`]); with
+    /// `expect_allowed`, a denial counts as an error.
+    Check {
+        request: Box<envoy_types::pb::envoy::service::auth::v3::CheckRequest>,
+        expect_allowed: bool,
+    },
 }
 
 impl Scenario {
@@ -53,6 +59,7 @@ impl Scenario {
             Scenario::GetServiceAccount(_) => "get-service-account",
             Scenario::TokenReview(_) => "token-review",
             Scenario::SubjectAccessReview { .. } => "subject-access-review",
+            Scenario::Check { .. } => "check",
         }
     }
 
@@ -108,6 +115,10 @@ impl Scenario {
                     )));
                 }
             }
+            Scenario::Check {
+                request,
+                expect_allowed,
+            } => crate::check::call(channel, request, *expect_allowed).await?,
         }
         Ok(())
     }

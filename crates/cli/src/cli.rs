@@ -22,11 +22,16 @@ pub enum Command {
     /// database, the dev PKI and the key-encryption key on first run.
     Up(crate::up::UpArgs),
     /// Create a development PKI: a CA, server and client certificates for each
-    /// service, and an admin client certificate (O=system:masters).
+    /// service, an admin client certificate (O=system:masters), a kube-apiserver
+    /// client certificate and its token-review webhook kubeconfig
+    /// (<dir>/webhook-kubeconfig.yaml).
     DevPki {
-        /// Output directory.
+        /// Output directory (created 0700).
         #[arg(long, default_value = "badge-data/pki")]
         dir: PathBuf,
+        /// The webhook URL written into webhook-kubeconfig.yaml.
+        #[arg(long, default_value = "https://localhost:8447/")]
+        webhook_url: String,
         /// Extra DNS names or IPs for the server certificates (repeatable).
         #[arg(long = "name")]
         names: Vec<String>,
@@ -77,16 +82,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             badge_runtime::telemetry::init(&badge_runtime::config::LogConfig::default());
             crate::up::run(args).await?;
         }
-        Command::DevPki { dir, names, force } => {
+        Command::DevPki {
+            dir,
+            webhook_url,
+            names,
+            force,
+        } => {
             let existing = pki::DevPki::at(&dir);
+            let kubeconfig = dir.join(crate::up::WEBHOOK_KUBECONFIG);
             if existing.exists() && !force {
+                // An older PKI gets the kube-apiserver certificate it lacks.
+                let p = crate::up::ensure_kube_apiserver_cert(&existing)?;
+                crate::up::write_webhook_kubeconfig(&p, &webhook_url, &kubeconfig)?;
                 println!(
-                    "dev PKI already exists in {} (use --force to replace)",
-                    dir.display()
+                    "dev PKI already exists in {} (use --force to replace); webhook kubeconfig: {}",
+                    dir.display(),
+                    kubeconfig.display()
                 );
                 return Ok(ExitCode::SUCCESS);
             }
             let p = pki::generate(&dir, &names)?;
+            crate::up::write_webhook_kubeconfig(&p, &webhook_url, &kubeconfig)?;
             println!("dev PKI written to {}", p.dir.display());
             println!("  CA:     {}", p.ca.display());
             println!(
@@ -98,6 +114,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let sv = p.server(s);
                 println!("  {s}: {} / {}", sv.cert.display(), sv.key.display());
             }
+            println!(
+                "  kube-apiserver (webhook client): {} / {}",
+                p.kube_apiserver.cert.display(),
+                p.kube_apiserver.key.display()
+            );
+            println!(
+                "  webhook kubeconfig: {} ({webhook_url})",
+                kubeconfig.display()
+            );
         }
         Command::IssueClient {
             dir,
@@ -113,8 +138,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if out.exists() {
                 println!("{} already exists: kept", out.display());
             } else {
-                if let Some(dir) = out.parent() {
-                    std::fs::create_dir_all(dir)?;
+                if let Some(dir) = out.parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    // A new data directory is private (0700), as `badge up` makes it.
+                    pki::create_dir_if_missing(dir)?;
                 }
                 crate::up::ensure_kek(&out)?;
                 println!(

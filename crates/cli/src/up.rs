@@ -46,6 +46,31 @@ pub struct UpArgs {
     pub algorithm: String,
 }
 
+/// A PKI made before the webhook required a credential has no `kube-apiserver`
+/// client certificate: issue it from the same CA (the rest is kept; the
+/// directory is tightened to 0700).
+pub fn ensure_kube_apiserver_cert(existing: &DevPki) -> anyhow::Result<DevPki> {
+    pki::create_private_dir(&existing.dir)?;
+    if !existing.kube_apiserver.cert.exists() {
+        pki::issue_client(
+            &existing.dir,
+            pki::KUBE_APISERVER_STEM,
+            pki::KUBE_APISERVER_USER,
+            &[],
+        )
+        .context("issuing the kube-apiserver webhook client certificate")?;
+    }
+    Ok(existing.clone())
+}
+
+/// Writes kube-apiserver's webhook kubeconfig for `pki` (mode 0600: it holds the
+/// client key) to `path`, pointing at `server`.
+pub fn write_webhook_kubeconfig(pki: &DevPki, server: &str, path: &Path) -> anyhow::Result<()> {
+    let kubeconfig = pki::webhook_kubeconfig(pki, server)?;
+    pki::write_file(path, kubeconfig.as_bytes(), true)?;
+    Ok(())
+}
+
 /// Creates a key-encryption key file (mode 0600) unless one exists.
 pub fn ensure_kek(path: &Path) -> anyhow::Result<()> {
     if path.exists() {
@@ -89,9 +114,12 @@ pub async fn run_until(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let database_url = a.database_url();
+    // Security: the data directory holds the key-encryption key, the database and
+    // the PKI; created 0700 (an existing one is left as the operator made it).
+    pki::create_dir_if_missing(&a.data_dir).context("creating the data directory")?;
     let pki_dir = a.data_dir.join("pki");
     let pki = if DevPki::at(&pki_dir).exists() {
-        DevPki::at(&pki_dir)
+        ensure_kube_apiserver_cert(&DevPki::at(&pki_dir))?
     } else {
         pki::generate(&pki_dir, &[]).context("creating the dev PKI")?
     };
@@ -120,6 +148,7 @@ pub async fn run_until(
     let database = DatabaseConfig {
         url: database_url.clone(),
         max_connections: 16,
+        max_index_lag_seconds: 5,
     };
     let id_server = pki.server("identity");
     let issuer_url = a
@@ -130,6 +159,7 @@ pub async fn run_until(
         telemetry: Default::default(),
         server: ListenConfig {
             listen: a.identity_listen,
+            limits: Default::default(),
             tls: TlsFiles {
                 ca: pki.ca.clone(),
                 cert: id_server.cert,
@@ -156,6 +186,7 @@ pub async fn run_until(
         telemetry: Default::default(),
         server: ListenConfig {
             listen: a.issuer_listen,
+            limits: Default::default(),
             tls: TlsFiles {
                 ca: pki.ca.clone(),
                 cert: is_server.cert.clone(),
@@ -187,6 +218,7 @@ pub async fn run_until(
             socket: Some(a.data_dir.join("signer.sock")),
             refresh_hint_seconds: None,
         },
+        ca: Default::default(),
         identity: Some(PeerConfig {
             endpoint: format!("https://{}", a.identity_listen),
             server_name: "localhost".into(),
@@ -215,6 +247,9 @@ pub async fn run_until(
             format!("webhook.listen={}", a.webhook_listen),
             format!("webhook.cert={}", p(&rv_server.cert)),
             format!("webhook.key={}", p(&rv_server.key)),
+            // Callers need a certificate from the dev CA (kube-apiserver's, in
+            // webhook-kubeconfig.yaml) or a service-account token.
+            format!("webhook.client_ca={}", p(&pki.ca)),
             format!("identity.endpoint=https://{}", a.identity_listen),
             format!("identity.tls.ca={}", p(&pki.ca)),
             format!("identity.tls.cert={}", p(&rv_client.cert)),
@@ -277,7 +312,12 @@ pub async fn run_until(
         })
     };
     let env = env_file(&a, &pki, &issuer_url);
-    std::fs::write(a.data_dir.join("badge.env"), &env)?;
+    pki::write_file(&a.data_dir.join("badge.env"), env.as_bytes(), false)?;
+    write_webhook_kubeconfig(
+        &pki,
+        &format!("https://{}/", a.webhook_listen),
+        &a.data_dir.join(WEBHOOK_KUBECONFIG),
+    )?;
     print_banner(&a, &pki, &issuer_url, &database_url);
 
     let (mut id_task, mut is_task, mut rv_task) = (id_task, is_task, rv_task);
@@ -305,6 +345,9 @@ pub async fn run_until(
     Ok(())
 }
 
+/// kube-apiserver's webhook kubeconfig, next to `badge.env` in the data directory.
+pub const WEBHOOK_KUBECONFIG: &str = "webhook-kubeconfig.yaml";
+
 fn env_file(a: &UpArgs, pki: &DevPki, issuer_url: &str) -> String {
     format!(
         "BADGE_IDENTITY_ENDPOINT=https://{}\nBADGE_ISSUER_ENDPOINT=https://{}\nBADGE_REVIEW_ENDPOINT=https://{}\nBADGE_WEBHOOK_URL=https://{}/\nBADGE_ISSUER_URL={issuer_url}\nBADGE_OIDC_DISCOVERY={issuer_url}/.well-known/openid-configuration\nBADGE_CA={}\nBADGE_CLIENT_CERT={}\nBADGE_CLIENT_KEY={}\nBADGE_SIGNER_SOCKET={}\n",
@@ -330,7 +373,8 @@ fn print_banner(a: &UpArgs, pki: &DevPki, issuer_url: &str, database_url: &str) 
         "\nBadge is up.\n\
          \n  identity      https://{id}   (gRPC, mTLS)\
          \n  token-issuer  https://{is}   (gRPC, mTLS)\
-         \n  token-review  https://{rv}   (gRPC, mTLS); webhook https://{wh}/\
+         \n  token-review  https://{rv}   (gRPC, mTLS); webhook https://{wh}/ (client certificate or bearer token)\
+         \n  webhook kubeconfig  {kubeconfig} (kube-apiserver: --authentication-token-webhook-config-file)\
          \n  OIDC          {issuer_url}/.well-known/openid-configuration\
          \n  signer        {sock} (Kubernetes ExternalJWTSigner)\
          \n  admin cert    {cert} (O=system:masters), CA {ca}\
@@ -358,6 +402,7 @@ fn print_banner(a: &UpArgs, pki: &DevPki, issuer_url: &str, database_url: &str) 
         cert = pki.admin.cert.display(),
         ca = pki.ca.display(),
         env = a.data_dir.join("badge.env").display(),
+        kubeconfig = a.data_dir.join(WEBHOOK_KUBECONFIG).display(),
         store = badge_runtime::config::redact_url(database_url),
     );
 }

@@ -30,6 +30,17 @@ pub const MASTERS: &str = "system:masters";
 pub const TOKEN_ISSUER_USER: &str = "system:badge:token-issuer";
 /// The client-certificate user of the token-review service.
 pub const TOKEN_REVIEW_USER: &str = "system:badge:token-review";
+/// The user kube-apiserver authenticates as towards token-review's webhook (the
+/// dev PKI's `kube-apiserver` client certificate).
+pub const KUBE_APISERVER_USER: &str = "kube-apiserver";
+/// The ClusterRoleBinding that lets it ask the webhook.
+pub const KUBE_APISERVER_WEBHOOK_BINDING: &str = "badge:kube-apiserver-webhook";
+/// The ClusterRole a gateway (Envoy's ext_authz filter) needs to ask token-review
+/// for decisions: `create` on `checks` in Badge's API group `badge.dev`. Bound to
+/// nobody by default: bind it to your gateways' users.
+pub const EXT_AUTHZ_ROLE: &str = "system:badge:ext-authz";
+/// Badge's API group (its own resources: signingkeys, trustbundles, checks, …).
+pub const BADGE_GROUP: &str = "badge.dev";
 
 fn strings(values: &[&str]) -> Vec<String> {
     values.iter().map(|s| (*s).to_owned()).collect()
@@ -75,10 +86,16 @@ const ALL_RBAC: [&str; 8] = [
 
 /// The bootstrap ClusterRoles.
 pub fn cluster_roles() -> Vec<Role> {
-    let view = vec![
-        resources(&READ, "", &["pods", "serviceaccounts", "namespaces"]),
-        resources(&READ, "", &["nodes"]),
-    ];
+    // Kubernetes' `view`: namespaced reads. Read access to `namespaces` granted by a
+    // RoleBinding in N lets the holder read Namespace N itself (requests for
+    // `namespaces/<name>` are in namespace <name>). Nodes are cluster-scoped
+    // infrastructure: Kubernetes keeps them out of view/edit/admin, and so does
+    // Badge — `system:node-reader` below grants them on purpose.
+    let view = vec![resources(
+        &READ,
+        "",
+        &["pods", "serviceaccounts", "namespaces"],
+    )];
     let mut edit = view.clone();
     edit.extend([
         resources(&WRITE, "", &["pods", "serviceaccounts", "secrets"]),
@@ -158,6 +175,9 @@ pub fn cluster_roles() -> Vec<Role> {
             ],
         ),
         cluster_role("view", view),
+        // Badge's own addition (not bound by default): read Nodes, for agents and
+        // dashboards that need the node list without any namespaced rights.
+        cluster_role("system:node-reader", vec![resources(&READ, "", &["nodes"])]),
         cluster_role("edit", edit),
         cluster_role("admin", admin),
         // Badge's services, least privilege: only what their calls to identity need.
@@ -170,6 +190,13 @@ pub fn cluster_roles() -> Vec<Role> {
         cluster_role(
             TOKEN_REVIEW_USER,
             vec![resources(&["get", "update"], "", &["secrets"])],
+        ),
+        // Gateways asking for ext_authz decisions. Security: holding it means being
+        // trusted to report the mesh peer's identity (`source.principal`), so it is
+        // a role to bind to gateways only, never to workloads.
+        cluster_role(
+            EXT_AUTHZ_ROLE,
+            vec![resources(&["create"], BADGE_GROUP, &["checks"])],
         ),
     ]
 }
@@ -224,6 +251,16 @@ pub fn cluster_role_bindings() -> Vec<Binding> {
             TOKEN_REVIEW_USER,
             vec![subject(KIND_USER, TOKEN_REVIEW_USER)],
         ),
+        // kube-apiserver's webhook credential: least privilege, exactly what the
+        // token and authorization webhooks require (create tokenreviews and
+        // subjectaccessreviews), not system:masters.
+        Binding {
+            name: KUBE_APISERVER_WEBHOOK_BINDING.to_owned(),
+            ..cluster_binding(
+                "system:auth-delegator",
+                vec![subject(KIND_USER, KUBE_APISERVER_USER)],
+            )
+        },
     ]
 }
 
@@ -294,6 +331,7 @@ mod tests {
         let anon = user("system:anonymous", &[UNAUTHENTICATED]);
         let issuer = user(TOKEN_ISSUER_USER, &["system:badge-services", AUTHENTICATED]);
         let review = user(TOKEN_REVIEW_USER, &["system:badge-services", AUTHENTICATED]);
+        let apiserver = user(KUBE_APISERVER_USER, &[AUTHENTICATED]);
         let jwks = Attributes::NonResource {
             verb: "get".into(),
             path: "/openid/v1/jwks".into(),
@@ -332,6 +370,29 @@ mod tests {
             (&issuer, res("create", "dev", "", "secrets", ""), false),
             (&review, res("update", "dev", "", "secrets", ""), true),
             (&review, res("delete", "dev", "", "secrets", ""), false),
+            // kube-apiserver asks the webhooks, and may do nothing else.
+            (
+                &apiserver,
+                res("create", "", "authentication.k8s.io", "tokenreviews", ""),
+                true,
+            ),
+            (
+                &apiserver,
+                res(
+                    "create",
+                    "",
+                    "authorization.k8s.io",
+                    "subjectaccessreviews",
+                    "",
+                ),
+                true,
+            ),
+            (&apiserver, res("get", "dev", "", "secrets", ""), false),
+            (
+                &apiserver,
+                res("create", "dev", "", "serviceaccounts", "token"),
+                false,
+            ),
         ];
         for (u, a, want) in cases {
             let d = authorize(&Defaults, u, &a);
@@ -360,5 +421,307 @@ mod tests {
         assert!(!uncovered(&get("view"), &token).is_empty());
         let secrets = [resources(&["get"], "", &["secrets"])];
         assert!(!uncovered(&get("view"), &secrets).is_empty());
+    }
+
+    /// Kubernetes' bootstrap roles (`plugin/pkg/auth/authorizer/rbac/bootstrappolicy/
+    /// policy.go`, with the `system:aggregate-to-*` roles folded into view, edit
+    /// and admin as aggregation does), transcribed for the resources and URLs
+    /// Badge serves: every rule of Kubernetes' that touches one of them, nothing
+    /// else. Rules on resources Badge has not (configmaps, pods/log, ...) are left
+    /// out; they cannot matter here.
+    fn kubernetes_roles() -> Vec<(&'static str, Vec<PolicyRule>)> {
+        let read = ["get", "list", "watch"];
+        let write = ["create", "update", "patch", "delete", "deletecollection"];
+        let read_write = [
+            "get",
+            "list",
+            "watch",
+            "create",
+            "update",
+            "patch",
+            "delete",
+            "deletecollection",
+        ];
+        let view = vec![
+            // aggregate-to-view
+            resources(&read, "", &["pods", "serviceaccounts"]),
+            resources(&read, "", &["namespaces"]),
+        ];
+        let mut edit = view.clone();
+        edit.extend([
+            // aggregate-to-edit
+            resources(&read, "", &["secrets"]),
+            resources(&["impersonate"], "", &["serviceaccounts"]),
+            resources(&write, "", &["pods"]),
+            resources(&write, "", &["serviceaccounts", "secrets"]),
+            resources(&["create"], "", &["serviceaccounts/token"]),
+        ]);
+        let mut admin = edit.clone();
+        // aggregate-to-admin (also `create localsubjectaccessreviews`: no such
+        // API in Badge).
+        admin.push(resources(
+            &read_write,
+            RBAC_GROUP,
+            &["roles", "rolebindings"],
+        ));
+        vec![
+            (
+                "cluster-admin",
+                vec![resources(&["*"], "*", &["*"]), urls(&["*"], &["*"])],
+            ),
+            (
+                "system:discovery",
+                vec![urls(
+                    &["get"],
+                    &[
+                        "/livez",
+                        "/readyz",
+                        "/healthz",
+                        "/version",
+                        "/version/",
+                        "/openapi",
+                        "/openapi/*",
+                        "/api",
+                        "/api/*",
+                        "/apis",
+                        "/apis/*",
+                    ],
+                )],
+            ),
+            (
+                "system:basic-user",
+                vec![
+                    resources(
+                        &["create"],
+                        "authorization.k8s.io",
+                        &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                    ),
+                    resources(
+                        &["create"],
+                        "authentication.k8s.io",
+                        &["selfsubjectreviews"],
+                    ),
+                ],
+            ),
+            (
+                "system:public-info-viewer",
+                vec![urls(
+                    &["get"],
+                    &["/livez", "/readyz", "/healthz", "/version", "/version/"],
+                )],
+            ),
+            (
+                "system:service-account-issuer-discovery",
+                vec![urls(
+                    &["get"],
+                    &[
+                        "/.well-known/openid-configuration",
+                        "/.well-known/openid-configuration/",
+                        "/openid/v1/jwks",
+                        "/openid/v1/jwks/",
+                    ],
+                )],
+            ),
+            (
+                "system:auth-delegator",
+                vec![
+                    resources(&["create"], "authentication.k8s.io", &["tokenreviews"]),
+                    resources(
+                        &["create"],
+                        "authorization.k8s.io",
+                        &["subjectaccessreviews"],
+                    ),
+                ],
+            ),
+            ("view", view),
+            ("edit", edit),
+            ("admin", admin),
+        ]
+    }
+
+    /// Every bootstrap role Kubernetes also has grants exactly what Kubernetes'
+    /// grants, request by request, over every verb, resource and URL Badge serves
+    /// (the review found `view` reading nodes; this catches any such drift).
+    #[test]
+    fn bootstrap_roles_grant_what_kubernetes_grants() {
+        let verbs = [
+            "get",
+            "list",
+            "watch",
+            "create",
+            "update",
+            "patch",
+            "delete",
+            "deletecollection",
+            "impersonate",
+            "bind",
+            "escalate",
+        ];
+        let badge_resources: [(&str, &str, &str); 15] = [
+            ("", "pods", ""),
+            ("", "serviceaccounts", ""),
+            ("", "serviceaccounts", "token"),
+            ("", "secrets", ""),
+            ("", "namespaces", ""),
+            ("", "nodes", ""),
+            (RBAC_GROUP, "roles", ""),
+            (RBAC_GROUP, "rolebindings", ""),
+            (RBAC_GROUP, "clusterroles", ""),
+            (RBAC_GROUP, "clusterrolebindings", ""),
+            ("authentication.k8s.io", "tokenreviews", ""),
+            ("authentication.k8s.io", "selfsubjectreviews", ""),
+            ("authorization.k8s.io", "subjectaccessreviews", ""),
+            ("authorization.k8s.io", "selfsubjectaccessreviews", ""),
+            ("authorization.k8s.io", "selfsubjectrulesreviews", ""),
+        ];
+        let paths = [
+            "/healthz",
+            "/livez",
+            "/readyz",
+            "/version",
+            "/version/",
+            "/openapi/v2",
+            "/api",
+            "/api/v1",
+            "/apis",
+            "/.well-known/openid-configuration",
+            "/openid/v1/jwks",
+            "/metrics",
+        ];
+        let ours = cluster_roles();
+        let mut requests = Vec::new();
+        for verb in verbs {
+            for ns in ["", "dev"] {
+                for (group, resource, sub) in badge_resources {
+                    requests.push(Attributes::Resource {
+                        verb: verb.into(),
+                        namespace: ns.into(),
+                        api_group: group.into(),
+                        resource: resource.into(),
+                        subresource: sub.into(),
+                        name: "n".into(),
+                    });
+                }
+            }
+            for path in paths {
+                requests.push(Attributes::NonResource {
+                    verb: verb.into(),
+                    path: path.into(),
+                });
+            }
+        }
+        for (name, theirs) in kubernetes_roles() {
+            let role = ours
+                .iter()
+                .find(|r| r.name == name)
+                .unwrap_or_else(|| panic!("Badge has no bootstrap role {name}"));
+            for a in &requests {
+                let k8s = theirs.iter().any(|r| crate::rbac::rule_allows(r, a));
+                let badge = role.rules.iter().any(|r| crate::rbac::rule_allows(r, a));
+                assert_eq!(badge, k8s, "{name} on {a:?}: Kubernetes allows: {k8s}");
+            }
+        }
+    }
+
+    /// `view` bound by a RoleBinding in `ns-a` reads Namespace `ns-a` — a request
+    /// for `namespaces/ns-a` is in namespace `ns-a` (see badge_proto's scope) —
+    /// and no other namespace, nothing cluster-wide, no node.
+    #[test]
+    fn view_in_a_namespace_reads_that_namespace_only() {
+        struct Bound;
+        impl Policy for Bound {
+            fn cluster_role(&self, name: &str) -> Option<Role> {
+                cluster_roles().into_iter().find(|r| r.name == name)
+            }
+            fn role(&self, _: &str, _: &str) -> Option<Role> {
+                None
+            }
+            fn cluster_role_bindings(&self) -> Vec<Binding> {
+                cluster_role_bindings()
+            }
+            fn role_bindings(&self, ns: &str) -> Vec<Binding> {
+                if ns != "ns-a" {
+                    return Vec::new();
+                }
+                vec![Binding {
+                    namespace: "ns-a".into(),
+                    name: "vera-view".into(),
+                    role_ref: RoleRef {
+                        api_group: RBAC_GROUP.into(),
+                        kind: KIND_CLUSTER_ROLE.into(),
+                        name: "view".into(),
+                    },
+                    subjects: vec![subject(KIND_USER, "vera")],
+                }]
+            }
+        }
+        let vera = user("vera", &[AUTHENTICATED]);
+        let named = |verb: &str, ns: &str, resource: &str, name: &str| Attributes::Resource {
+            verb: verb.into(),
+            namespace: ns.into(),
+            api_group: String::new(),
+            resource: resource.into(),
+            subresource: String::new(),
+            name: name.into(),
+        };
+        let cases = [
+            (named("get", "ns-a", "namespaces", "ns-a"), true),
+            (named("watch", "ns-a", "namespaces", "ns-a"), true),
+            (named("get", "ns-b", "namespaces", "ns-b"), false),
+            (named("update", "ns-a", "namespaces", "ns-a"), false),
+            (named("delete", "ns-a", "namespaces", "ns-a"), false),
+            (named("get", "", "namespaces", "ns-a"), false),
+            (named("list", "", "namespaces", ""), false),
+            (named("get", "", "nodes", "node-1"), false),
+            (named("get", "ns-a", "nodes", "node-1"), false),
+        ];
+        for (a, want) in cases {
+            let d = authorize(&Bound, &vera, &a);
+            assert_eq!(d.allowed, want, "{a:?}: {}", d.reason);
+        }
+    }
+
+    /// Kubernetes' view/edit/admin hold no rule on nodes (cluster infrastructure);
+    /// only `system:node-reader` (and cluster-admin) reads them.
+    #[test]
+    fn nodes_are_outside_view_edit_and_admin() {
+        let roles = cluster_roles();
+        let get = |n: &str| {
+            roles
+                .iter()
+                .find(|r| r.name == n)
+                .expect("role")
+                .rules
+                .clone()
+        };
+        for verb in READ {
+            let nodes = [resources(&[verb], "", &["nodes"])];
+            for role in ["view", "edit", "admin"] {
+                assert!(
+                    !crate::rbac::uncovered(&get(role), &nodes).is_empty(),
+                    "{role} must not {verb} nodes"
+                );
+            }
+            assert!(crate::rbac::uncovered(&get("system:node-reader"), &nodes).is_empty());
+        }
+    }
+
+    /// The gateway role grants exactly `create checks` in badge.dev, and nobody
+    /// holds it by default.
+    #[test]
+    fn ext_authz_role_is_only_create_checks_and_unbound() {
+        let role = cluster_roles()
+            .into_iter()
+            .find(|r| r.name == EXT_AUTHZ_ROLE)
+            .expect("role");
+        assert_eq!(
+            role.rules,
+            vec![resources(&["create"], "badge.dev", &["checks"])]
+        );
+        assert!(
+            cluster_role_bindings()
+                .iter()
+                .all(|b| b.role_ref.name != EXT_AUTHZ_ROLE)
+        );
     }
 }

@@ -17,6 +17,10 @@ pub enum Kind {
     /// A revoked token (by jti), kept until the token's expiry. Owned by the
     /// token-issuer (`RevokeToken`); every token-review replica follows the feed.
     Revocation,
+    /// A workload CA of the token-issuer (certificate chain, private key sealed
+    /// under the KEK). Like signing keys: travels through the change feed so every
+    /// replica and verifier learns new trust-bundle roots, never served by identity.
+    CertificateAuthority,
     Role,
     ClusterRole,
     RoleBinding,
@@ -24,7 +28,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Namespace,
         Kind::ServiceAccount,
         Kind::Secret,
@@ -32,6 +36,7 @@ impl Kind {
         Kind::Node,
         Kind::SigningKey,
         Kind::Revocation,
+        Kind::CertificateAuthority,
         Kind::Role,
         Kind::ClusterRole,
         Kind::RoleBinding,
@@ -70,6 +75,7 @@ impl Kind {
             Kind::Node => "Node",
             Kind::SigningKey => "SigningKey",
             Kind::Revocation => "Revocation",
+            Kind::CertificateAuthority => "CertificateAuthority",
             Kind::Role => "Role",
             Kind::ClusterRole => "ClusterRole",
             Kind::RoleBinding => "RoleBinding",
@@ -87,6 +93,7 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::SigningKey => "signingkeys",
             Kind::Revocation => "revocations",
+            Kind::CertificateAuthority => "certificateauthorities",
             Kind::Role => "roles",
             Kind::ClusterRole => "clusterroles",
             Kind::RoleBinding => "rolebindings",
@@ -103,6 +110,7 @@ impl Kind {
                 | Kind::Node
                 | Kind::SigningKey
                 | Kind::Revocation
+                | Kind::CertificateAuthority
                 | Kind::ClusterRole
                 | Kind::ClusterRoleBinding
         )

@@ -17,6 +17,7 @@ pub mod revocation;
 pub mod seal;
 pub mod secret_refs;
 pub mod selector;
+pub mod spiffe;
 pub mod token;
 pub mod user;
 pub mod validation;

@@ -60,7 +60,16 @@ impl Requirement {
 
 impl fmt::Display for Requirement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let set = |s: &BTreeSet<String>| s.iter().map(String::as_str).collect::<Vec<_>>().join(",");
+        let set = |s: &BTreeSet<String>| {
+            let joined = s.iter().map(String::as_str).collect::<Vec<_>>().join(",");
+            // Only {""} joins to nothing, and `k in ()` is refused; `(,)` reads back
+            // as {""}, so the canonical form still parses to an equal selector.
+            if joined.is_empty() {
+                ",".to_owned()
+            } else {
+                joined
+            }
+        };
         match &self.op {
             Op::Equals(v) => write!(f, "{}={v}", self.key),
             Op::NotEquals(v) => write!(f, "{}!={v}", self.key),

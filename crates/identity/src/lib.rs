@@ -2,6 +2,7 @@
 //! Kubernetes semantics (names, admission, the `default` ServiceAccount), and the
 //! change feed as `WatchService.Watch`.
 
+pub mod audit;
 pub mod cli;
 pub mod controllers;
 pub mod objects;
@@ -28,6 +29,7 @@ use badge_store::Store;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use audit::Audited;
 pub use objects::Objects;
 
 /// `badge-identity` configuration (see README "Configuration").
@@ -137,6 +139,13 @@ pub struct FeedConfig {
     /// How often compaction runs.
     #[serde(default = "default_compaction_interval")]
     pub compaction_interval_seconds: u64,
+    /// Every Watch ends (OK, after a BOOKMARK) once it has run a random time
+    /// between half of this and one and a half times this, as kube-apiserver's
+    /// `--min-request-timeout` does: a long-lived stream is re-authorized and
+    /// re-balanced at least that often; clients resume from their last
+    /// resource_version.
+    #[serde(default = "default_watch_timeout")]
+    pub watch_timeout_seconds: u64,
 }
 
 fn default_retention() -> u64 {
@@ -145,12 +154,16 @@ fn default_retention() -> u64 {
 fn default_compaction_interval() -> u64 {
     60
 }
+fn default_watch_timeout() -> u64 {
+    1800
+}
 
 impl Default for FeedConfig {
     fn default() -> Self {
         FeedConfig {
             retention_seconds: default_retention(),
             compaction_interval_seconds: default_compaction_interval(),
+            watch_timeout_seconds: default_watch_timeout(),
         }
     }
 }
@@ -184,6 +197,9 @@ impl Validate for IdentityConfig {
         }
         if self.feed.compaction_interval_seconds == 0 {
             errors.push("feed.compaction_interval_seconds: must be at least 1".into());
+        }
+        if self.feed.watch_timeout_seconds == 0 {
+            errors.push("feed.watch_timeout_seconds: must be at least 1".into());
         }
     }
 }
@@ -244,7 +260,21 @@ const SERVICE_ACCOUNTS: [(&str, MethodRule); 5] = crud5!(
     pb::UpdateServiceAccountRequest,
     pb::DeleteServiceAccountRequest
 );
-const SECRETS: [(&str, MethodRule); 5] = crud5!(
+/// Secret writes carry up to 1 MiB of data (Kubernetes' limit); every other
+/// request keeps the small default (`badge_runtime::limits`).
+const fn secret_writes(
+    mut methods: [(&'static str, MethodRule); 5],
+) -> [(&'static str, MethodRule); 5] {
+    // Create and Update (crud5's order: create, get, list, update, delete).
+    methods[0].1 = methods[0]
+        .1
+        .max_request(badge_runtime::limits::SECRET_MAX_REQUEST);
+    methods[3].1 = methods[3]
+        .1
+        .max_request(badge_runtime::limits::SECRET_MAX_REQUEST);
+    methods
+}
+const SECRETS: [(&str, MethodRule); 5] = secret_writes(crud5!(
     "SecretService",
     "secrets",
     "Secret",
@@ -254,7 +284,7 @@ const SECRETS: [(&str, MethodRule); 5] = crud5!(
     pb::ListSecretsRequest,
     pb::UpdateSecretRequest,
     pb::DeleteSecretRequest
-);
+));
 const PODS: [(&str, MethodRule); 5] = crud5!(
     "PodService",
     "pods",
@@ -279,10 +309,10 @@ const NODES: [(&str, MethodRule); 5] = crud5!(
 );
 /// A watch needs `watch` on each kind it asks for (the request's `Scope`), in its
 /// namespace; the rule's own resource is not used.
-const WATCH: [(&str, MethodRule); 1] = [(
-    "/badge.identity.v1.WatchService/Watch",
-    MethodRule::new("watch", G, "*").scoped::<pb::WatchRequest>(),
-)];
+const WATCH: [(&str, MethodRule); 1] = [("/badge.identity.v1.WatchService/Watch", WATCH_RULE)];
+/// The Watch rule; an open watch re-runs its decision as RBAC changes.
+pub(crate) const WATCH_RULE: MethodRule =
+    MethodRule::new("watch", G, "*").scoped::<pb::WatchRequest>();
 
 /// Every identity method → what it does in RBAC terms.
 pub const METHOD_TABLES: [MethodTable; 7] = [
@@ -300,37 +330,31 @@ pub fn grpc_server(objects: &Objects) -> GrpcServer {
     GrpcServer::new()
         .named("identity")
         .add_service(
-            NamespaceServiceServer::new(objects.clone()),
+            Audited::all(NamespaceServiceServer::new(objects.clone())),
             METHOD_TABLES[0],
         )
         .add_service(
-            ServiceAccountServiceServer::new(objects.clone()),
+            Audited::all(ServiceAccountServiceServer::new(objects.clone())),
             METHOD_TABLES[1],
         )
-        .add_service(SecretServiceServer::new(objects.clone()), METHOD_TABLES[2])
-        .add_service(PodServiceServer::new(objects.clone()), METHOD_TABLES[3])
-        .add_service(NodeServiceServer::new(objects.clone()), METHOD_TABLES[4])
-        .add_service(WatchServiceServer::new(objects.clone()), METHOD_TABLES[5])
+        .add_service(Audited::all(SecretServiceServer::new(objects.clone())), METHOD_TABLES[2])
+        .add_service(Audited::all(PodServiceServer::new(objects.clone())), METHOD_TABLES[3])
+        .add_service(Audited::all(NodeServiceServer::new(objects.clone())), METHOD_TABLES[4])
+        .add_service(Audited::all(WatchServiceServer::new(objects.clone())), METHOD_TABLES[5])
         .add_service(
-            badge_proto::rbac::role_service_server::RoleServiceServer::new(objects.clone()),
+            Audited::all(badge_proto::rbac::role_service_server::RoleServiceServer::new(objects.clone())),
             METHOD_TABLES[6],
         )
         .add_service(
-            badge_proto::rbac::cluster_role_service_server::ClusterRoleServiceServer::new(
-                objects.clone(),
-            ),
+            Audited::all(badge_proto::rbac::cluster_role_service_server::ClusterRoleServiceServer::new(objects.clone())),
             &[],
         )
         .add_service(
-            badge_proto::rbac::role_binding_service_server::RoleBindingServiceServer::new(
-                objects.clone(),
-            ),
+            Audited::all(badge_proto::rbac::role_binding_service_server::RoleBindingServiceServer::new(objects.clone())),
             &[],
         )
         .add_service(
-            badge_proto::rbac::cluster_role_binding_service_server::ClusterRoleBindingServiceServer::new(
-                objects.clone(),
-            ),
+            Audited::all(badge_proto::rbac::cluster_role_binding_service_server::ClusterRoleBindingServiceServer::new(objects.clone())),
             &[],
         )
 }
@@ -346,6 +370,22 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let tls = TlsMaterial::load(&config.server.tls)?;
     store.check_schema().await?;
+    // Security: Secret data (tokens, keys) is sealed at rest with the
+    // key-encryption key; identity writes it, so it never runs without one (there
+    // is no "store Secrets in the clear" option).
+    if !store.seals_data() {
+        anyhow::bail!(
+            "encryption.kek_file: a key-encryption key is required to seal Secret data at rest (or encryption.kek / BADGE_ENCRYPTION__KEK; `badge kek --out FILE` makes one)"
+        );
+    }
+    // Legacy Secret tokens presented as bearer credentials are recorded as used,
+    // as reviews are (else the cleaner invalidates tokens in daily use); identity
+    // owns Secrets, so it writes the label through its own store.
+    let (last_used_tx, last_used_writer) = badge_access::last_used::LastUsed {
+        secrets: badge_access::last_used::Secrets::Store(store.clone()),
+        clock: clock.clone(),
+    }
+    .queue();
     // One index for bearer-token reviews and RBAC decisions (no database round
     // trip per call).
     let access = badge_access::start(
@@ -353,18 +393,21 @@ pub async fn serve(
         config.authentication.settings(),
         clock.clone(),
         BEARER_CACHE_ENTRIES,
-        None,
+        Some(last_used_tx),
         !config.authentication.issuers.is_empty(),
         "identity",
     );
-    let objects = Objects::new(store.clone(), clock).with_guard(access.guard.clone());
+    let mut objects = Objects::new(store.clone(), clock).with_guard(access.guard.clone());
+    objects.watch_timeout = Duration::from_secs(config.feed.watch_timeout_seconds);
     controllers::bootstrap(&objects).await?;
     controllers::bootstrap_policy(&objects).await?;
-    let server = grpc_server(&objects);
+    let server = grpc_server(&objects).with_limits(config.server.limits);
     let names = server.service_names().to_vec();
     server.register_not_serving().await;
-    let probe_store = store.clone();
+    let probe_reviewer = access.reviewer.clone();
+    probe_reviewer.set_max_index_lag(config.database.max_index_lag());
     let _tasks = badge_runtime::server::Tasks::from_iter([
+        tokio::spawn(last_used_writer),
         tokio::spawn(controllers::default_service_accounts(objects.clone())),
         tokio::spawn(controllers::pod_reaper(objects.clone())),
         tokio::spawn(controllers::legacy_token_cleaner(
@@ -381,15 +424,13 @@ pub async fn serve(
             server.health(),
             names,
             Duration::from_secs(2),
+            // The store answers, and the index (bearer tokens, RBAC) keeps up.
             move || {
-                let s = probe_store.clone();
-                async move { s.ping().await.is_ok() }
+                let r = probe_reviewer.clone();
+                async move { r.probe().await.ok() }
             },
         ),
     ]);
-    if !store.seals_data() {
-        tracing::warn!("Secret data is stored unencrypted: set encryption.kek_file");
-    }
     tracing::info!(addr = %listener.local_addr()?, "identity serving (mTLS gRPC)");
     let guard = access.guard.clone();
     let _access = access;

@@ -29,6 +29,10 @@ pub fn parse_resource_version(field: &str, value: &str) -> Result<Option<i64>> {
         })
 }
 
+/// How many times an update without a client resource_version re-runs its
+/// read-check-write when the object changed in between (then ABORTED).
+pub const UPDATE_ATTEMPTS: u32 = 5;
+
 /// Validates a name and namespace given as plain request fields (get/delete).
 pub fn check_key(kind: Kind, namespace: &str, name: &str) -> Result<()> {
     names::validate_key(kind, namespace, name)
@@ -45,6 +49,9 @@ pub struct Objects {
     /// Set when the server stops: open Watch streams end (UNAVAILABLE, so clients
     /// resume elsewhere) instead of holding the graceful shutdown open forever.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// A Watch ends (OK, after a BOOKMARK) after a random time in [½, 1½] × this
+    /// (`feed.watch_timeout_seconds`).
+    pub watch_timeout: std::time::Duration,
 }
 
 /// One page of a list.
@@ -61,6 +68,7 @@ impl Objects {
             clock,
             guard: None,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
+            watch_timeout: std::time::Duration::from_secs(1800),
         }
     }
 
@@ -158,46 +166,74 @@ impl Objects {
     /// Replaces an object. `metadata.resource_version`, when set, must be current;
     /// `metadata.uid`, when set, must match. `check` sees (stored, incoming) and may
     /// refuse changes to immutable fields or carry stored fields over.
+    ///
+    /// Security: the write is pinned to the exact version `check` saw (its
+    /// resource_version and uid), so the immutability rules cannot be bypassed by
+    /// an object that changed — or was deleted and re-created with other immutable
+    /// fields — between the read and the write. Without a client resource_version
+    /// a conflict re-runs the whole read-check-write (Kubernetes' GuaranteedUpdate)
+    /// up to [`UPDATE_ATTEMPTS`] times, then answers ABORTED; with one, the client
+    /// asked for that version only, so its conflict is answered at once.
     pub async fn update<T: Object>(
         &self,
         obj: Option<T>,
         field: &str,
-        check: impl FnOnce(&T, &mut T) -> Result<()>,
+        mut check: impl FnMut(&T, &mut T) -> Result<()>,
     ) -> Result<T> {
-        let mut obj = self.prepare(obj, field)?;
+        let obj = self.prepare(obj, field)?;
         let meta = obj.meta().cloned().unwrap_or_default();
         let rv = parse_resource_version(
             &format!("{field}.metadata.resource_version"),
             &meta.resource_version,
         )?;
-        let record = self.store.get(T::KIND, &meta.namespace, &meta.name).await?;
-        let current: T = decode(&record)?;
-        check(&current, &mut obj)?;
-        let (labels, data) = encode(&obj);
-        // A graceful deletion in progress survives label/annotation updates.
-        let deletion_timestamp = record.deletion_timestamp;
-        let changes = self
-            .store
-            .apply(
-                vec![Op::Update {
-                    kind: T::KIND,
-                    namespace: meta.namespace.clone(),
-                    name: meta.name.clone(),
-                    precondition: Precondition {
-                        resource_version: rv,
-                        uid: (!meta.uid.is_empty()).then(|| meta.uid.clone()),
-                    },
-                    labels,
-                    data,
-                    deletion_timestamp,
-                }],
-                self.clock.now(),
-            )
-            .await?;
-        let first = changes
-            .first()
-            .ok_or_else(|| Error::Internal("update returned no change".into()))?;
-        decode(&first.record)
+        let mut attempt = 1;
+        loop {
+            let record = self.store.get(T::KIND, &meta.namespace, &meta.name).await?;
+            let current: T = decode(&record)?;
+            let mut incoming = obj.clone();
+            check(&current, &mut incoming)?;
+            let (labels, data) = encode(&incoming);
+            // A graceful deletion in progress survives label/annotation updates.
+            let deletion_timestamp = record.deletion_timestamp;
+            let precondition = Precondition {
+                // The client's version when it sent one (a stale one must fail
+                // even though `check` passed on the newer object), else the one
+                // checked.
+                resource_version: Some(rv.unwrap_or(record.resource_version)),
+                uid: Some(if meta.uid.is_empty() {
+                    record.uid.clone()
+                } else {
+                    meta.uid.clone()
+                }),
+            };
+            let applied = self
+                .store
+                .apply(
+                    vec![Op::Update {
+                        kind: T::KIND,
+                        namespace: meta.namespace.clone(),
+                        name: meta.name.clone(),
+                        precondition,
+                        labels,
+                        data,
+                        deletion_timestamp,
+                    }],
+                    self.clock.now(),
+                )
+                .await;
+            let changes = match applied {
+                Ok(c) => c,
+                Err(Error::Conflict(_)) if rv.is_none() && attempt < UPDATE_ATTEMPTS => {
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let first = changes
+                .first()
+                .ok_or_else(|| Error::Internal("update returned no change".into()))?;
+            return decode(&first.record);
+        }
     }
 
     /// Deletes an object now (with optional preconditions); `extra_before` ops run

@@ -75,30 +75,61 @@ fn check_binding<T: Bind>(obj: &mut T, field: &str) -> Result<badge_core::rbac::
     Ok(b)
 }
 
-/// `{APIGroups:["batch"], Resources:["jobs"], Verbs:["get"]}`, as Kubernetes lists
-/// the permissions an escalation attempt lacks.
+/// A list as Go's `%q` prints a `[]string`: `["a" "b"]`.
+fn go_list(v: &[String]) -> String {
+    let quoted: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+/// `{APIGroups:["batch"], Resources:["jobs"], Verbs:["get" "list"]}`, as Kubernetes
+/// lists the permissions an escalation attempt lacks (`CompactString`: groups,
+/// resources, URLs, names, verbs).
 fn describe_rule(r: &PolicyRule) -> String {
-    let list = |v: &[String]| {
-        v.iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
     let mut parts = Vec::new();
     if !r.api_groups.is_empty() {
-        parts.push(format!("APIGroups:[{}]", list(&r.api_groups)));
+        parts.push(format!("APIGroups:{}", go_list(&r.api_groups)));
     }
     if !r.resources.is_empty() {
-        parts.push(format!("Resources:[{}]", list(&r.resources)));
-    }
-    if !r.resource_names.is_empty() {
-        parts.push(format!("ResourceNames:[{}]", list(&r.resource_names)));
+        parts.push(format!("Resources:{}", go_list(&r.resources)));
     }
     if !r.non_resource_urls.is_empty() {
-        parts.push(format!("NonResourceURLs:[{}]", list(&r.non_resource_urls)));
+        parts.push(format!("NonResourceURLs:{}", go_list(&r.non_resource_urls)));
     }
-    parts.push(format!("Verbs:[{}]", list(&r.verbs)));
+    if !r.resource_names.is_empty() {
+        parts.push(format!("ResourceNames:{}", go_list(&r.resource_names)));
+    }
+    if !r.verbs.is_empty() {
+        parts.push(format!("Verbs:{}", go_list(&r.verbs)));
+    }
     format!("{{{}}}", parts.join(", "))
+}
+
+/// Kubernetes' `CompactRules`: broken-down rules of one group, one resource and at
+/// most one name that differ only by verb become one rule with those verbs; other
+/// rules stay as they are.
+fn compact_rules(rules: &[PolicyRule]) -> Vec<PolicyRule> {
+    let mut out: Vec<PolicyRule> = Vec::new();
+    let mut simple: Vec<PolicyRule> = Vec::new();
+    for r in rules {
+        let is_simple = r.api_groups.len() == 1
+            && r.resources.len() == 1
+            && r.resource_names.len() <= 1
+            && r.non_resource_urls.is_empty();
+        if !is_simple {
+            out.push(r.clone());
+            continue;
+        }
+        match simple.iter_mut().find(|s| {
+            s.api_groups == r.api_groups
+                && s.resources == r.resources
+                && s.resource_names == r.resource_names
+        }) {
+            Some(s) => s.verbs.extend(r.verbs.iter().cloned()),
+            None => simple.push(r.clone()),
+        }
+    }
+    out.extend(simple);
+    out
 }
 
 fn rbac_attrs(verb: &str, resource: &str, namespace: &str, name: &str) -> Attributes {
@@ -117,20 +148,31 @@ impl Objects {
     /// a role only with rules it holds itself (in the role's namespace), unless it
     /// may `escalate` roles. Without this, `create roles` + `create rolebindings`
     /// would be a path to any permission.
+    ///
+    /// `creating`: Kubernetes asks `escalate` with the request's attributes, and a
+    /// create request names no object (its URL is the collection), so `escalate`
+    /// limited by resourceNames never lifts the check on create — only on update
+    /// of the named role. Asking with the new role's name here would let such a
+    /// grant mint a role of that name with any rules once it is deleted or before
+    /// it exists.
     fn confirm_role(
         &self,
         caller: &Caller,
         resource: &str,
-        namespace: &str,
-        name: &str,
-        rules: &[PolicyRule],
+        role: &badge_core::rbac::Role,
+        creating: bool,
     ) -> Result<()> {
         let Some(guard) = &self.guard else {
             return Ok(());
         };
+        let (namespace, name, rules) = (role.namespace.as_str(), role.name.as_str(), &role.rules);
         let user = badge_access::user_info(caller);
+        let request_name = if creating { "" } else { name };
         if guard
-            .decide(&user, &rbac_attrs("escalate", resource, namespace, name))
+            .decide(
+                &user,
+                &rbac_attrs("escalate", resource, namespace, request_name),
+            )
             .allowed
         {
             return Ok(());
@@ -165,14 +207,26 @@ impl Objects {
         {
             return Ok(());
         }
-        // A binding to an absent role grants nothing (until the role appears, when
-        // its creator's own escalation check applied).
+        // Security: a missing role is refused, never read as "no rules". Otherwise a
+        // caller could bind herself to a name nobody has created yet and gain
+        // whatever an operator later puts in it (the role's creator is checked for
+        // escalation, not the binding's). Kubernetes returns the role lookup's
+        // NotFound here; only a caller that may `bind` the name (checked above) can
+        // bind a role before it exists.
         let rules = match self.store.get(kind, role_ns, &b.role_ref.name).await {
             Ok(rec) => match kind {
                 Kind::Role => badge_records::decode::<Role>(&rec).map(|r| r.rules)?,
                 _ => badge_records::decode::<ClusterRole>(&rec).map(|r| r.rules)?,
             },
-            Err(Error::NotFound(_)) => Vec::new(),
+            Err(Error::NotFound(_)) => {
+                // Kubernetes' text: its rule resolver reads the role through the
+                // registry, whose NotFound names the qualified (plural) resource,
+                // e.g. `clusterroles.rbac.authorization.k8s.io "future" not found`.
+                return Err(Error::NotFound(format!(
+                    "{role_resource}.{RBAC_GROUP} {:?} not found",
+                    b.role_ref.name
+                )));
+            }
             Err(e) => return Err(e),
         };
         let rules: Vec<PolicyRule> = rules.iter().map(badge_records::rbac::rule).collect();
@@ -190,10 +244,13 @@ impl Objects {
         let obj: T = self.prepare(obj, field)?;
         check_rules(&obj, field)?;
         let role = badge_records::rbac::role(obj.meta(), obj.rules());
-        self.confirm_role(caller, resource, &role.namespace, &role.name, &role.rules)?;
+        self.confirm_role(caller, resource, &role, true)?;
         self.create(obj, vec![]).await
     }
 
+    /// As Kubernetes: the object is validated and the stored one read (a missing
+    /// role is NOT_FOUND) before the escalation check, which judges the rules that
+    /// will be written (validated, in the namespace that will be written).
     async fn update_rules<T: Rules>(
         &self,
         caller: &Caller,
@@ -201,12 +258,12 @@ impl Objects {
         field: &str,
         resource: &str,
     ) -> Result<T> {
-        if let Some(o) = &obj {
-            let role = badge_records::rbac::role(o.meta(), o.rules());
-            self.confirm_role(caller, resource, &role.namespace, &role.name, &role.rules)?;
-        }
-        self.update(obj, field, |_, new| check_rules(new, field))
-            .await
+        self.update(obj, field, |_, new| {
+            check_rules(new, field)?;
+            let role = badge_records::rbac::role(new.meta(), new.rules());
+            self.confirm_role(caller, resource, &role, false)
+        })
+        .await
     }
 
     async fn create_binding<T: Bind>(
@@ -229,13 +286,16 @@ impl Objects {
         field: &str,
         resource: &str,
     ) -> Result<T> {
-        if let Some(o) = &obj {
-            let mut o = o.clone();
-            if let Ok(b) = check_binding(&mut o, field) {
-                self.confirm_binding(caller, resource, &b).await?;
-            }
-        }
-        self.update(obj, field, |old, new| {
+        // Validated first (metadata included: a ClusterRoleBinding carrying a
+        // namespace must fail as invalid, not be judged as a RoleBinding), and the
+        // binding must exist (its NOT_FOUND before the role's, as Kubernetes reads
+        // the old object first). role_ref is immutable (the check below refuses a
+        // change), so judging the incoming role_ref is judging the stored one.
+        let mut obj: T = self.prepare(obj, field)?;
+        let b = check_binding(&mut obj, field)?;
+        self.store.get(T::KIND, &b.namespace, &b.name).await?;
+        self.confirm_binding(caller, resource, &b).await?;
+        self.update(Some(obj), field, |old, new| {
             let b = check_binding(new, field)?;
             let mut old = old.clone();
             let was = check_binding(&mut old, field)?;
@@ -259,11 +319,15 @@ fn escalation_error(
     if missing.is_empty() {
         return Ok(());
     }
-    let rules: Vec<String> = missing.iter().map(describe_rule).collect();
+    // Kubernetes' `ConfirmNoEscalation` text: the compacted missing rules, sorted
+    // and without duplicates, one a line; the groups as Go's `%q` prints them.
+    let rules: std::collections::BTreeSet<String> =
+        compact_rules(missing).iter().map(describe_rule).collect();
+    let rules: Vec<String> = rules.into_iter().collect();
     Err(Error::PermissionDenied(format!(
-        "{resource}.{RBAC_GROUP} {name:?} is forbidden: user {:?} (groups={:?}) is attempting to grant RBAC permissions not currently held:\n{}",
+        "{resource}.{RBAC_GROUP} {name:?} is forbidden: user {:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{}",
         caller.user,
-        caller.groups,
+        go_list(&caller.groups),
         rules.join("\n")
     )))
 }
@@ -597,5 +661,58 @@ impl ClusterRoleBindingService for Objects {
                 .await
                 .map_err(status)?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(verbs: &[&str], groups: &[&str], resources: &[&str], names: &[&str]) -> PolicyRule {
+        let v = |x: &[&str]| x.iter().map(|s| (*s).to_owned()).collect();
+        PolicyRule {
+            verbs: v(verbs),
+            api_groups: v(groups),
+            resources: v(resources),
+            resource_names: v(names),
+            non_resource_urls: Vec::new(),
+        }
+    }
+
+    /// The message Kubernetes' escalation check gives for the same missing rules:
+    /// verbs of one resource merged, lines sorted, groups as `["a" "b"]`.
+    #[test]
+    fn escalation_error_has_kubernetes_text() {
+        let caller = Caller {
+            user: "dana".into(),
+            groups: vec!["devs".into(), "system:authenticated".into()],
+            ..Default::default()
+        };
+        let missing = badge_core::rbac::uncovered(
+            &[],
+            &[
+                rule(&["get", "list"], &[""], &["secrets"], &[]),
+                rule(&["get"], &["batch"], &["jobs"], &["nightly"]),
+                rule(&["get"], &[""], &["secrets"], &[]),
+                PolicyRule {
+                    verbs: vec!["get".into()],
+                    non_resource_urls: vec!["/metrics".into()],
+                    ..PolicyRule::default()
+                },
+            ],
+        );
+        let e = escalation_error(&caller, "roles", "special", &missing).expect_err("missing");
+        assert_eq!(
+            e.to_string(),
+            Error::PermissionDenied(
+                "roles.rbac.authorization.k8s.io \"special\" is forbidden: user \"dana\" (groups=[\"devs\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n\
+                 {APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"get\" \"list\"]}\n\
+                 {APIGroups:[\"batch\"], Resources:[\"jobs\"], ResourceNames:[\"nightly\"], Verbs:[\"get\"]}\n\
+                 {NonResourceURLs:[\"/metrics\"], Verbs:[\"get\"]}"
+                    .into()
+            )
+            .to_string()
+        );
+        assert!(escalation_error(&caller, "roles", "x", &[]).is_ok());
     }
 }

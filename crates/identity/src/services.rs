@@ -74,6 +74,39 @@ fn validate_secret(s: &Secret) -> badge_core::Result<()> {
     Error::check(v)
 }
 
+/// UpdateSecret's rules, given the stored Secret and the incoming one: the new
+/// one is valid and its type unchanged (Kubernetes: a Secret's type is immutable).
+pub fn check_secret_update(old: &Secret, new: &mut Secret) -> badge_core::Result<()> {
+    validate_secret(new)?;
+    if old.r#type != new.r#type {
+        return Err(Error::invalid(
+            "secret.type",
+            format!(
+                "field is immutable: {:?} cannot become {:?}",
+                old.r#type, new.r#type
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// UpdatePod's rule, given the stored Pod and the incoming one: the spec is
+/// immutable (admission ran on create), so an omitted spec keeps the stored one and
+/// a different one is refused.
+pub fn check_pod_update(old: &Pod, new: &mut Pod) -> badge_core::Result<()> {
+    match &new.spec {
+        None => new.spec.clone_from(&old.spec),
+        Some(spec) if Some(spec) != old.spec.as_ref() => {
+            return Err(Error::invalid(
+                "pod.spec",
+                "pod updates may not change the spec: only metadata.labels and metadata.annotations can change",
+            ));
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl NamespaceService for Objects {
     async fn create_namespace(&self, req: Request<pb::CreateNamespaceRequest>) -> R<Namespace> {
@@ -247,20 +280,7 @@ impl SecretService for Objects {
 
     async fn update_secret(&self, req: Request<pb::UpdateSecretRequest>) -> R<Secret> {
         let s = self
-            .update(req.into_inner().secret, "secret", |old, new| {
-                validate_secret(new)?;
-                // Kubernetes: a Secret's type is immutable.
-                if old.r#type != new.r#type {
-                    return Err(Error::invalid(
-                        "secret.type",
-                        format!(
-                            "field is immutable: {:?} cannot become {:?}",
-                            old.r#type, new.r#type
-                        ),
-                    ));
-                }
-                Ok(())
-            })
+            .update(req.into_inner().secret, "secret", check_secret_update)
             .await
             .map_err(status)?;
         Ok(Response::new(s))
@@ -457,21 +477,7 @@ impl PodService for Objects {
 
     async fn update_pod(&self, req: Request<pb::UpdatePodRequest>) -> R<Pod> {
         let pod = self
-            .update(req.into_inner().pod, "pod", |old, new| {
-                // The spec is immutable (admission ran on create): an omitted spec
-                // keeps the stored one, a different one is refused.
-                match &new.spec {
-                    None => new.spec.clone_from(&old.spec),
-                    Some(spec) if Some(spec) != old.spec.as_ref() => {
-                        return Err(Error::invalid(
-                            "pod.spec",
-                            "pod updates may not change the spec: only metadata.labels and metadata.annotations can change",
-                        ));
-                    }
-                    Some(_) => {}
-                }
-                Ok(())
-            })
+            .update(req.into_inner().pod, "pod", check_pod_update)
             .await
             .map_err(status)?;
         Ok(Response::new(pod))

@@ -29,6 +29,21 @@ pub mod badge {
             include!(concat!(env!("OUT_DIR"), "/badge.review.v1.rs"));
         }
     }
+    pub mod certificates {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/badge.certificates.v1.rs"));
+        }
+    }
+}
+
+/// Istio's CA API, package `istio.v1.auth` exactly as upstream names it (the gRPC
+/// service is `istio.v1.auth.IstioCertificateService`).
+pub mod istio {
+    pub mod v1 {
+        pub mod auth {
+            include!(concat!(env!("OUT_DIR"), "/istio.v1.auth.rs"));
+        }
+    }
 }
 
 /// Kubernetes' ExternalJWTSigner API, packages `v1` and `v1alpha1` exactly as
@@ -42,6 +57,7 @@ pub mod externaljwt {
     }
 }
 
+pub use badge::certificates::v1 as certificates;
 pub use badge::identity::v1 as identity;
 pub use badge::meta::v1 as meta;
 pub use badge::rbac::v1 as rbac;

@@ -10,7 +10,7 @@
 //! cluster-wide grant allows.
 
 use crate::badge::meta::v1::ObjectMeta;
-use crate::{identity, rbac, token};
+use crate::{certificates, identity, rbac, token};
 
 /// The namespace and name a request acts on; `resources` overrides the method's own
 /// (API group, resource) when one request touches several kinds (Watch).
@@ -99,14 +99,36 @@ macro_rules! cluster {
     };
 }
 
-cluster!(
-    identity::CreateNamespaceRequest,
-    identity::GetNamespaceRequest,
-    identity::ListNamespacesRequest,
-    identity::UpdateNamespaceRequest,
-    identity::DeleteNamespaceRequest,
-    namespace
-);
+// Namespaces are cluster-scoped objects, but Kubernetes' RequestInfo treats
+// `namespaces/<name>` as a request *in* namespace `<name>`: that is what lets a
+// RoleBinding of `view`/`edit`/`admin` in N read (or manage) Namespace N itself,
+// and nothing else. Create and List name no namespace and stay cluster-wide.
+impl Scope for identity::CreateNamespaceRequest {}
+impl Scope for identity::ListNamespacesRequest {}
+impl Scope for identity::GetNamespaceRequest {
+    fn namespace(&self) -> &str {
+        &self.name
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+impl Scope for identity::UpdateNamespaceRequest {
+    fn namespace(&self) -> &str {
+        self.name()
+    }
+    fn name(&self) -> &str {
+        meta_name(self.namespace.as_ref().and_then(|o| o.metadata.as_ref()))
+    }
+}
+impl Scope for identity::DeleteNamespaceRequest {
+    fn namespace(&self) -> &str {
+        &self.name
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
 cluster!(
     identity::CreateNodeRequest,
     identity::GetNodeRequest,
@@ -234,5 +256,55 @@ impl Scope for token::CreateTokenRequest {
     }
     fn name(&self) -> &str {
         &self.name
+    }
+}
+
+/// `create podcertificaterequests` in the request's namespace (no name: a create).
+impl Scope for certificates::CreatePodCertificateRequest {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Namespace;
+
+    fn ns_object(name: &str) -> Option<Namespace> {
+        Some(Namespace {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// Kubernetes' RequestInfo: `namespaces/<name>` is a request in namespace
+    /// `<name>` (so a RoleBinding there decides it); the collection (create, list)
+    /// names no namespace and needs a cluster-wide grant.
+    #[test]
+    fn a_named_namespace_request_is_in_that_namespace() {
+        let get = identity::GetNamespaceRequest { name: "dev".into() };
+        assert_eq!((get.namespace(), get.name()), ("dev", "dev"));
+        let update = identity::UpdateNamespaceRequest {
+            namespace: ns_object("dev"),
+        };
+        assert_eq!((update.namespace(), update.name()), ("dev", "dev"));
+        let delete = identity::DeleteNamespaceRequest {
+            name: "dev".into(),
+            ..Default::default()
+        };
+        assert_eq!((delete.namespace(), delete.name()), ("dev", "dev"));
+        let create = identity::CreateNamespaceRequest {
+            namespace: ns_object("dev"),
+        };
+        assert_eq!((create.namespace(), create.name()), ("", ""));
+        let list = identity::ListNamespacesRequest::default();
+        assert_eq!((list.namespace(), list.name()), ("", ""));
+        // Nodes stay cluster-scoped.
+        let node = identity::GetNodeRequest { name: "n1".into() };
+        assert_eq!((node.namespace(), node.name()), ("", "n1"));
     }
 }

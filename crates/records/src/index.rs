@@ -6,11 +6,12 @@
 use std::collections::{HashMap, HashSet};
 
 pub use crate::entry::Entry;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use badge_core::{Error, Kind, Result};
-use badge_store::{EventType, Record, Store};
+use badge_store::{EventType, FeedEntry, Record, Store, Unreadable};
 use tokio::sync::watch;
 
 /// Objects by kind, namespace and name, packed ([`Entry`]): looked up with
@@ -74,6 +75,8 @@ struct Inner {
     objects: RwLock<Objects>,
     /// The feed revision applied so far; 0 until the first list completes.
     revision: watch::Sender<i64>,
+    /// Objects and feed entries left out because their data could not be opened.
+    unreadable: AtomicU64,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -112,6 +115,7 @@ impl Index {
             store,
             objects: RwLock::new(Objects::default()),
             revision,
+            unreadable: AtomicU64::new(0),
             task: std::sync::Mutex::new(None),
         });
         let kinds: Vec<Kind> = kinds.to_vec();
@@ -227,6 +231,21 @@ impl Index {
         (announced - self.revision()).max(0)
     }
 
+    /// How many objects (at load) and feed entries were left out of the index
+    /// because their data could not be opened (see [`Unreadable`]).
+    pub fn unreadable(&self) -> u64 {
+        self.inner.unreadable.load(Ordering::Relaxed)
+    }
+
+    /// The latest revision this process knows the store has (announced by the
+    /// change feed, or `polled` by a health probe straight from the database —
+    /// which also catches a dead LISTEN connection) against what the index has
+    /// applied, for [`LagWatch::observe`].
+    pub fn progress(&self, polled: i64) -> (i64, i64) {
+        let announced = *self.inner.store.subscribe().borrow();
+        (announced.max(polled), self.revision())
+    }
+
     /// A handle that does not keep the index (and its feed follower) alive.
     pub fn downgrade(&self) -> WeakIndex {
         WeakIndex(Arc::downgrade(&self.inner))
@@ -259,15 +278,22 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
             let (store, kind) = (store.clone(), *kind);
             tokio::spawn(async move {
                 let mut part = Objects::default();
-                let revision = store.scan(kind, |r| part.insert(r)).await?;
-                Ok::<_, Error>((kind, part, revision))
+                let mut bad = Vec::new();
+                let revision = store
+                    .scan(kind, |r| part.insert(r), |u| bad.push(u))
+                    .await?;
+                Ok::<_, Error>((kind, part, bad, revision))
             })
         })
         .collect();
     for scan in scans {
-        let (kind, part, revision) = scan
+        let (kind, part, bad, revision) = scan
             .await
             .map_err(|e| Error::Internal(format!("index load task: {e}")))??;
+        // Never inserted: an object that cannot be read is not in the index.
+        for u in &bad {
+            left_out(inner, u);
+        }
         fresh.len += part.len;
         if let Some(map) = part.by_kind.into_values().next() {
             fresh.by_kind.insert(kind, map);
@@ -284,15 +310,19 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
         *map = fresh;
     }
     loop {
-        let batch = store.changes_since(cursor, 1000).await?;
+        let feed = store.read_feed(cursor, 1000).await?;
+        let batch = feed.entries;
         if batch.is_empty() {
             // Publish progress (at least 1 so `ready` resolves on an empty store).
+            // No entry after the cursor in a snapshot whose counter is at
+            // `feed.revision` means everything up to that revision is applied.
             let high = listed_at
                 .values()
                 .copied()
                 .max()
                 .unwrap_or(0)
                 .max(cursor)
+                .max(feed.revision)
                 .max(1);
             inner.revision.send_if_modified(|r| {
                 let changed = *r < high;
@@ -307,32 +337,102 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
             continue;
         }
         if let Ok(mut map) = inner.objects.write() {
-            for ch in &batch {
-                let kind = ch.record.kind;
-                if !wanted.contains(&kind)
-                    || ch.revision <= listed_at.get(&kind).copied().unwrap_or(0)
+            for entry in &batch {
+                let (kind, revision) = match entry {
+                    FeedEntry::Change(ch) => (ch.record.kind, ch.revision),
+                    FeedEntry::Unreadable(u) => (u.kind, u.revision),
+                };
+                if !wanted.contains(&kind) || revision <= listed_at.get(&kind).copied().unwrap_or(0)
                 {
                     continue;
                 }
-                match ch.event {
-                    EventType::Added | EventType::Modified => {
-                        map.insert(ch.record.clone());
-                    }
-                    EventType::Deleted => {
-                        map.remove(kind, &ch.record.namespace, &ch.record.name);
+                match entry {
+                    FeedEntry::Change(ch) => match ch.event {
+                        EventType::Added | EventType::Modified => {
+                            map.insert(ch.record.clone());
+                        }
+                        EventType::Deleted => {
+                            map.remove(kind, &ch.record.namespace, &ch.record.name);
+                        }
+                    },
+                    // Security: fail closed. The entry cannot stop the feed (every
+                    // later change, deletions and revocations included, must still
+                    // apply), and the object must not stay in the index as it was
+                    // before this version: a Secret whose token was just changed,
+                    // or an object just deleted, would keep authenticating. So it
+                    // is removed, whatever the event; a read-through of it fails.
+                    FeedEntry::Unreadable(u) => {
+                        map.remove(kind, &u.namespace, &u.name);
+                        left_out(inner, u);
                     }
                 }
             }
         }
         if let Some(last) = batch.last() {
-            cursor = last.revision;
+            cursor = last.revision();
         }
-        inner.revision.send_if_modified(|r| {
-            let changed = *r < cursor;
-            if changed {
-                *r = cursor;
-            }
-            changed
-        });
+        // Subscribers hear of every applied batch, even one that does not move
+        // the published revision (on an empty store `ready` publishes 1 before
+        // revision 1 exists; the key follower must still see that write).
+        inner.revision.send_modify(|r| *r = (*r).max(cursor));
+    }
+}
+
+/// Counts an object the index leaves out and logs it, once per feed entry (or
+/// per load): its key, never its data.
+fn left_out(inner: &Inner, u: &Unreadable) {
+    inner.unreadable.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(
+        kind = u.kind.as_str(),
+        namespace = %u.namespace,
+        name = %u.name,
+        revision = u.revision,
+        resource_version = u.resource_version,
+        event = ?u.event,
+        reason = %u.reason,
+        "index: object cannot be read (is every service on the same key-encryption key?): left out of the index"
+    );
+}
+
+/// Decides whether an index has fallen too far behind the store: "behind" is a
+/// revision the store had (announced by the feed or polled from the database)
+/// that the index has not applied within `bound` of first seeing it. Pure: the
+/// caller passes the time.
+///
+/// One revision is tracked at a time: once the index reaches it, the clock starts
+/// again at the latest revision then seen. A stuck index (a catch-up that never
+/// returns, a dead feed) is reported `bound` after the first revision it missed;
+/// an index that keeps up only slowly is reported within `2 × bound`.
+#[derive(Debug, Clone)]
+pub struct LagWatch {
+    bound: Duration,
+    /// The revision the index has yet to reach, and when it was first seen.
+    behind: Option<(i64, Instant)>,
+}
+
+impl LagWatch {
+    pub fn new(bound: Duration) -> Self {
+        LagWatch {
+            bound,
+            behind: None,
+        }
+    }
+
+    pub fn bound(&self) -> Duration {
+        self.bound
+    }
+
+    /// At `now` the store was at `latest` and the index had applied `applied`:
+    /// whether the index is within the bound (current enough to serve).
+    pub fn observe(&mut self, latest: i64, applied: i64, now: Instant) -> bool {
+        if self.behind.is_some_and(|(target, _)| applied >= target) {
+            self.behind = None;
+        }
+        if applied >= latest {
+            self.behind = None;
+            return true;
+        }
+        let (_, since) = *self.behind.get_or_insert((latest, now));
+        now.saturating_duration_since(since) <= self.bound
     }
 }

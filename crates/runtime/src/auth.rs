@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use badge_core::rbac::Attributes;
 use badge_proto::Scope;
@@ -30,6 +31,7 @@ use tonic::body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::limits::{BufferBudget, DEFAULT_MAX_REQUEST};
 use crate::pki::MASTERS_GROUP;
 
 /// Every authenticated caller is in this group (as in Kubernetes).
@@ -85,6 +87,24 @@ pub struct MethodRule {
     /// How to read the namespace and name from the request; `None`: cluster-wide,
     /// unnamed (e.g. `create tokenreviews`).
     pub scope: Option<ScopeFn>,
+    /// The largest request message accepted (see [`crate::limits`]).
+    pub max_request: usize,
+    /// Who decides: RBAC (default), or see [`Check`].
+    pub check: Check,
+}
+
+/// How the layer admits a method's callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Authenticated, then authorized by RBAC with the rule's attributes.
+    Rbac,
+    /// Any authenticated caller (public data, e.g. a trust bundle).
+    Authenticated,
+    /// The handler authenticates the request itself (it reads the credential from
+    /// the request): for APIs whose bearer tokens carry an audience other than this
+    /// server's API audiences (Istio's `istio-ca`), which the layer's review would
+    /// refuse. Such a handler must refuse a request it cannot authenticate.
+    Handler,
 }
 
 impl MethodRule {
@@ -95,6 +115,33 @@ impl MethodRule {
             resource,
             subresource: "",
             scope: None,
+            max_request: DEFAULT_MAX_REQUEST,
+            check: Check::Rbac,
+        }
+    }
+
+    /// Any authenticated caller may call the method (no RBAC decision).
+    pub const fn any_authenticated(self) -> Self {
+        MethodRule {
+            check: Check::Authenticated,
+            ..self
+        }
+    }
+
+    /// The handler authenticates and authorizes (see [`Check::Handler`]).
+    pub const fn handler_authenticates(self) -> Self {
+        MethodRule {
+            check: Check::Handler,
+            ..self
+        }
+    }
+
+    /// Requests of this method may be up to `bytes` long (default
+    /// [`DEFAULT_MAX_REQUEST`]).
+    pub const fn max_request(self, bytes: usize) -> Self {
+        MethodRule {
+            max_request: bytes,
+            ..self
         }
     }
 
@@ -244,13 +291,57 @@ pub fn caller_from_cert(der: &[u8]) -> Result<Caller, String> {
     })
 }
 
-/// Largest request message the layer buffers to read its scope (tonic's default
-/// decoding limit).
-const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// How long an authenticated request may wait for room in the process's
+/// buffering budget before it is refused as RESOURCE_EXHAUSTED.
+const BUFFER_WAIT: Duration = Duration::from_secs(1);
+
+/// The size limit error of a request body.
+fn too_large(path: &str, max: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "request message larger than {max} bytes, the limit of {path}"
+    ))
+}
+
+/// A request body cut off past `max` message bytes (plus the 5-byte prefix).
+fn limited(body: Body, max: usize) -> Body {
+    Body::new(Limited::new(body, max.saturating_add(5)))
+}
+
+/// A response body that keeps its connection marked busy until it is finished
+/// or dropped (a Watch stream is in flight for as long as it streams).
+struct Tracked {
+    inner: Body,
+    _in_flight: Option<crate::transport::InFlight>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = hyper::body::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// The first gRPC message of a buffered request body (5-byte prefix: compressed
 /// flag, big-endian length). An empty body is an empty message.
-fn first_message(body: &[u8]) -> Result<&[u8], Status> {
+///
+/// Public (hidden) only so the property test `tests/tests/prop_auth_scope.rs` can
+/// check, for any body, that the scope the layer authorizes is the one the handler
+/// then decodes: a disagreement would authorize one object and act on another.
+#[doc(hidden)]
+pub fn first_message(body: &[u8]) -> Result<&[u8], Status> {
     if body.is_empty() {
         return Ok(body);
     }
@@ -268,8 +359,9 @@ fn first_message(body: &[u8]) -> Result<&[u8], Status> {
         .ok_or_else(|| Status::invalid_argument("truncated gRPC message"))
 }
 
-/// The token of an `authorization: Bearer <token>` header, if one is present.
-fn bearer(headers: &http::HeaderMap) -> Option<Result<&str, Status>> {
+/// The token of an `authorization: Bearer <token>` header, if one is present
+/// (also how the HTTPS webhook reads its bearer credential).
+pub fn bearer(headers: &http::HeaderMap) -> Option<Result<&str, Status>> {
     let value = headers.get(http::header::AUTHORIZATION)?;
     let parsed = value
         .to_str()
@@ -294,6 +386,7 @@ enum Credential {
 struct State {
     rules: HashMap<&'static str, MethodRule>,
     authorizer: Arc<dyn Authorizer>,
+    budget: BufferBudget,
 }
 
 impl State {
@@ -310,6 +403,17 @@ impl State {
         if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return Ok((req, Caller::default()));
         }
+        if let Some(rule) = self.rules.get(path.as_str())
+            && rule.check == Check::Handler
+        {
+            // The handler reviews the credential with its own audiences; the body
+            // is still cut off at the method's limit.
+            let (parts, body) = req.into_parts();
+            return Ok((
+                http::Request::from_parts(parts, limited(body, rule.max_request)),
+                Caller::default(),
+            ));
+        }
         let caller = match credential? {
             Credential::Token(token) => self.authorizer.authenticate_token(&token).await?,
             Credential::Certificate(caller) => caller,
@@ -324,33 +428,74 @@ impl State {
                 "method {path} has no authorization rule"
             )));
         };
-        let (req, target) = match rule.scope {
-            None => (req, Target::default()),
-            Some(scope) => {
-                let (parts, body) = req.into_parts();
-                let bytes = Limited::new(body, MAX_MESSAGE + 5)
-                    .collect()
-                    .await
-                    .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
-                        Ok(_) => Status::resource_exhausted(format!(
-                            "request message larger than {MAX_MESSAGE} bytes"
-                        )),
-                        Err(e) => Status::from_error(e),
-                    })?
-                    .to_bytes();
-                let target = scope(first_message(&bytes)?).map_err(|e| {
-                    Status::invalid_argument(format!("request message could not be decoded: {e}"))
-                })?;
-                (
-                    http::Request::from_parts(parts, Body::new(Full::new(bytes))),
-                    target,
-                )
-            }
+        // Only an authenticated caller gets here. Its request (one unary message)
+        // is read whole, at most the method's limit, and the bytes it may make the
+        // process hold are also bounded in total (the budget): 256 streams × many
+        // connections cannot pin unbounded memory before authorization.
+        let (parts, body) = req.into_parts();
+        let (bytes, reserved) = self.read_message(&path, body, rule.max_request).await?;
+        let target = match rule.scope {
+            None => Target::default(),
+            Some(scope) => scope(first_message(&bytes)?).map_err(|e| {
+                Status::invalid_argument(format!("request message could not be decoded: {e}"))
+            })?,
         };
-        for attrs in rule.attributes(&target) {
-            self.authorizer.authorize(&caller, &attrs)?;
+        drop(reserved);
+        let req = http::Request::from_parts(parts, Body::new(Full::new(bytes)));
+        if rule.check == Check::Rbac {
+            for attrs in rule.attributes(&target) {
+                self.authorizer.authorize(&caller, &attrs)?;
+            }
         }
         Ok((req, caller))
+    }
+
+    /// Reads a unary request body: one gRPC message of at most `max` bytes. The
+    /// budget is reserved for the size the message's prefix declares before the
+    /// message itself is read (so a small request holds a small reservation), and
+    /// a declared size over the limit is refused before its bytes arrive.
+    async fn read_message(
+        &self,
+        path: &str,
+        body: Body,
+        max: usize,
+    ) -> Result<
+        (
+            hyper::body::Bytes,
+            Option<tokio::sync::OwnedSemaphorePermit>,
+        ),
+        Status,
+    > {
+        let limit = max.saturating_add(5);
+        let mut body = Limited::new(body, limit);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut reserved = None;
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+                    Ok(_) => too_large(path, max),
+                    Err(e) => Status::from_error(e),
+                })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            if reserved.is_none() && buf.len() >= 5 {
+                let declared = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if declared > max {
+                    return Err(too_large(path, max));
+                }
+                let Some(permit) = self.budget.reserve(declared + 5, BUFFER_WAIT).await else {
+                    return Err(Status::resource_exhausted(format!(
+                        "server busy: {} bytes of requests are awaiting authorization; retry",
+                        self.budget.total()
+                    )));
+                };
+                buf.reserve_exact((declared + 5).saturating_sub(buf.len()));
+                reserved = Some(permit);
+            }
+        }
+        Ok((buf.into(), reserved))
     }
 
     fn credential<B>(&self, req: &http::Request<B>) -> Result<Credential, Status> {
@@ -385,9 +530,26 @@ pub struct AuthLayer {
 
 impl AuthLayer {
     pub fn new(tables: &[MethodTable], authorizer: Arc<dyn Authorizer>) -> Self {
+        Self::with_budget(
+            tables,
+            authorizer,
+            BufferBudget::new(crate::limits::Limits::default().max_buffered_bytes),
+        )
+    }
+
+    /// As [`AuthLayer::new`], buffering at most `budget` bytes for authorization.
+    pub fn with_budget(
+        tables: &[MethodTable],
+        authorizer: Arc<dyn Authorizer>,
+        budget: BufferBudget,
+    ) -> Self {
         let rules = tables.iter().flat_map(|t| t.iter().copied()).collect();
         AuthLayer {
-            state: Arc::new(State { rules, authorizer }),
+            state: Arc::new(State {
+                rules,
+                authorizer,
+                budget,
+            }),
         }
     }
 
@@ -431,21 +593,34 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = self.state.clone();
+        // The connection is busy (not idle) until the response is finished.
+        let in_flight = req
+            .extensions()
+            .get::<crate::transport::PeerInfo>()
+            .map(|p| p.activity.begin());
         Box::pin(async move {
             // A cheap clone (shared bytes), for the refusal's log line.
             let uri = req.uri().clone();
-            match state.admit(req).await {
+            let response = match state.admit(req).await {
                 Ok((mut req, caller)) => {
                     tracing::debug!(user = %caller.user, method = %req.uri().path(), "authorized");
                     req.extensions_mut().insert(caller);
-                    inner.call(req).await
+                    inner.call(req).await?
                 }
                 Err(status) => {
                     // Named here: the per-RPC span is only built when traces are exported.
-                    tracing::info!(method = %uri.path(), code = ?status.code(), reason = %status.message(), "refused");
-                    Ok(status.into_http())
+                    // On the audit target: a refused call is as much a security
+                    // event as an allowed write (the reason never holds a token).
+                    tracing::info!(target: "audit", event = "request.refused", method = %uri.path(), code = ?status.code(), reason = %status.message(), "refused");
+                    status.into_http()
                 }
-            }
+            };
+            Ok(response.map(|inner| {
+                Body::new(Tracked {
+                    inner,
+                    _in_flight: in_flight,
+                })
+            }))
         })
     }
 }

@@ -156,10 +156,14 @@ pub struct ListenConfig {
     /// Address to bind, e.g. `127.0.0.1:8443` (port 0 picks a free one).
     pub listen: SocketAddr,
     pub tls: TlsFiles,
+    /// Connection, stream and request-size limits (see `badge_runtime::limits`).
+    #[serde(default)]
+    pub limits: crate::limits::Limits,
 }
 
 impl ListenConfig {
     pub fn validate(&self, section: &str, errors: &mut Vec<String>) {
+        self.limits.validate(section, errors);
         for (key, path) in [
             ("ca", &self.tls.ca),
             ("cert", &self.tls.cert),
@@ -184,10 +188,19 @@ pub struct DatabaseConfig {
     pub url: String,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Health turns NOT_SERVING when the in-memory index has been behind the
+    /// store's latest revision for longer than this (a stuck feed would otherwise
+    /// answer from old state while looking healthy).
+    #[serde(default = "default_max_index_lag")]
+    pub max_index_lag_seconds: u64,
 }
 
 fn default_max_connections() -> u32 {
     16
+}
+
+fn default_max_index_lag() -> u64 {
+    5
 }
 
 impl DatabaseConfig {
@@ -210,6 +223,14 @@ impl DatabaseConfig {
         if self.max_connections == 0 {
             errors.push("database.max_connections: must be at least 1".into());
         }
+        if self.max_index_lag_seconds == 0 {
+            errors.push("database.max_index_lag_seconds: must be at least 1".into());
+        }
+    }
+
+    /// [`Self::max_index_lag_seconds`] as a duration.
+    pub fn max_index_lag(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.max_index_lag_seconds)
     }
 }
 
@@ -398,6 +419,7 @@ mod tests {
             DatabaseConfig {
                 url: url.into(),
                 max_connections: 4,
+                max_index_lag_seconds: 5,
             }
             .validate(&mut errors);
             errors

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod https;
+pub mod limits;
 pub mod pki;
 pub mod server;
 pub mod status;

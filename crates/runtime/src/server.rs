@@ -12,6 +12,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::{AuthLayer, Authorizer, MethodTable};
+use crate::limits::{BufferBudget, Limits};
 use crate::tls::TlsMaterial;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,9 @@ pub struct GrpcServer {
     names: Vec<&'static str>,
     tables: Vec<MethodTable>,
     health: HealthReporter,
+    limits: Limits,
+    /// Descriptor sets of non-Badge services this listener serves (reflection).
+    descriptors: Vec<&'static [u8]>,
 }
 
 impl Default for GrpcServer {
@@ -51,7 +55,22 @@ impl GrpcServer {
             names: Vec::new(),
             tables: Vec::new(),
             health,
+            limits: Limits::default(),
+            descriptors: Vec::new(),
         }
+    }
+
+    /// Reflects the services of an encoded FileDescriptorSet besides Badge's own
+    /// (e.g. Envoy's ext_authz on token-review).
+    pub fn with_descriptors(mut self, set: &'static [u8]) -> Self {
+        self.descriptors.push(set);
+        self
+    }
+
+    /// The listener's limits (`[server.limits]`; defaults otherwise).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Names the server in spans and metrics.
@@ -104,7 +123,11 @@ impl GrpcServer {
 
     /// The auth layer this server will use (tests check method coverage with it).
     pub fn auth_layer(&self, authorizer: Arc<dyn Authorizer>) -> AuthLayer {
-        AuthLayer::new(&self.tables, authorizer)
+        AuthLayer::with_budget(
+            &self.tables,
+            authorizer,
+            BufferBudget::new(self.limits.max_buffered_bytes),
+        )
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains in-flight calls.
@@ -120,6 +143,7 @@ impl GrpcServer {
         // Reflection lists only what this listener serves (the descriptor set holds
         // every Badge API).
         let names = self.names.clone();
+        let descriptors = self.descriptors.clone();
         let reflection = || {
             let mut b = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(badge_proto::FILE_DESCRIPTOR_SET)
@@ -131,6 +155,9 @@ impl GrpcServer {
                 .with_service_name("grpc.reflection.v1alpha.ServerReflection");
             for n in &names {
                 b = b.with_service_name(*n);
+            }
+            for d in &descriptors {
+                b = b.register_encoded_file_descriptor_set(d);
             }
             b
         };
@@ -150,15 +177,26 @@ impl GrpcServer {
         let acceptor = tls
             .server_acceptor(true)
             .map_err(|e| ServeError::Tls(e.to_string()))?;
+        let limits = self.limits;
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
+            // Security: hyper's HTTP/2 default is no limit on concurrent streams.
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_max_header_list_size(limits.max_header_list_bytes)
+            // Streams a client resets before the server answers count against this
+            // (the HTTP/2 "rapid reset" flood); past it the connection is closed.
+            .http2_max_pending_accept_reset_streams(Some(64))
             // Outermost: the span covers authentication and refusals too.
             .layer(crate::telemetry::TraceLayer {
                 service: self.service,
             })
             .layer(auth)
             .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(crate::transport::incoming(listener, acceptor), shutdown)
+            .serve_with_incoming_shutdown(
+                crate::transport::incoming(listener, acceptor, &limits),
+                shutdown,
+            )
             .await?;
         Ok(())
     }

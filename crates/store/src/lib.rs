@@ -27,7 +27,7 @@
 //! `$N` placeholders, row values and `RETURNING` work on both); it stays portable
 //! (plain column types, no jsonb, times as microseconds). The backend-specific
 //! parts are isolated: `LISTEN`/`NOTIFY` ([`listener`] and [`notify`]), the
-//! snapshot-isolation `BEGIN` ([`begin_snapshot`]), advisory locks, the write
+//! snapshot-isolation `BEGIN` ([`READ_SNAPSHOT`]), advisory locks, the write
 //! `BEGIN` (`Store::begin_write`), each backend's migrations (`migrations/` and
 //! `migrations/sqlite/`, see [`schema`]) and the error codes ([`db_error`]).
 
@@ -44,6 +44,11 @@ use sqlx::sqlite::{Sqlite, SqliteRow};
 use sqlx::{Row, Transaction};
 use tokio::sync::{OwnedMutexGuard, oneshot, watch};
 
+/// Bound on one read of the change feed (see [`Store::read_feed`]): far above a
+/// healthy read of one batch, short enough that a follower stuck on a frozen
+/// server resumes soon after the failover.
+const FEED_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The object columns, in the order `record_from_row` reads them by name.
 macro_rules! object_columns {
     () => {
@@ -57,7 +62,13 @@ macro_rules! object_columns {
 macro_rules! with_pool {
     ($db:expr, |$p:ident| $body:expr) => {
         match $db {
-            crate::Db::Postgres($p) => $body,
+            crate::Db::Postgres(primary) => {
+                let pool = primary.pool();
+                let $p = &pool;
+                let r = $body;
+                primary.observe(&r);
+                r
+            }
             crate::Db::Sqlite(shared) => {
                 let $p = &shared.pool;
                 $body
@@ -79,6 +90,7 @@ macro_rules! with_tx {
 }
 
 mod listener;
+mod primary;
 mod schema;
 mod sqlite;
 #[cfg(feature = "testing")]
@@ -137,6 +149,54 @@ pub struct Change {
     /// The object after the change; for `Deleted`, its last state with
     /// `resource_version` set to the revision of the delete (as Kubernetes does).
     pub record: Record,
+}
+
+/// An object or feed entry whose data could not be opened: sealed under another
+/// key-encryption key, tampered with, or sealed while this process has no key.
+/// Only its key and the reason travel on — never its data (which is ciphertext
+/// anyway, and must not end up in a log line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The feed revision; for an object read by [`Store::scan`], its
+    /// resource_version.
+    pub revision: i64,
+    /// The feed event; `None` for an object read by [`Store::scan`].
+    pub event: Option<EventType>,
+    pub kind: Kind,
+    /// Empty for cluster-scoped kinds.
+    pub namespace: String,
+    pub name: String,
+    /// The revision of the object's write (for a delete: of the delete).
+    pub resource_version: i64,
+    /// Why it could not be opened (names the object and the sealer's error).
+    pub reason: String,
+}
+
+/// One entry of [`Store::read_feed`]: a change, or a change whose object could
+/// not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEntry {
+    Change(Change),
+    Unreadable(Unreadable),
+}
+
+impl FeedEntry {
+    pub fn revision(&self) -> i64 {
+        match self {
+            FeedEntry::Change(c) => c.revision,
+            FeedEntry::Unreadable(u) => u.revision,
+        }
+    }
+}
+
+/// A batch of [`Store::read_feed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feed {
+    /// Ascending by revision.
+    pub entries: Vec<FeedEntry>,
+    /// The revision counter in the snapshot the entries were read from. When
+    /// `entries` is empty, nothing up to this revision remains to be read.
+    pub revision: i64,
 }
 
 /// Optimistic-concurrency preconditions of an update or delete.
@@ -267,7 +327,8 @@ struct Inner {
 
 /// The database behind a store.
 enum Db {
-    Postgres(PgPool),
+    /// The current primary's pool (one fixed pool for a single-host URL).
+    Postgres(Arc<primary::Primary>),
     Sqlite(Arc<sqlite::Shared>),
 }
 
@@ -334,28 +395,49 @@ impl Store {
                 }),
             });
         }
-        let connect = PgConnectOptions::from_str(url)
-            .map_err(|e| {
-                Error::invalid("database_url", format!("is not a valid postgres url: {e}"))
-            })?
-            .application_name("badge-store");
-        let pool = PgPoolOptions::new()
-            .max_connections(opts.max_connections.max(1))
-            .acquire_timeout(opts.connect_timeout)
-            .connect_lazy_with(connect.clone());
+        let parse = |url: &str| {
+            PgConnectOptions::from_str(url)
+                .map_err(|e| {
+                    Error::invalid("database_url", format!("is not a valid postgres url: {e}"))
+                })
+                .map(|c| c.application_name("badge-store"))
+        };
+        let hosts = primary::parse_hosts(url).map_err(|e| {
+            Error::invalid("database_url", format!("is not a valid postgres url: {e}"))
+        })?;
+        // A connection that cannot be made answers UNAVAILABLE within this bound
+        // (sqlx retries a refused connection until the acquire timeout): a request
+        // must not hang for the whole connect timeout while the store is down.
+        let acquire_timeout = opts.connect_timeout.min(primary::PROBE_TIMEOUT);
+        let primary = match hosts {
+            None => primary::Primary::single(
+                PgPoolOptions::new()
+                    .max_connections(opts.max_connections.max(1))
+                    .acquire_timeout(acquire_timeout)
+                    .connect_lazy_with(parse(url)?),
+            ),
+            Some(list) => {
+                let hosts = list
+                    .urls
+                    .iter()
+                    .map(|u| parse(u))
+                    .collect::<Result<Vec<_>>>()?;
+                primary::Primary::multi(hosts, list.labels, opts.max_connections, acquire_timeout)
+                    .await
+            }
+        };
         let (revision, _) = watch::channel(0_i64);
         let (stop_tx, stop_rx) = oneshot::channel();
         listener::spawn(
-            connect.application_name("badge-store-listener"),
             opts.connect_timeout,
-            pool.clone(),
+            primary.clone(),
             revision.clone(),
             stop_rx,
         );
         Ok(Store {
             inner: Arc::new(Inner {
                 sealer: opts.sealer.clone(),
-                db: Db::Postgres(pool),
+                db: Db::Postgres(primary),
                 revision,
                 _stop_listener: Some(stop_tx),
             }),
@@ -370,6 +452,31 @@ impl Store {
         if sqlite::is_sqlite_url(url) {
             return sqlite::create_database_if_missing(url).await;
         }
+        // sqlx cannot parse a host list: run this on the host that accepts writes.
+        let writable = match primary::parse_hosts(url) {
+            Ok(Some(list)) => {
+                let hosts = list
+                    .urls
+                    .iter()
+                    // Probed on the maintenance database: this one may not exist yet.
+                    .map(|u| PgConnectOptions::from_str(u).map(|o| o.database("postgres")))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        Error::invalid("database_url", format!("is not a valid postgres url: {e}"))
+                    })?;
+                match primary::find_primary(&hosts).await {
+                    Some(i) => list.urls[i].clone(),
+                    None => {
+                        return Err(Error::Unavailable(format!(
+                            "store unavailable: no host of {} accepts writes",
+                            list.labels.join(",")
+                        )));
+                    }
+                }
+            }
+            _ => url.to_owned(),
+        };
+        let url = writable.as_str();
         if Postgres::database_exists(url)
             .await
             .map_err(|e| db_error(e, None))?
@@ -401,7 +508,7 @@ impl Store {
         Fut: std::future::Future<Output = T>,
     {
         let pool = match &self.inner.db {
-            Db::Postgres(pool) => pool,
+            Db::Postgres(primary) => primary.pool(),
             Db::Sqlite(shared) => {
                 // Released when dropped: after `f`, or when this future is cancelled.
                 let Some(_held) = shared.try_lock(key) else {
@@ -411,6 +518,7 @@ impl Store {
             }
         };
         let mut conn = pool.acquire().await.map_err(|e| db_error(e, None))?;
+        drop(pool);
         conn.close_on_drop();
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
@@ -477,7 +585,7 @@ impl Store {
     /// write lock up front, so no reader-turned-writer can fail half-way).
     async fn begin_write(&self) -> sqlx::Result<Tx> {
         match &self.inner.db {
-            Db::Postgres(pool) => Ok(Tx::Postgres(pool.begin().await?)),
+            Db::Postgres(primary) => Ok(Tx::Postgres(primary.begin("BEGIN").await?)),
             Db::Sqlite(shared) => {
                 let writer = shared.writer.clone().lock_owned().await;
                 let tx = shared.pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -489,7 +597,11 @@ impl Store {
     /// Begins a read-only transaction whose statements all see one snapshot.
     async fn begin_read(&self) -> Result<Tx> {
         match &self.inner.db {
-            Db::Postgres(pool) => begin_snapshot(pool).await.map(Tx::Postgres),
+            Db::Postgres(primary) => primary
+                .begin(READ_SNAPSHOT)
+                .await
+                .map(Tx::Postgres)
+                .map_err(|e| db_error(e, None)),
             // A deferred transaction in WAL mode reads one snapshot, taken at its
             // first SELECT, until it ends.
             Db::Sqlite(shared) => shared
@@ -528,7 +640,7 @@ impl Store {
                     if let Some(last) = changes.last() {
                         publish(&self.inner.revision, last.revision);
                     }
-                    return self.open_changes(changes);
+                    return self.open_applied(changes);
                 }
                 Err(TxError::Fatal(e)) => return Err(e),
                 Err(TxError::Retry(why)) => {
@@ -660,7 +772,16 @@ impl Store {
     /// larger batches than [`Store::list`] and without collecting them: the
     /// in-memory index loads millions of objects this way. Returns the snapshot's
     /// revision (as [`ListPage::revision`]).
-    pub async fn scan(&self, kind: Kind, mut f: impl FnMut(Record) + Send) -> Result<i64> {
+    ///
+    /// An object whose data cannot be opened (see [`Unreadable`]) goes to
+    /// `unreadable` instead of failing the whole scan: one such row must not keep
+    /// every other object out of the index.
+    pub async fn scan(
+        &self,
+        kind: Kind,
+        mut f: impl FnMut(Record) + Send,
+        mut unreadable: impl FnMut(Unreadable) + Send,
+    ) -> Result<i64> {
         const SCAN_BATCH: usize = 2_000;
         let (mut tx, revision) = self.begin_read_at_revision().await?;
         let mut cursor: Option<(String, String)> = None;
@@ -668,11 +789,22 @@ impl Store {
             let rows = list_batch(&mut tx, kind, None, cursor.as_ref(), SCAN_BATCH as i64).await?;
             let fetched = rows.len();
             for (i, row) in rows.into_iter().enumerate() {
-                let record = self.open(row)?;
                 if i + 1 == fetched {
-                    cursor = Some((record.namespace.clone(), record.name.clone()));
+                    cursor = Some((row.namespace.clone(), row.name.clone()));
                 }
-                f(record);
+                let key = (row.resource_version, row.kind);
+                match self.open_or_key(row) {
+                    Ok(record) => f(record),
+                    Err((namespace, name, reason)) => unreadable(Unreadable {
+                        revision: key.0,
+                        event: None,
+                        kind: key.1,
+                        namespace,
+                        name,
+                        resource_version: key.0,
+                        reason,
+                    }),
+                }
             }
             if fetched < SCAN_BATCH {
                 break;
@@ -683,14 +815,57 @@ impl Store {
     }
 
     /// Feed entries with revision > `after`, ascending, at most `limit` (≤ 0: no
-    /// limit). `after` below the compacted revision → `OutOfRange` (relist).
+    /// limit). `after` below the compacted revision → `OutOfRange` (relist). An
+    /// entry whose data cannot be opened fails the whole call (a watch must not
+    /// skip an event silently); see [`Store::read_feed`] for a reader that goes on.
     pub async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>> {
+        self.read_feed(after, limit)
+            .await?
+            .entries
+            .into_iter()
+            .map(|e| match e {
+                FeedEntry::Change(c) => Ok(c),
+                FeedEntry::Unreadable(u) => Err(Error::Internal(u.reason)),
+            })
+            .collect()
+    }
+
+    /// As [`Store::changes_since`], but an entry whose data cannot be opened comes
+    /// back as [`FeedEntry::Unreadable`] (its key, never its data) in its place,
+    /// so a follower applies every other change and decides what an unreadable
+    /// object means to it (the index drops it: fail closed). Also returns the
+    /// revision counter of the snapshot read.
+    pub async fn read_feed(&self, after: i64, limit: i64) -> Result<Feed> {
+        // Followers (watch streams, the reviewer's index, key and CA watchers) read
+        // the feed from background tasks that have no caller deadline. A query in
+        // flight on a server that froze (SIGSTOP, a hung host: the kernel still
+        // acknowledges TCP) would never return and the follower would stall for
+        // good, even after the store switched to the new primary. Bounded, it fails
+        // UNAVAILABLE, the monitor is woken, and the follower resumes from its
+        // cursor on the next read.
+        match tokio::time::timeout(FEED_READ_TIMEOUT, self.read_feed_once(after, limit)).await {
+            Ok(r) => r,
+            Err(_) => {
+                if let Db::Postgres(primary) = &self.inner.db {
+                    primary.suspect();
+                }
+                Err(Error::Unavailable(format!(
+                    "store unavailable: reading the change feed took longer than {FEED_READ_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+
+    async fn read_feed_once(&self, after: i64, limit: i64) -> Result<Feed> {
         let limit = if limit <= 0 { i64::MAX } else { limit };
-        // One snapshot for the compaction mark and the rows, so a compaction that
-        // commits in between cannot silently cut a hole in what we return.
+        // One snapshot for the compaction mark, the counter and the rows, so a
+        // compaction that commits in between cannot silently cut a hole in what
+        // we return.
         let mut tx = self.begin_read().await?;
-        let compacted: i64 = with_tx!(&mut tx, |c| sqlx::query_scalar(
-            "SELECT compacted_revision FROM feed_meta WHERE id = 1"
+        let (compacted, counter): (i64, i64) = with_tx!(&mut tx, |c| sqlx::query_as(
+            "SELECT compacted_revision, \
+             (SELECT revision FROM revision_counter WHERE id = 1) \
+             FROM feed_meta WHERE id = 1"
         )
         .fetch_one(&mut **c)
         .await)
@@ -715,7 +890,28 @@ impl Store {
         .map(change_from_row)
         .collect::<Result<Vec<_>>>()?);
         tx.commit().await.map_err(|e| db_error(e, None))?;
-        self.open_changes(changes)
+        let entries = changes
+            .into_iter()
+            .map(|c| {
+                let (kind, resource_version) = (c.record.kind, c.record.resource_version);
+                match self.open_or_key(c.record) {
+                    Ok(record) => FeedEntry::Change(Change { record, ..c }),
+                    Err((namespace, name, reason)) => FeedEntry::Unreadable(Unreadable {
+                        revision: c.revision,
+                        event: Some(c.event),
+                        kind,
+                        namespace,
+                        name,
+                        resource_version,
+                        reason,
+                    }),
+                }
+            })
+            .collect();
+        Ok(Feed {
+            entries,
+            revision: counter,
+        })
     }
 
     /// Removes the prefix of the feed committed before `older_than` and records the
@@ -860,12 +1056,60 @@ impl Store {
         Ok(record)
     }
 
-    fn open_changes(&self, changes: Vec<Change>) -> Result<Vec<Change>> {
+    /// [`Self::open`], or on failure the object's namespace, name and the reason
+    /// (the sealed data is dropped here, so it cannot travel further).
+    fn open_or_key(&self, record: Record) -> std::result::Result<Record, (String, String, String)> {
+        if !record.data.starts_with(SEALED_PREFIX) {
+            // The common case (every unsealed kind): no copies of the key.
+            return Ok(record);
+        }
+        let (namespace, name) = (record.namespace.clone(), record.name.clone());
+        self.open(record).map_err(|e| {
+            let reason = match e {
+                Error::Internal(m) => m,
+                other => other.to_string(),
+            };
+            (namespace, name, reason)
+        })
+    }
+
+    /// Opens the changes of a committed write for the caller. This process sealed
+    /// whatever it wrote; only a deletion can carry data sealed by someone else
+    /// (the last state of an object another key sealed). The delete has been
+    /// committed: answering an error would make the caller believe it failed (and
+    /// an operator deleting an unreadable Secret could never see it succeed), so
+    /// such a change comes back with its metadata and empty data.
+    fn open_applied(&self, changes: Vec<Change>) -> Result<Vec<Change>> {
         changes
             .into_iter()
             .map(|c| {
+                if c.event != EventType::Deleted || !c.record.data.starts_with(SEALED_PREFIX) {
+                    return Ok(Change {
+                        record: self.open(c.record)?,
+                        ..c
+                    });
+                }
+                let mut record = c.record;
+                let data = std::mem::take(&mut record.data);
+                let opened = self.open(Record {
+                    data,
+                    ..record.clone()
+                });
                 Ok(Change {
-                    record: self.open(c.record)?,
+                    record: match opened {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(
+                                kind = record.kind.as_str(),
+                                namespace = %record.namespace,
+                                name = %record.name,
+                                revision = c.revision,
+                                reason = %e,
+                                "deleted an object whose data cannot be opened"
+                            );
+                            record
+                        }
+                    },
                     ..c
                 })
             })
@@ -894,11 +1138,7 @@ async fn current_revision(pool: &PgPool) -> Result<i64> {
 }
 
 /// Postgres-only: a read-only transaction whose statements all see one snapshot.
-async fn begin_snapshot(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
-    pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(|e| db_error(e, None))
-}
+const READ_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
 /// Postgres-only: wakes every LISTENer when (and only if) the transaction commits.
 async fn notify(tx: &mut Transaction<'static, Postgres>, revision: i64) -> sqlx::Result<()> {
@@ -1474,8 +1714,14 @@ fn db_error(e: sqlx::Error, about: Option<(Kind, &str)>) -> Error {
                 Error::precondition("database schema is not migrated: run `badge migrate`")
             }
             // Class 08 connection exceptions, 57P0x shutdown / cannot connect now,
-            // 53300 too many connections.
-            Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
+            // 53300 too many connections, 25006 read-only transaction (a demoted
+            // primary: the store is finding the new one).
+            Some(code)
+                if code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code == "53300"
+                    || code == "25006" =>
+            {
                 Error::Unavailable(format!("store unavailable: {}", d.message()))
             }
             _ => Error::Internal(format!("store error: {e}")),

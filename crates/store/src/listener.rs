@@ -8,9 +8,12 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use std::sync::Arc;
+
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{oneshot, watch};
 
+use crate::primary::Primary;
 use crate::{CHANNEL, current_revision, publish};
 
 /// Longest pause between attempts to re-establish the LISTEN connection.
@@ -18,41 +21,72 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
 pub(crate) fn spawn(
-    connect: PgConnectOptions,
     connect_timeout: Duration,
-    pool: PgPool,
+    primary: Arc<Primary>,
     revision: watch::Sender<i64>,
     stop: oneshot::Receiver<()>,
 ) {
-    // A dedicated single-connection pool: sqlx's PgListener uses it to reconnect,
-    // and it keeps the long-lived LISTEN connection out of the query pool.
-    let listen_pool = PgPoolOptions::new()
-        .max_connections(1)
-        .min_connections(0)
-        .max_lifetime(None)
-        .idle_timeout(None)
-        .acquire_timeout(connect_timeout)
-        .connect_lazy_with(connect);
+    // Hold only a weak reference: the task must not keep the store's pools alive.
+    let weak = Arc::downgrade(&primary);
+    drop(primary);
     tokio::spawn(async move {
         tokio::select! {
             // Fires (with Err) when the last Store clone drops the sender.
             _ = stop => {}
-            () = run(listen_pool, pool, revision) => {}
+            () = run(weak, connect_timeout, revision) => {}
         }
         tracing::debug!("store change listener stopped");
     });
 }
 
-async fn run(listen_pool: PgPool, pool: PgPool, revision: watch::Sender<i64>) {
+async fn run(
+    weak: std::sync::Weak<Primary>,
+    connect_timeout: Duration,
+    revision: watch::Sender<i64>,
+) {
     let mut backoff = MIN_BACKOFF;
     loop {
-        match listen(&listen_pool, &pool, &revision, &mut backoff).await {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "store change listener lost its connection");
-            }
+        let Some(primary) = weak.upgrade() else {
+            return;
+        };
+        let mut generation = primary.generation();
+        generation.mark_unchanged();
+        // A dedicated single-connection pool on the current primary: sqlx's
+        // PgListener uses it to reconnect, and it keeps the long-lived LISTEN
+        // connection out of the query pool. Rebuilt after a switch of primary, so
+        // LISTEN follows the primary (a replica would never see a NOTIFY).
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .acquire_timeout(connect_timeout)
+            .connect_lazy_with(
+                primary
+                    .connect_options()
+                    .application_name("badge-store-listener"),
+            );
+        let pool = primary.pool();
+        drop(primary);
+        let outcome = tokio::select! {
+            r = listen(&listen_pool, &pool, &revision, &mut backoff) => r,
+            _ = generation.changed() => Err("the store switched to a new primary".to_owned()),
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, retry_in = ?backoff, "store change listener lost its connection");
         }
-        tokio::time::sleep(backoff).await;
+        // Closed in the background: closing a connection to a frozen server must
+        // not keep the listener from following the new primary.
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(30), listen_pool.close()).await;
+        });
+        drop(pool);
+        // The next session catches up (re-reads the counter after LISTEN), so
+        // nothing committed meanwhile is missed. A switch of primary retries at once.
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = generation.changed() => {}
+        }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

@@ -69,7 +69,7 @@ pub(crate) async fn migrate(db: &Db) -> Result<()> {
     let mut attempt = 1;
     loop {
         let ran = match db {
-            Db::Postgres(pool) => POSTGRES.run(pool).await,
+            Db::Postgres(primary) => POSTGRES.run(&primary.pool()).await,
             Db::Sqlite(shared) => SQLITE.run(&shared.pool).await,
         };
         match ran {

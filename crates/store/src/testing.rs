@@ -53,7 +53,40 @@ pub struct TestDatabase {
     dir: Option<PathBuf>,
 }
 
+/// Set by [`use_test_server`]: overrides `BADGE_TEST_DATABASE_URL` for this process.
+static TEST_SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every later [`fresh_database`] of this process create its database on the
+/// server at `url` (e.g. an HA cluster's multi-host URL, for the failover test)
+/// instead of `BADGE_TEST_DATABASE_URL`. The first call wins.
+pub fn use_test_server(url: &str) {
+    let _ = TEST_SERVER.set(url.to_owned());
+}
+
+/// `url`, or for a multi-host URL the single-host URL of the host that accepts
+/// writes now (CREATE/DROP DATABASE must run there).
+async fn writable_url(url: &str) -> String {
+    let Ok(Some(list)) = crate::primary::parse_hosts(url) else {
+        return url.to_owned();
+    };
+    let hosts: Vec<_> = list
+        .urls
+        .iter()
+        .filter_map(|u| u.parse::<sqlx::postgres::PgConnectOptions>().ok())
+        .collect();
+    match crate::primary::find_primary(&hosts).await {
+        Some(i) => list.urls[i].clone(),
+        None => panic!(
+            "\n\n*** no host of {} accepts writes (is the cluster up?)\n",
+            list.labels.join(",")
+        ),
+    }
+}
+
 fn admin_url() -> String {
+    if let Some(url) = TEST_SERVER.get() {
+        return url.clone();
+    }
     std::env::var("BADGE_TEST_DATABASE_URL")
         .ok()
         .filter(|u| !u.trim().is_empty())
@@ -106,7 +139,7 @@ fn fresh_sqlite() -> TestDatabase {
 async fn fresh_postgres() -> TestDatabase {
     let admin_url = admin_url();
     let name = format!("badge_t_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = admin_connection(&admin_url).await;
+    let mut conn = admin_connection(&writable_url(&admin_url).await).await;
     if let Err(e) = conn
         .execute(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .await
@@ -210,7 +243,7 @@ impl Drop for TestDatabase {
                 .build()
                 .map_err(|e| e.to_string())?;
             rt.block_on(async {
-                let mut conn = PgConnection::connect(&admin_url)
+                let mut conn = PgConnection::connect(&writable_url(&admin_url).await)
                     .await
                     .map_err(|e| e.to_string())?;
                 conn.execute(AssertSqlSafe(format!(

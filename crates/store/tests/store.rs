@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime};
 use badge_core::{Error, Kind};
 use badge_store::testing::{Backend, TestDatabase, fresh_database, fresh_database_on};
 use badge_store::{
-    Change, EventType, ListPage, ListQuery, Op, Precondition, Record, Store, StoreOptions,
+    Change, EventType, FeedEntry, ListPage, ListQuery, Op, Precondition, Record, Store,
+    StoreOptions,
 };
 use sqlx::Connection;
 
@@ -839,7 +840,11 @@ async fn scan_streams_what_list_returns(b: Backend) {
     store.apply(ops, t(0)).await.unwrap();
     let mut scanned = Vec::new();
     let revision = store
-        .scan(Kind::ServiceAccount, |r| scanned.push(r))
+        .scan(
+            Kind::ServiceAccount,
+            |r| scanned.push(r),
+            |u| panic!("unreadable {u:?}"),
+        )
         .await
         .unwrap();
     let listed = list_all(&store, Kind::ServiceAccount, None).await;
@@ -1436,6 +1441,130 @@ async fn secret_data_is_sealed_at_rest(b: Backend) {
     assert!(other.get(Kind::Secret, "ns", "s").await.is_err());
 }
 
+/// #13 finding 3: one row sealed under another key-encryption key must not stop
+/// the feed. `read_feed` and `scan` hand back every other row and name the bad
+/// one (key only, never its data); `changes_since` (watch) still refuses.
+async fn an_unreadable_row_does_not_stop_the_feed(b: Backend) {
+    let db = fresh_database_on(b).await;
+    let _migrated = db.store().await;
+    let connect = |key: u8| {
+        let url = db.url.clone();
+        async move {
+            Store::connect(
+                &url,
+                StoreOptions {
+                    sealer: Some(std::sync::Arc::new(TestSealer(key))),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let ours = connect(0x5a).await;
+    let foreign = connect(0x11).await;
+    let secret = |name: &str, data: &[u8]| Op::Create {
+        kind: Kind::Secret,
+        namespace: "ns".into(),
+        name: name.into(),
+        labels: BTreeMap::new(),
+        data: data.to_vec(),
+    };
+    ours.apply(vec![create_ns("ns"), secret("a", b"a-data")], t(0))
+        .await
+        .unwrap();
+    // Sealed under another key: this process cannot open it.
+    foreign
+        .apply(vec![secret("bad", b"foreign-plaintext")], t(1))
+        .await
+        .unwrap();
+    ours.apply(
+        vec![
+            secret("c", b"c-data"),
+            delete(Kind::Secret, "ns", "a", Precondition::default()),
+        ],
+        t(2),
+    )
+    .await
+    .unwrap();
+
+    let feed = ours.read_feed(0, 0).await.unwrap();
+    assert_eq!(feed.revision, 5);
+    assert_eq!(
+        feed.entries
+            .iter()
+            .map(FeedEntry::revision)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5],
+        "every row, in order"
+    );
+    let FeedEntry::Unreadable(bad) = &feed.entries[2] else {
+        panic!("revision 3 is unreadable: {:?}", feed.entries[2]);
+    };
+    assert_eq!(
+        (bad.kind, bad.namespace.as_str(), bad.name.as_str()),
+        (Kind::Secret, "ns", "bad")
+    );
+    assert_eq!(
+        (bad.event, bad.resource_version),
+        (Some(EventType::Added), 3)
+    );
+    assert!(bad.reason.contains("ns/bad"), "{}", bad.reason);
+    assert!(!format!("{bad:?}").contains("foreign-plaintext"));
+    let FeedEntry::Change(c) = &feed.entries[3] else {
+        panic!("revision 4 is readable");
+    };
+    assert_eq!(c.record.data, b"c-data");
+    let FeedEntry::Change(d) = &feed.entries[4] else {
+        panic!("revision 5 is readable");
+    };
+    assert_eq!((d.event, d.record.name.as_str()), (EventType::Deleted, "a"));
+    // Past the bad row, nothing is in the way.
+    assert_eq!(ours.read_feed(3, 0).await.unwrap().entries.len(), 2);
+    assert_eq!(ours.changes_since(3, 0).await.unwrap().len(), 2);
+    // A watch cannot skip an event silently: it still fails, naming the object.
+    let err = ours.changes_since(0, 0).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Internal(m) if m.contains("ns/bad")),
+        "{err:?}"
+    );
+
+    // The scan (index load) hands over every other object, and the bad one's key.
+    let (mut scanned, mut bad) = (Vec::new(), Vec::new());
+    let revision = ours
+        .scan(Kind::Secret, |r| scanned.push(r.name), |u| bad.push(u))
+        .await
+        .unwrap();
+    assert_eq!(revision, 5);
+    assert_eq!(scanned, vec!["c".to_owned()]);
+    assert_eq!(bad.len(), 1);
+    assert_eq!(
+        (bad[0].name.as_str(), bad[0].event, bad[0].resource_version),
+        ("bad", None, 3)
+    );
+
+    // Deleting the unreadable object (the remedy) succeeds and says so: the
+    // change comes back with its metadata and no data, not as an error after
+    // the commit.
+    let deleted = ours
+        .apply(
+            vec![delete(Kind::Secret, "ns", "bad", Precondition::default())],
+            t(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(
+        (deleted[0].event, deleted[0].record.name.as_str()),
+        (EventType::Deleted, "bad")
+    );
+    assert!(deleted[0].record.data.is_empty());
+    assert!(matches!(
+        ours.get(Kind::Secret, "ns", "bad").await,
+        Err(Error::NotFound(_))
+    ));
+}
+
 // ---------------------------------------------------------------------------
 // SQLite only: the embedded file
 
@@ -1576,6 +1705,7 @@ on_both_backends! {
         next_deletion_and_expired_deletions,
         advisory_lock_admits_one_holder_at_a_time,
         secret_data_is_sealed_at_rest,
+        an_unreadable_row_does_not_stop_the_feed,
     ],
     multi_thread: [
         concurrent_creates_of_one_name_leave_one_winner,
@@ -1583,4 +1713,188 @@ on_both_backends! {
         list_revision_is_exactly_the_state_listed,
         subscribe_wakes_on_a_commit_from_another_store,
     ],
+}
+
+// ---------------------------------------------------------------------------
+// Reaching the store: bounded waits, several hosts (issue 18).
+
+/// A refused connection must answer UNAVAILABLE within about a second with the
+/// default options, not after the whole connect timeout (sqlx keeps retrying a
+/// refused connection until the pool's acquire timeout).
+#[tokio::test]
+async fn a_refused_connection_answers_unavailable_within_a_second() {
+    let down = Store::connect(
+        "postgres://postgres@127.0.0.1:1/nothing",
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = down.apply(vec![create_ns("a")], t(0)).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(&err, Error::Unavailable(_)), "{err:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+}
+
+/// A stand-in for a Postgres host: forwards 127.0.0.1:`port` to the test server
+/// until the returned task is aborted, which drops the listener and every
+/// forwarded connection at once — to the store, that host has crashed.
+async fn forward(port: u16, to: &'static str) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            conns.spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The primary crashes; a frozen host (accepts connections, never answers) stays
+/// in the list; the new primary appears 1.2 s later. The store must see it within
+/// one backoff pause (the frozen host's 1 s probe bound must not pace the search),
+/// and a write that was waiting for a connection when the primary moved must go
+/// through on the new one rather than time out on the old pool.
+#[tokio::test]
+async fn a_new_primary_is_used_at_once_even_beside_a_frozen_host() {
+    let db = fresh_database().await;
+    if db.backend() != Backend::Postgres {
+        return;
+    }
+    let (before, after) = db.url.split_once("127.0.0.1:5432").unwrap();
+    let frozen = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let frozen_port = frozen.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = frozen.accept().await {
+            open.push(s);
+        }
+    });
+    let _migrated = db.store().await;
+    let (old, new) = (free_port(), free_port());
+    let old_primary = forward(old, "127.0.0.1:5432").await;
+    let url = format!(
+        "{before}127.0.0.1:{old},127.0.0.1:{frozen_port},127.0.0.1:{new}{after}?target_session_attrs=read-write"
+    );
+    let store = Store::connect(&url, StoreOptions::default()).await.unwrap();
+    store.apply(vec![create_ns("before")], t(0)).await.unwrap();
+
+    old_primary.abort();
+    let _ = old_primary.await;
+    let crashed = tokio::time::Instant::now();
+    // The first write after the crash fails over the dead pool and wakes the
+    // monitor, as a real request would.
+    let _ = store.apply(vec![create_ns("lost")], t(1)).await;
+    tokio::time::sleep_until(crashed + Duration::from_millis(1100)).await;
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.apply(vec![create_ns("waiting")], t(2)).await })
+    };
+    tokio::time::sleep_until(crashed + Duration::from_millis(1200)).await;
+    let _new_primary = forward(new, "127.0.0.1:5432").await;
+    let appeared = tokio::time::Instant::now();
+    let mut k = 0;
+    let took = loop {
+        k += 1;
+        match store
+            .apply(vec![create_ns(&format!("after-{k}"))], t(3))
+            .await
+        {
+            Ok(_) => break appeared.elapsed(),
+            Err(e) => {
+                assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+                assert!(
+                    appeared.elapsed() < Duration::from_secs(5),
+                    "the new primary was never used: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    eprintln!("first write on the new primary {took:?} after it appeared");
+    assert!(
+        took < Duration::from_millis(700),
+        "the new primary was used only {took:?} after it appeared"
+    );
+    let w = waiting.await.unwrap();
+    assert!(
+        w.is_ok(),
+        "a write waiting for a connection when the primary moved failed: {w:?}"
+    );
+    held.abort();
+}
+
+/// `postgres://u@h1:p1,h2:p2/db?target_session_attrs=read-write`: the store finds
+/// the host that accepts writes (here the only one up) for queries and for LISTEN.
+#[tokio::test]
+async fn a_multi_host_url_uses_the_host_that_accepts_writes() {
+    let db = fresh_database().await;
+    let (before, after) = db.url.split_once("127.0.0.1:5432").unwrap();
+    let url = format!("{before}127.0.0.1:1,127.0.0.1:5432{after}?target_session_attrs=read-write");
+    let reference = db.store().await;
+    let store = Store::connect(&url, StoreOptions::default()).await.unwrap();
+    store.apply(vec![create_ns("multi")], t(0)).await.unwrap();
+    assert_eq!(
+        reference
+            .get(Kind::Namespace, "", "multi")
+            .await
+            .unwrap()
+            .name,
+        "multi"
+    );
+    // LISTEN runs on the same host: a commit through another store wakes it.
+    let mut rx = store.subscribe();
+    let change = reference
+        .apply(vec![create_ns("other")], t(1))
+        .await
+        .unwrap();
+    let want = change[0].record.resource_version;
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|r| *r >= want))
+        .await
+        .expect("LISTEN on the primary sees the commit")
+        .unwrap();
+    // `badge migrate` creates a missing database on the writable host.
+    let fresh = format!(
+        "{before}127.0.0.1:1,127.0.0.1:5432/badge_t_multi_{}",
+        std::process::id()
+    );
+    assert!(Store::create_database_if_missing(&fresh).await.unwrap());
+    assert!(!Store::create_database_if_missing(&fresh).await.unwrap());
+    reference.ping().await.expect("still up");
+    let mut admin = sqlx::PgConnection::connect(&format!("{before}127.0.0.1:5432/postgres"))
+        .await
+        .unwrap();
+    sqlx::Executor::execute(
+        &mut admin,
+        sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE \"badge_t_multi_{}\"",
+            std::process::id()
+        )),
+    )
+    .await
+    .unwrap();
+    let bad = Store::connect("postgres://a:1,b:x/db", StoreOptions::default()).await;
+    assert!(
+        matches!(&bad, Err(Error::Invalid(_))) && format!("{bad:?}").contains("bad port"),
+        "{bad:?}"
+    );
 }

@@ -28,6 +28,9 @@ pub struct IssuerConfig {
     pub identity: Option<PeerConfig>,
     #[serde(default)]
     pub telemetry: badge_runtime::config::TelemetryConfig,
+    /// The workload CA (docs/certificates.md).
+    #[serde(default)]
+    pub ca: crate::ca_config::CaConfig,
 }
 
 /// Kubernetes' `--service-account-*` token flags.
@@ -264,6 +267,8 @@ impl Validate for IssuerConfig {
                 ));
             }
         }
+        self.ca
+            .validate(self.token.issuers.first().map(String::as_str), errors);
         if let Some(h) = self.external_signer.refresh_hint_seconds
             && h <= 0
         {

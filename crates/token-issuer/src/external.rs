@@ -163,3 +163,241 @@ macro_rules! signer_impl {
 
 signer_impl!(v1);
 signer_impl!(v1alpha1);
+
+/// The Unix socket: who may reach it, and binding it without a window.
+///
+/// Security: the socket has no auth layer (as in Kubernetes, where the apiserver
+/// dials it with insecure credentials), so a connection on it may mint tokens for
+/// any identity. Two layers keep other local users out:
+///
+/// 1. **No window at bind.** `bind` creates the socket with `0777 & !umask`
+///    (usually 0755, which lets every user connect), and a `chmod` afterwards
+///    leaves a moment in which another user can connect and keep that connection.
+///    So the socket is bound inside a fresh 0700 directory (nobody else may even
+///    look it up there), narrowed to 0600, and only then renamed into place: at
+///    `path` it is 0600 from its first instant.
+/// 2. **Peer credentials.** Every accepted connection's peer uid (`SO_PEERCRED`)
+///    must be the socket owner's or root's (root passes file permissions anyway),
+///    so a mode widened later by hand, or a descriptor passed on, still does not
+///    admit another user.
+pub mod socket {
+    use std::io;
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+    use std::path::{Path, PathBuf};
+
+    use anyhow::{Context, bail};
+    use tokio::net::{UnixListener, UnixStream};
+    use tokio_stream::wrappers::UnixListenerStream;
+    use tokio_stream::{Stream, StreamExt};
+
+    /// The socket's mode: its owner only.
+    pub const SOCKET_MODE: u32 = 0o600;
+
+    /// The listening socket and the uid that owns it (this process's effective
+    /// uid, read from the socket file it just created rather than from `/proc`).
+    pub struct PrivateSocket {
+        pub listener: UnixListener,
+        pub owner_uid: u32,
+    }
+
+    /// Binds a Unix socket at `path` that only its owner can reach from the
+    /// moment it exists (see the module docs). A stale socket at `path` is
+    /// replaced; anything else there (a file, a directory) is refused, never
+    /// deleted: a mistyped path must not cost an operator a file.
+    pub fn bind(path: &Path) -> anyhow::Result<PrivateSocket> {
+        let shown = path.display();
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.file_type().is_socket() => bail!(
+                "external_signer.socket {shown}: exists and is not a socket; refusing to replace it"
+            ),
+            _ => {}
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let staging = private_dir(parent).with_context(|| {
+            format!("external_signer.socket {shown}: creating a private directory next to it")
+        })?;
+        let bound = (|| -> anyhow::Result<PrivateSocket> {
+            // A short name: a socket path is limited to ~107 bytes.
+            let tmp = staging.join("s");
+            let listener = UnixListener::bind(&tmp)
+                .with_context(|| format!("external_signer.socket {shown}: bind"))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(SOCKET_MODE))
+                .with_context(|| format!("external_signer.socket {shown}: chmod 600"))?;
+            let owner_uid = std::fs::symlink_metadata(&tmp)
+                .with_context(|| format!("external_signer.socket {shown}: stat"))?
+                .uid();
+            // Atomic, and replaces a stale socket in the same step.
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("external_signer.socket {shown}: moving it into place"))?;
+            Ok(PrivateSocket {
+                listener,
+                owner_uid,
+            })
+        })();
+        // Empty after the rename; on failure it still holds the bound socket.
+        let _ = std::fs::remove_dir_all(&staging);
+        bound
+    }
+
+    /// A new directory `<parent>/.badge-XXXXXXXX`, mode 0700 (the umask can only
+    /// narrow it). Created exclusively: an existing one (someone else's) is never
+    /// reused.
+    fn private_dir(parent: &Path) -> io::Result<PathBuf> {
+        let mut last = None;
+        for _ in 0..4 {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let dir = parent.join(format!(".badge-{}", &id[..8]));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(dir),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no free directory name")))
+    }
+
+    /// Whether a peer running as `peer_uid` may use a socket owned by `owner_uid`:
+    /// the owner, or root (whom file permissions do not stop either).
+    pub fn peer_allowed(peer_uid: u32, owner_uid: u32) -> bool {
+        peer_uid == owner_uid || peer_uid == 0
+    }
+
+    /// The connections accepted on `socket` whose peer may use it; the others are
+    /// closed at once and logged with the peer's uid and pid.
+    pub fn incoming(socket: PrivateSocket) -> impl Stream<Item = io::Result<UnixStream>> {
+        let owner = socket.owner_uid;
+        UnixListenerStream::new(socket.listener).filter(move |conn| {
+            let Ok(stream) = conn else {
+                return true;
+            };
+            match stream.peer_cred() {
+                Ok(cred) if peer_allowed(cred.uid(), owner) => true,
+                Ok(cred) => {
+                    tracing::warn!(
+                        peer_uid = cred.uid(),
+                        peer_pid = ?cred.pid(),
+                        owner_uid = owner,
+                        "ExternalJWTSigner socket: connection from another user refused"
+                    );
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "ExternalJWTSigner socket: peer credentials unavailable; connection refused");
+                    false
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::socket::{bind, peer_allowed};
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("badge_t_{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn only_the_owner_and_root_may_use_the_socket() {
+        assert!(peer_allowed(1000, 1000));
+        assert!(peer_allowed(0, 1000), "root passes file permissions anyway");
+        assert!(peer_allowed(0, 0));
+        assert!(!peer_allowed(1001, 1000));
+        assert!(
+            !peer_allowed(1000, 0),
+            "a socket owned by root admits no one else"
+        );
+    }
+
+    /// Security regression (#13 finding 10): the socket was bound at its path
+    /// (0755 with the usual umask) and narrowed afterwards. A watcher that looks
+    /// at the path as fast as it can must never see it with any mode but 0600.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_socket_is_never_reachable_with_a_wider_mode() {
+        let dir = temp_dir();
+        let path = dir.join("signer.sock");
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(m) = std::fs::symlink_metadata(&path) {
+                        seen.insert(m.permissions().mode() & 0o777);
+                    }
+                }
+                seen
+            })
+        };
+        for _ in 0..1000 {
+            let socket = bind(&path).expect("bind");
+            drop(socket);
+            // Sometimes absent between rounds, sometimes replaced while stale.
+            if rand_bit() {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let seen = watcher.join().expect("watcher");
+        assert_eq!(
+            seen.iter().map(|m| format!("{m:o}")).collect::<Vec<_>>(),
+            vec!["600"],
+            "modes the socket path was seen with"
+        );
+        // Nothing left behind but the socket itself.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(names.len() <= 1, "{names:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn rand_bit() -> bool {
+        uuid::Uuid::new_v4().as_bytes()[0] & 1 == 1
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_anything_else_refused() {
+        let dir = temp_dir();
+        let path = dir.join("signer.sock");
+        let first = bind(&path).expect("first bind");
+        drop(first);
+        let second = bind(&path).expect("a stale socket is replaced");
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .expect("stat")
+                .file_type()
+                .is_socket()
+        );
+        // It answers at the path (the rename kept the bound socket reachable).
+        tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect to the renamed socket");
+        drop(second);
+
+        let file = dir.join("not-a-socket");
+        std::fs::write(&file, b"keep me").expect("write");
+        let err = bind(&file).err().expect("a regular file is refused");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "external_signer.socket {}: exists and is not a socket; refusing to replace it",
+                file.display()
+            )
+        );
+        assert_eq!(std::fs::read(&file).expect("still there"), b"keep me");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -2,12 +2,17 @@
 //! with rotation, OIDC discovery, legacy Secret tokens, and Kubernetes'
 //! ExternalJWTSigner.
 
+pub mod ca_config;
+pub mod ca_keyring;
+pub mod certificates;
 pub mod cli;
 pub mod config;
 pub mod external;
+pub mod istio;
 pub mod keyring;
 pub mod legacy;
 pub mod oidc;
+pub mod pod_certificates;
 pub mod rotation;
 pub mod tokens;
 
@@ -92,6 +97,14 @@ pub async fn serve(
         .parse()
         .map_err(|e| anyhow::anyhow!("keys.algorithm: {e}"))?;
     let kek = load_kek(config)?;
+    if !store.seals_data() {
+        // Only possible with file keys (stored keys need the KEK, see load_kek):
+        // sealed Secrets stay unreadable, so their legacy tokens are refused as
+        // bearer credentials here (fail closed) rather than checked.
+        tracing::warn!(
+            "keys.kek_file: no key-encryption key: legacy Secret tokens cannot be checked and are refused as bearer credentials"
+        );
+    }
     let policy = Policy {
         rotation_period: Duration::from_secs(config.keys.rotation_period_seconds),
         propagation_delay: Duration::from_secs(config.keys.propagation_delay_seconds),
@@ -106,6 +119,24 @@ pub async fn serve(
         kek,
     ));
 
+    // Legacy Secret tokens presented as bearer credentials are recorded as used,
+    // as reviews are (else the cleaner invalidates tokens in daily use), through
+    // identity's SecretService when identity is configured.
+    let mut last_used_writer = None;
+    let last_used_tx = match &config.identity {
+        Some(peer) => {
+            let (tx, writer) = badge_access::last_used::LastUsed {
+                secrets: badge_access::last_used::Secrets::Grpc(SecretServiceClient::new(
+                    badge_runtime::telemetry::traced(identity_channel(peer)?),
+                )),
+                clock: clock.clone(),
+            }
+            .queue();
+            last_used_writer = Some(tokio::spawn(writer));
+            Some(tx)
+        }
+        None => None,
+    };
     // One index for the token checks, bearer-token callers (reviewed as TokenReview
     // does, with this issuer's API audiences) and RBAC decisions.
     let access = badge_access::start(
@@ -116,7 +147,7 @@ pub async fn serve(
         ),
         clock.clone(),
         BEARER_CACHE_ENTRIES,
-        None,
+        last_used_tx,
         true,
         "token-issuer",
     );
@@ -134,6 +165,9 @@ pub async fn serve(
         }
     };
     let mut tasks = badge_runtime::server::Tasks::default();
+    if let Some(writer) = last_used_writer {
+        tasks.push(writer);
+    }
     let rotator = if config.stored_keys() {
         ring.rebuild(rotation::stored_keys(&index), clock.now())
             .context(
@@ -174,6 +208,17 @@ pub async fn serve(
         ring.install_files(signing, verification, clock.now());
         None
     };
+    // The workload CA (docs/certificates.md): its own KEK handle (the key ring
+    // owns the other), stored CAs followed through the feed, or a plug-in CA.
+    let ca = certificates::start(
+        config,
+        &store,
+        &index,
+        load_kek(config)?,
+        clock.clone(),
+        &mut tasks,
+    )
+    .await?;
     // Wait until a key signs (another replica may be generating the first one).
     for _ in 0..200 {
         if ring.active(clock.now()).is_some() {
@@ -206,11 +251,7 @@ pub async fn serve(
         clock.clone(),
     )));
     if let Some(peer) = &config.identity {
-        let peer_tls = TlsMaterial::load(&peer.tls)?;
-        let channel = tonic::transport::Endpoint::from_shared(peer.endpoint.clone())
-            .context("identity.endpoint")?
-            .tls_config(peer_tls.client_config(&peer.server_name))?
-            .connect_lazy();
+        let channel = identity_channel(peer)?;
         let controller = legacy::LegacyTokens {
             store: store.clone(),
             index: index.clone(),
@@ -228,6 +269,7 @@ pub async fn serve(
         listeners.oidc,
         acceptor,
         ring.clone(),
+        ca.as_ref().map(|c| c.ring.clone()),
         badge_core::oidc::DEFAULT_CACHE_MAX_AGE_SECONDS,
         stopped(),
     )));
@@ -238,6 +280,7 @@ pub async fn serve(
 
     let server = GrpcServer::new()
         .named("token-issuer")
+        .with_limits(config.server.limits)
         .add_service(TokenServiceServer::new(issuer_svc.clone()), tokens::METHODS)
         .add_service(KeyServiceServer::new(issuer_svc), &[])
         .add_service(
@@ -248,9 +291,44 @@ pub async fn serve(
             v1alpha1::external_jwt_signer_server::ExternalJwtSignerServer::new(signer),
             &[],
         );
+    let server = match &ca {
+        Some(ca) => server.add_service(
+            badge_proto::certificates::certificate_authority_service_server::CertificateAuthorityServiceServer::new(
+                certificates::CaService {
+                    ca: ca.clone(),
+                    keys: ring.clone(),
+                    clock: clock.clone(),
+                },
+            ),
+            certificates::METHODS,
+        )
+        .add_service(
+            badge_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer::new(
+                istio::IstioCa {
+                    ca: ca.clone(),
+                    reviewer: access.reviewer.clone(),
+                    audiences: config.ca.istio_audiences.clone(),
+                    clock: clock.clone(),
+                },
+            ),
+            istio::METHODS,
+        )
+        .add_service(
+            badge_proto::certificates::pod_certificate_service_server::PodCertificateServiceServer::new(
+                pod_certificates::PodCertificates {
+                    ca: ca.clone(),
+                    index: index.clone(),
+                    clock: clock.clone(),
+                },
+            ),
+            pod_certificates::METHODS,
+        ),
+        None => server,
+    };
     let names = server.service_names().to_vec();
     server.register_not_serving().await;
-    let probe_store = store.clone();
+    let probe_reviewer = access.reviewer.clone();
+    probe_reviewer.set_max_index_lag(config.database.max_index_lag());
     let probe_ring = ring.clone();
     let probe_clock = clock.clone();
     tasks.push(badge_runtime::server::spawn_readiness(
@@ -258,13 +336,15 @@ pub async fn serve(
         names,
         Duration::from_secs(2),
         move || {
-            let s = probe_store.clone();
+            let r = probe_reviewer.clone();
             let ready = probe_ring.active(probe_clock.now()).is_some();
             let ok = store_ok.clone();
             async move {
-                let reachable = s.ping().await.is_ok();
-                ok.store(reachable, std::sync::atomic::Ordering::Relaxed);
-                ready && reachable
+                // The store answers, and the index (token checks, bearer tokens,
+                // RBAC) keeps up with it.
+                let probe = r.probe().await;
+                ok.store(probe.store_reachable, std::sync::atomic::Ordering::Relaxed);
+                ready && probe.ok()
             }
         },
     ));
@@ -280,28 +360,25 @@ pub async fn serve(
     Ok(())
 }
 
-/// ExternalJWTSigner on a Unix socket (mode 0600: only the apiserver's user).
+/// A lazy mTLS channel to identity (`identity` section).
+fn identity_channel(peer: &config::PeerConfig) -> anyhow::Result<tonic::transport::Channel> {
+    let peer_tls = TlsMaterial::load(&peer.tls)?;
+    Ok(
+        tonic::transport::Endpoint::from_shared(peer.endpoint.clone())
+            .context("identity.endpoint")?
+            .tls_config(peer_tls.client_config(&peer.server_name))?
+            .connect_lazy(),
+    )
+}
+
+/// ExternalJWTSigner on a Unix socket (mode 0600 from its first instant, peers of
+/// other users refused: see [`external::socket`]).
 fn serve_external_socket(
     path: &std::path::Path,
     signer: ExternalSigner,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    // A socket left by a previous run would make bind fail.
-    if path.exists() {
-        std::fs::remove_file(path).with_context(|| {
-            format!(
-                "external_signer.socket {}: removing stale socket",
-                path.display()
-            )
-        })?;
-    }
-    let uds = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("external_signer.socket {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    let uds = external::socket::bind(path)?;
     tracing::info!(socket = %path.display(), "ExternalJWTSigner serving (unix socket)");
     // Reflection too, so `grpcurl -plaintext -unix <socket> list` works.
     let reflection = tonic_reflection::server::Builder::configure()
@@ -317,10 +394,7 @@ fn serve_external_socket(
                 v1::external_jwt_signer_server::ExternalJwtSignerServer::new(signer.clone()),
             )
             .add_service(v1alpha1::external_jwt_signer_server::ExternalJwtSignerServer::new(signer))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::UnixListenerStream::new(uds),
-                stop,
-            )
+            .serve_with_incoming_shutdown(external::socket::incoming(uds), stop)
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "ExternalJWTSigner socket");

@@ -252,6 +252,67 @@ impl Issuer {
 }
 
 impl Issuer {
+    /// Stores a revocation, or extends a stored one; answers the expiry that is
+    /// stored. Revoking twice is not an error (the token is revoked either way), but
+    /// the answer must never claim an expiry the store does not hold: a revocation
+    /// that ends before its token does would let the token back in. So the later of
+    /// the two expiries wins, written against the version that was read.
+    async fn store_revocation(
+        &self,
+        rev: badge_core::revocation::Revocation,
+        now: std::time::SystemTime,
+    ) -> Result<i64> {
+        let create = badge_store::Op::Create {
+            kind: Kind::Revocation,
+            namespace: String::new(),
+            name: rev.jti.clone(),
+            labels: Default::default(),
+            data: rev.to_bytes(),
+        };
+        match self.store.apply(vec![create], now).await {
+            Ok(_) => return Ok(rev.expires_at_unix),
+            Err(Error::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+        // A concurrent revoker may win between our read and write: retry on the
+        // fresh version a few times (Kubernetes' GuaranteedUpdate loop).
+        for _ in 0..5 {
+            let stored = match self.store.get(Kind::Revocation, "", &rev.jti).await {
+                Ok(r) => r,
+                // Deleted meanwhile (the cleaner removes expired ones): create again.
+                Err(Error::NotFound(_)) => return Box::pin(self.store_revocation(rev, now)).await,
+                Err(e) => return Err(e),
+            };
+            let mut old = badge_core::revocation::Revocation::from_bytes(&stored.data)?;
+            if old.expires_at_unix >= rev.expires_at_unix {
+                return Ok(old.expires_at_unix);
+            }
+            // Extend: the first revocation's time, author and reason stay.
+            old.expires_at_unix = rev.expires_at_unix;
+            let update = badge_store::Op::Update {
+                kind: Kind::Revocation,
+                namespace: String::new(),
+                name: rev.jti.clone(),
+                precondition: badge_store::Precondition {
+                    resource_version: Some(stored.resource_version),
+                    uid: Some(stored.uid.clone()),
+                },
+                labels: stored.labels.clone(),
+                data: old.to_bytes(),
+                deletion_timestamp: None,
+            };
+            match self.store.apply(vec![update], now).await {
+                Ok(_) => return Ok(rev.expires_at_unix),
+                Err(Error::Conflict(_) | Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(format!(
+            "revocation of {:?} is being changed concurrently: retry",
+            token::credential_id(&rev.jti)
+        )))
+    }
+
     /// Revokes one token until it expires: a Revocation record every reviewer
     /// learns of through the change feed.
     pub async fn revoke_token(
@@ -287,18 +348,7 @@ impl Issuer {
             revoked_by: caller.map(|c| c.user.clone()).unwrap_or_default(),
             reason: r.reason.clone(),
         };
-        let op = badge_store::Op::Create {
-            kind: Kind::Revocation,
-            namespace: String::new(),
-            name: jti.clone(),
-            labels: Default::default(),
-            data: rev.to_bytes(),
-        };
-        match self.store.apply(vec![op], now).await {
-            // Revoking twice is not an error: the token is revoked either way.
-            Ok(_) | Err(Error::AlreadyExists(_)) => {}
-            Err(e) => return Err(e),
-        }
+        let expires_at_unix = self.store_revocation(rev, now).await?;
         let credential_id = token::credential_id(&jti);
         tracing::info!(
             target: "audit",

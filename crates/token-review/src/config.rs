@@ -29,8 +29,9 @@ pub struct ReviewConfig {
     /// Secrets, and legacy tokens are compared with the Secret's `token`.
     #[serde(default)]
     pub encryption: EncryptionConfig,
-    /// Kubernetes' webhook token authentication (JSON over HTTPS). Absent: not
-    /// served.
+    /// Kubernetes' webhook token (and authorization) authentication (JSON over
+    /// HTTPS). Absent: not served. When served, every caller needs a credential
+    /// (see [`WebhookConfig::client_ca`]).
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
     /// The identity service, for the legacy-token last-used label (written through
@@ -40,6 +41,53 @@ pub struct ReviewConfig {
     pub identity: Option<PeerConfig>,
     #[serde(default)]
     pub telemetry: badge_runtime::config::TelemetryConfig,
+    /// Envoy external authorization (`envoy.service.auth.v3.Authorization/Check`,
+    /// see [`crate::ext_authz`]): the trust domain of peer certificates and audit
+    /// sampling.
+    #[serde(default)]
+    pub mesh: MeshConfig,
+}
+
+/// `[mesh]`: Envoy ext_authz on the gRPC listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// The SPIFFE trust domain whose `spiffe://<td>/ns/<ns>/sa/<sa>` peer principals
+    /// are Badge's service accounts. Unset: `default_trust_domain(review.issuers[0])`
+    /// (the issuer's host, as Badge's CA uses). Principals of any other trust
+    /// domain are not Badge's to vouch for: such a request is anonymous.
+    #[serde(default)]
+    pub trust_domain: Option<String>,
+    /// Every n-th allowed check is an audit event carrying the count since the
+    /// previous one (denied checks are always audited, one event each); 0: allowed
+    /// checks are not audited.
+    #[serde(default = "default_audit_allowed_every")]
+    pub audit_allowed_every: u64,
+}
+
+fn default_audit_allowed_every() -> u64 {
+    1000
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            trust_domain: None,
+            audit_allowed_every: default_audit_allowed_every(),
+        }
+    }
+}
+
+impl ReviewConfig {
+    /// `mesh.trust_domain`, else the default derived from the first issuer.
+    pub fn mesh_trust_domain(&self) -> badge_core::Result<badge_core::spiffe::TrustDomain> {
+        match &self.mesh.trust_domain {
+            Some(td) => badge_core::spiffe::TrustDomain::parse_field("mesh.trust_domain", td),
+            None => Ok(badge_core::spiffe::default_trust_domain(
+                self.review.issuers.first().map_or("", String::as_str),
+            )),
+        }
+    }
 }
 
 /// Kubernetes' authenticator flags (`--service-account-issuer`,
@@ -128,10 +176,26 @@ pub struct WebhookConfig {
     /// Server certificate and key (PEM).
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// When set, callers (kube-apiserver) must present a client certificate from
-    /// this CA (`client-certificate` in the apiserver's webhook kubeconfig).
+    /// CA of the client certificates callers (kube-apiserver: `client-certificate`
+    /// in its webhook kubeconfig) present. Unset: the gRPC listener's
+    /// `server.tls.ca`. There is no anonymous mode: a caller without a
+    /// certificate from this CA must send a service-account bearer token, and
+    /// either way needs RBAC `create` on `tokenreviews` / `subjectaccessreviews`.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// Connection limits (`[webhook.limits]`, see `badge_runtime::https`).
+    #[serde(default)]
+    pub limits: badge_runtime::https::HttpsLimits,
+}
+
+impl ReviewConfig {
+    /// The CA webhook client certificates are verified against: `webhook.client_ca`,
+    /// else `server.tls.ca`. Security: defaulted rather than optional, so leaving
+    /// it out can never open the webhook to anonymous callers.
+    pub fn webhook_client_ca(&self) -> Option<&std::path::Path> {
+        let w = self.webhook.as_ref()?;
+        Some(w.client_ca.as_deref().unwrap_or(&self.server.tls.ca))
+    }
 }
 
 /// Another Badge service reached over mTLS.
@@ -199,12 +263,18 @@ impl Validate for ReviewConfig {
         if let Some(p) = &self.encryption.kek_file {
             check_file(errors, "encryption.kek_file", p);
         }
+        if self.mesh.trust_domain.is_some()
+            && let Err(e) = self.mesh_trust_domain()
+        {
+            errors.push(e.to_string());
+        }
         if let Some(w) = &self.webhook {
             check_file(errors, "webhook.cert", &w.cert);
             check_file(errors, "webhook.key", &w.key);
             if let Some(ca) = &w.client_ca {
                 check_file(errors, "webhook.client_ca", ca);
             }
+            w.limits.validate("webhook", errors);
         }
         if let Some(p) = &self.identity {
             if !p.endpoint.starts_with("https://") {
@@ -273,7 +343,7 @@ kek_file = "{d}/kek"
         std::fs::write(
             &f,
             format!(
-                "{}\n[review]\nissuers = [\"a\", \"a\", \"\"]\napi_audiences = [\"\"]\nmax_token_bytes = 10\nleeway_seconds = 99999\n[webhook]\nlisten = \"127.0.0.1:0\"\ncert = \"/nope/c\"\nkey = \"/nope/k\"\n[identity]\nendpoint = \"http://x\"\ntls = {{ ca = \"/nope\", cert = \"/nope\", key = \"/nope\" }}\n",
+                "{}\n[review]\nissuers = [\"a\", \"a\", \"\"]\napi_audiences = [\"\"]\nmax_token_bytes = 10\nleeway_seconds = 99999\n[webhook]\nlisten = \"127.0.0.1:0\"\ncert = \"/nope/c\"\nkey = \"/nope/k\"\n[webhook.limits]\nmax_connections = 0\nrequest_timeout_seconds = 0\n[identity]\nendpoint = \"http://x\"\ntls = {{ ca = \"/nope\", cert = \"/nope\", key = \"/nope\" }}\n",
                 files(dir.path())
             ),
         )
@@ -289,6 +359,8 @@ kek_file = "{d}/kek"
             "review.leeway_seconds",
             "webhook.cert",
             "webhook.key",
+            "webhook.limits.max_connections: must be between 1 and 1000000, got 0",
+            "webhook.limits.request_timeout_seconds",
             "identity.endpoint",
             "identity.tls.ca",
         ] {
@@ -298,6 +370,46 @@ kek_file = "{d}/kek"
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope"), "{err}");
+    }
+
+    /// Leaving `webhook.client_ca` out must not open the webhook: it defaults to
+    /// the server's CA.
+    #[test]
+    fn webhook_client_ca_defaults_to_the_server_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let d = dir.path().display();
+        std::fs::write(
+            &f,
+            format!(
+                "{}\n[review]\nissuers = [\"https://a\"]\n[webhook]\nlisten = \"127.0.0.1:0\"\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\n",
+                files(dir.path())
+            ),
+        )
+        .unwrap();
+        let c: ReviewConfig = load(Some(&f), vec![], &[]).unwrap();
+        assert_eq!(
+            c.webhook_client_ca(),
+            Some(dir.path().join("ca.pem").as_path())
+        );
+        assert_eq!(
+            c.webhook.as_ref().unwrap().limits,
+            badge_runtime::https::HttpsLimits::default()
+        );
+        let c: ReviewConfig = load(
+            Some(&f),
+            vec![],
+            &[
+                format!("webhook.client_ca={d}/kek"),
+                "webhook.limits.max_connections=7".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.webhook_client_ca(),
+            Some(dir.path().join("kek").as_path())
+        );
+        assert_eq!(c.webhook.as_ref().unwrap().limits.max_connections, 7);
     }
 
     #[test]

@@ -12,10 +12,17 @@ use badge_access::{Reviewer, Via};
 
 /// Every method → what it does in RBAC terms: Kubernetes' `create` on
 /// `tokenreviews` in `authentication.k8s.io` (granted by `system:auth-delegator`).
+/// A review carries a token someone else presented, of any size: requests up to
+/// kube-apiserver's request-body limit (3 MiB) are read, so an oversized token gets
+/// Kubernetes' "token is too long" answer rather than a transport error.
 pub const METHODS: MethodTable = &[(
     "/badge.review.v1.TokenReviewService/CreateTokenReview",
-    MethodRule::new("create", "authentication.k8s.io", "tokenreviews"),
+    MethodRule::new("create", "authentication.k8s.io", "tokenreviews")
+        .max_request(REVIEW_MAX_REQUEST),
 )];
+
+/// kube-apiserver's limit on a request body (`MaxRequestBodyBytes`).
+pub const REVIEW_MAX_REQUEST: usize = 3 * 1024 * 1024;
 
 /// Kubernetes' text for a review without a token (HTTP 400).
 pub const TOKEN_REQUIRED: &str = "token is required for TokenReview in authentication";

@@ -103,7 +103,8 @@
 //! listen = "127.0.0.1:8447"
 //! cert = "badge-data/pki/token-review.pem"
 //! key = "badge-data/pki/token-review-key.pem"
-//! client_ca = "badge-data/pki/ca.pem"   # optional: require apiserver client certificates
+//! # client_ca = "badge-data/pki/ca.pem" # client certificates' CA; default: server.tls.ca
+//! # [webhook.limits]              # max_connections = 1024, handshake_timeout_seconds = 5, … (badge_runtime::https)
 //!
 //! [identity]                      # optional: record legacy-token use (last-used label)
 //! endpoint = "https://127.0.0.1:8443"
@@ -114,18 +115,21 @@
 //! A kube-apiserver uses the webhook with `--authentication-token-webhook-config-file`
 //! pointing at a kubeconfig whose cluster `server` is `https://<webhook.listen>/authenticate`
 //! (with the Badge CA as `certificate-authority`) and whose user holds a client
-//! certificate from `webhook.client_ca`.
+//! certificate from `webhook.client_ca` (`badge up` writes one:
+//! `badge-data/webhook-kubeconfig.yaml`); that user needs RBAC `create` on
+//! `tokenreviews` and `subjectaccessreviews` (the bootstrap policy binds
+//! `system:auth-delegator` to the user `kube-apiserver`).
 
 pub mod access;
 pub mod cli;
 pub mod config;
+pub mod ext_authz;
 pub mod grpc;
 pub mod last_used;
 pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -160,15 +164,17 @@ async fn set_health(health: &HealthReporter, names: &[&'static str], status: Ser
     }
 }
 
-/// Keeps health in step with the store (a ping every 2 s) and the index (loaded
-/// once; polled every 20 ms until then, so readiness follows within moments).
+/// Keeps health in step with the store (a probe every 2 s: reachable, and the
+/// index not behind it for longer than `database.max_index_lag_seconds`) and the
+/// index (loaded once; polled every 20 ms until then, so readiness follows within
+/// moments).
 async fn readiness(health: HealthReporter, names: Vec<&'static str>, reviewer: Arc<Reviewer>) {
     let mut last: Option<bool> = None;
     loop {
-        let reachable = reviewer.store.ping().await.is_ok();
-        reviewer.store_ok.store(reachable, Ordering::Relaxed);
+        let probe = reviewer.probe().await;
+        let reachable = probe.store_reachable;
         let ready = reviewer.is_ready();
-        let ok = reachable && ready;
+        let ok = probe.ok() && ready;
         let status = if ok {
             ServingStatus::Serving
         } else {
@@ -179,6 +185,7 @@ async fn readiness(health: HealthReporter, names: Vec<&'static str>, reviewer: A
                 ?status,
                 store_reachable = reachable,
                 index_loaded = ready,
+                index_current = probe.index_current,
                 "health changed"
             );
             last = Some(ok);
@@ -222,9 +229,13 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let tls = TlsMaterial::load(&config.server.tls)?;
     store.check_schema().await?;
+    // Security: this service authenticates legacy Secret tokens against Secret
+    // data, which identity seals at rest. Without the key every such Secret is
+    // unreadable, so refuse to start rather than run half-blind (there is no
+    // "no key wanted" option: identity always seals).
     if !store.seals_data() {
-        tracing::warn!(
-            "encryption: no key-encryption key configured: legacy tokens in sealed Secrets cannot be checked"
+        anyhow::bail!(
+            "encryption.kek_file: a key-encryption key is required (identity's, which seals Secret data; or encryption.kek / BADGE_ENCRYPTION__KEK): legacy Secret tokens cannot be checked without it"
         );
     }
     check_kek(&store).await?;
@@ -239,7 +250,9 @@ pub async fn serve(
                 .connect_lazy();
             let (tx, rx) = mpsc::channel(last_used::QUEUE);
             let writer = last_used::LastUsed {
-                secrets: SecretServiceClient::new(badge_runtime::telemetry::traced(channel)),
+                secrets: last_used::Secrets::Grpc(SecretServiceClient::new(
+                    badge_runtime::telemetry::traced(channel),
+                )),
                 clock: clock.clone(),
             };
             tasks.push(tokio::spawn(writer.run(rx)));
@@ -261,7 +274,13 @@ pub async fn serve(
         "token-review",
     );
     let reviewer = access.reviewer.clone();
+    reviewer.set_max_index_lag(config.database.max_index_lag());
     let guard = access.guard.clone();
+    // Envoy ext_authz: the trust domain is checked here too (validate reported a
+    // bad one already; a config built in code reaches this line unvalidated).
+    let trust_domain = config
+        .mesh_trust_domain()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -273,19 +292,27 @@ pub async fn serve(
 
     match (&config.webhook, listeners.webhook) {
         (Some(w), Some(listener)) => {
+            use badge_runtime::https::{self, ClientCerts, Endpoint};
+            // Security: never anonymous. Certificates from the client CA (default:
+            // the server's) are verified in the handshake; a client without one may
+            // still connect, to present a bearer token, and is refused (401) by the
+            // handler otherwise ([`webhook`]).
+            let client_ca = config.webhook_client_ca().unwrap_or(&config.server.tls.ca);
             let acceptor =
-                badge_runtime::https::tls_acceptor(&w.cert, &w.key, w.client_ca.as_deref())
+                https::tls_acceptor_with(&w.cert, &w.key, ClientCerts::Optional(client_ca))
                     .map_err(|e| anyhow::anyhow!("webhook.{e}"))?;
             tracing::info!(
                 addr = %listener.local_addr()?,
-                client_certificates = w.client_ca.is_some(),
-                "token webhook serving (https)"
+                client_ca = %client_ca.display(),
+                max_connections = w.limits.max_connections,
+                "token webhook serving (https; client certificate or bearer token required)"
             );
             let (r, g) = (reviewer.clone(), guard.clone());
             let handler = move |req| webhook::handle(r.clone(), g.clone(), req);
-            tasks.push(tokio::spawn(badge_runtime::https::serve(
+            tasks.push(tokio::spawn(https::serve(
                 listener,
                 acceptor,
+                Endpoint::webhook(w.limits),
                 handler,
                 stopped(),
             )));
@@ -296,6 +323,8 @@ pub async fn serve(
 
     let server = GrpcServer::new()
         .named("token-review")
+        .with_limits(config.server.limits)
+        .with_descriptors(ext_authz::FILE_DESCRIPTOR_SET)
         .add_service(
             TokenReviewServiceServer::new(ReviewService {
                 reviewer: reviewer.clone(),
@@ -309,6 +338,15 @@ pub async fn serve(
                 },
             ),
             access::METHODS,
+        )
+        .add_service(
+            ext_authz::AuthorizationServer::new(ext_authz::ExtAuthz::new(
+                reviewer.clone(),
+                guard.clone(),
+                trust_domain,
+                config.mesh.audit_allowed_every,
+            )),
+            ext_authz::METHODS,
         );
     // NOT_SERVING until the index has loaded and the store answers (tonic's health
     // reporter starts out SERVING).

@@ -24,20 +24,51 @@
 //! Malformed JSON, another kind or apiVersion, or an empty token → 400 with a
 //! Kubernetes `Status` body; bodies over 1 MiB → 413; anything but POST → 405;
 //! the index still loading → 503 (the apiserver retries).
+//!
+//! # Who may ask
+//!
+//! A review answers "is this token valid, and whose is it" and "may this user do
+//! that" — a token oracle and a map of the RBAC policy — so the webhook requires
+//! a credential exactly as the gRPC `CreateTokenReview` and
+//! `CreateSubjectAccessReview` do, read by the same code: a client certificate
+//! from `webhook.client_ca` (default: the server's CA; CN = user, O = groups), or
+//! an `Authorization: Bearer <service-account token>` header reviewed as the gRPC
+//! auth layer reviews it. kube-apiserver presents the client certificate of its
+//! webhook kubeconfig (`badge up` writes one for the dev PKI's `kube-apiserver`
+//! certificate). The caller then needs RBAC `create` on `tokenreviews`
+//! (`authentication.k8s.io`) for a TokenReview, or on `subjectaccessreviews`
+//! (`authorization.k8s.io`) for a SubjectAccessReview — the bootstrap
+//! `system:auth-delegator` ClusterRole, bound to the user `kube-apiserver`.
+//! No credential or a bad one → 401 (`reason: Unauthorized`); not allowed → 403
+//! (`reason: Forbidden`, Kubernetes' "is forbidden" text). Both are decided
+//! before the body is read, except the 403, which needs the body's kind.
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use badge_core::rbac::Attributes;
 use badge_core::review::ReviewReport;
-use badge_runtime::https::{self, BodyError, Full};
+use badge_runtime::auth::{Authorizer as _, Caller};
+use badge_runtime::https::{self, BodyError, Full, Peer};
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
+use tokio::sync::Semaphore;
+use tonic::Code;
 
 use crate::grpc::TOKEN_REQUIRED;
-use badge_access::{Reviewer, Via};
+use badge_access::{Guard, Reviewer, Via};
 
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Largest request body accepted (see [`https::WEBHOOK_MAX_BODY_BYTES`]).
+pub const MAX_BODY_BYTES: usize = https::WEBHOOK_MAX_BODY_BYTES;
+
+/// Request bodies read at once, across the process: only authenticated callers
+/// get this far, and this bounds what even they can make the process buffer
+/// (64 × 1 MiB) however many connections and streams they open.
+static BODY_READS: Semaphore = Semaphore::const_new(64);
+/// How long a request waits for one of those before it is refused with 503.
+const BODY_READ_WAIT: Duration = Duration::from_secs(1);
 
 /// The TokenReview versions kube-apiserver speaks to a webhook.
 pub const API_VERSIONS: [&str; 2] = ["authentication.k8s.io/v1", "authentication.k8s.io/v1beta1"];
@@ -189,30 +220,142 @@ fn refuse(r: Refusal) -> Response<Full> {
     resp
 }
 
+/// kube-apiserver's text for a request without valid credentials.
+pub const UNAUTHORIZED: &str = "Unauthorized";
+
+fn unauthorized() -> Refusal {
+    Refusal {
+        code: StatusCode::UNAUTHORIZED,
+        reason: "Unauthorized",
+        // Kubernetes says no more than this to an unauthenticated client; why is
+        // logged (never the token).
+        message: UNAUTHORIZED.into(),
+    }
+}
+
+fn unavailable(message: impl Into<String>) -> Refusal {
+    Refusal {
+        code: StatusCode::SERVICE_UNAVAILABLE,
+        reason: "ServiceUnavailable",
+        message: message.into(),
+    }
+}
+
+/// The caller of a webhook request, read as the gRPC auth layer reads it: a
+/// bearer token when an `Authorization` header is present (reviewed by the
+/// guard, never falling back to the certificate), else the verified client
+/// certificate's identity.
+async fn authenticate(guard: &Guard, req: &Request<Incoming>) -> Result<Caller, Refusal> {
+    // Read synchronously: the request is not held across the await below.
+    let token = badge_runtime::auth::bearer(req.headers()).map(|t| t.map(str::to_owned));
+    let peer = req.extensions().get::<Peer>().cloned();
+    let addr = peer
+        .as_ref()
+        .map(|p| p.addr.to_string())
+        .unwrap_or_default();
+    let refused = |why: &str| {
+        tracing::info!(peer = %addr, reason = %why, "webhook request refused: unauthenticated");
+        unauthorized()
+    };
+    match token {
+        Some(Err(status)) => Err(refused(status.message())),
+        Some(Ok(token)) => match guard.authenticate_token(&token).await {
+            Ok(caller) => Ok(caller),
+            Err(status) if status.code() == Code::Unauthenticated => Err(refused(status.message())),
+            Err(status) => Err(unavailable(status.message())),
+        },
+        None => match peer.and_then(|p| p.certificate) {
+            Some(Ok(caller)) => Ok(caller),
+            Some(Err(why)) => Err(refused(&why)),
+            None => Err(refused(
+                "no credentials: present a client certificate issued by webhook.client_ca, or an Authorization: Bearer <service-account token> header",
+            )),
+        },
+    }
+}
+
+/// `create` on `resource` in `group`, cluster-wide: what the gRPC method of the
+/// same review requires ([`crate::METHODS`], [`crate::access::METHODS`]).
+fn create(group: &str, resource: &str) -> Attributes {
+    Attributes::Resource {
+        verb: "create".into(),
+        namespace: String::new(),
+        api_group: group.into(),
+        resource: resource.into(),
+        subresource: String::new(),
+        name: String::new(),
+    }
+}
+
+/// Asks the guard (the gRPC auth layer's authorizer) whether `caller` may create
+/// `resource` in `group`.
+fn authorize(guard: &Guard, caller: &Caller, group: &str, resource: &str) -> Result<(), Refusal> {
+    let Err(status) = guard.authorize(caller, &create(group, resource)) else {
+        return Ok(());
+    };
+    if status.code() != Code::PermissionDenied {
+        return Err(unavailable(status.message()));
+    }
+    // Kubernetes names a grouped resource `<resource>.<group>` in front of "is
+    // forbidden" (`tokenreviews.authentication.k8s.io is forbidden: User ...`);
+    // the rest is the shared text.
+    let text = status.message();
+    let message = match text.strip_prefix(&format!("{resource} is forbidden")) {
+        Some(rest) => format!("{resource}.{group} is forbidden{rest}"),
+        None => text.to_owned(),
+    };
+    tracing::info!(user = %caller.user, %resource, "webhook request refused: forbidden");
+    Err(Refusal {
+        code: StatusCode::FORBIDDEN,
+        reason: "Forbidden",
+        message,
+    })
+}
+
 /// Answers one webhook request.
 pub async fn handle(
     reviewer: Arc<Reviewer>,
-    guard: Arc<badge_access::Guard>,
+    guard: Arc<Guard>,
     req: Request<Incoming>,
 ) -> Response<Full> {
+    match answer(&reviewer, &guard, req).await {
+        Ok(resp) => resp,
+        Err(r) => refuse(r),
+    }
+}
+
+async fn answer(
+    reviewer: &Reviewer,
+    guard: &Arc<Guard>,
+    req: Request<Incoming>,
+) -> Result<Response<Full>, Refusal> {
+    // Security: the credential is checked before anything else, so an anonymous
+    // client learns nothing and costs nothing (its body is never read).
+    let caller = authenticate(guard, &req).await?;
     if req.method() != Method::POST {
-        return refuse(Refusal {
+        return Err(Refusal {
             code: StatusCode::METHOD_NOT_ALLOWED,
             reason: "MethodNotAllowed",
             message: format!("method {} is not allowed: POST a TokenReview", req.method()),
         });
     }
+    let Ok(_reading) = tokio::time::timeout(BODY_READ_WAIT, BODY_READS.acquire()).await else {
+        return Err(unavailable(
+            "server busy: too many webhook request bodies are being read; retry",
+        ));
+    };
     let body = match https::read_body(req.into_body(), MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(e @ BodyError::TooLarge { .. }) => {
-            return refuse(Refusal {
+            return Err(Refusal {
                 code: StatusCode::PAYLOAD_TOO_LARGE,
                 reason: "RequestEntityTooLarge",
                 message: e.to_string(),
             });
         }
-        Err(e) => return refuse(bad_request(e.to_string())),
+        Err(e) => return Err(bad_request(e.to_string())),
     };
+    drop(_reading);
     // Kubernetes' authorization webhook shares the listener: told apart by its
     // apiVersion group.
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
@@ -220,25 +363,36 @@ pub async fn handle(
             .as_str()
             .is_some_and(|a| a.starts_with("authorization.k8s.io/"))
     {
-        return match crate::access::webhook(&guard, &v) {
-            Ok(answer) => json_response(StatusCode::OK, &answer),
-            Err(m) => refuse(bad_request(m)),
-        };
+        authorize(
+            guard,
+            &caller,
+            "authorization.k8s.io",
+            "subjectaccessreviews",
+        )?;
+        let answer = crate::access::webhook(guard, &v).map_err(bad_request)?;
+        // Audited as the gRPC CreateSubjectAccessReview is, plus who asked.
+        tracing::info!(
+            target: "audit",
+            event = "access.reviewed",
+            via = "webhook",
+            requester = %caller.user,
+            user = %v["spec"]["user"].as_str().unwrap_or_default(),
+            allowed = answer["status"]["allowed"].as_bool().unwrap_or(false),
+            "subject access review"
+        );
+        return Ok(json_response(StatusCode::OK, &answer));
     }
-    let parsed = match parse_request(&body) {
-        Ok(p) => p,
-        Err(r) => return refuse(r),
-    };
+    authorize(guard, &caller, "authentication.k8s.io", "tokenreviews")?;
+    let parsed = parse_request(&body)?;
     match reviewer
-        .review(&parsed.token, &parsed.audiences, Via::Webhook, "")
+        .review(&parsed.token, &parsed.audiences, Via::Webhook, &caller.user)
         .await
     {
-        Ok(report) => json_response(StatusCode::OK, &response_body(&parsed.api_version, &report)),
-        Err(e) => refuse(Refusal {
-            code: StatusCode::SERVICE_UNAVAILABLE,
-            reason: "ServiceUnavailable",
-            message: e.to_string(),
-        }),
+        Ok(report) => Ok(json_response(
+            StatusCode::OK,
+            &response_body(&parsed.api_version, &report),
+        )),
+        Err(e) => Err(unavailable(e.to_string())),
     }
 }
 
