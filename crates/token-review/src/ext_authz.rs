@@ -26,7 +26,12 @@
 //! 2. The mesh peer, `source.principal` (Envoy fills it from the peer certificate's
 //!    URI SAN): `spiffe://<mesh.trust_domain>/ns/<ns>/sa/<sa>` is the service account
 //!    `system:serviceaccount:<ns>:<sa>` with Kubernetes' service-account groups, if
-//!    that account exists in the index (absent or deleted → 401).
+//!    that account exists in the index (absent or deleted → 401). With Envoy's
+//!    `include_peer_certificate: true` the certificate comes too
+//!    (`source.certificate`): it must name the principal, and when it carries
+//!    Badge's pod binding (every certificate Badge's CA issues to a pod does) that
+//!    pod — name and uid — must be alive (deleted or re-created → 401), so a deleted
+//!    pod's certificate is refused on the next request, not when it expires.
 //!    A principal Badge does not vouch for — another trust domain, a SPIFFE ID that
 //!    is not a service account's, a DNS name or subject — is treated as **no
 //!    credential** (anonymous), as Kubernetes treats a request no authenticator
@@ -313,6 +318,26 @@ fn hex(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// `%XX`-decoding of Envoy's URL-encoded `source.certificate`; `None` on an invalid
+/// escape or non-UTF-8 (a PEM is ASCII).
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = hex(*b.get(i + 1)?)?;
+            let l = hex(*b.get(i + 2)?)?;
+            out.push(h * 16 + l);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The path RBAC matches: `:path` without query or fragment, percent-decoded (as
@@ -633,6 +658,25 @@ impl ExtAuthz {
         }
     }
 
+    /// The object's uid and deletion timestamp, from the index. An object created a
+    /// moment ago through another process may not have reached the index yet: a miss
+    /// is confirmed in the store (misses are denials, rare; skipped while the store is
+    /// unreachable, when the index is the answer — availability, as for reviews).
+    async fn live(&self, kind: Kind, ns: &str, name: &str) -> Option<(String, Option<SystemTime>)> {
+        let state = |e: &Entry| (e.uid(), e.deletion_timestamp());
+        let found = self.reviewer.index.map(kind, ns, name, state);
+        if found.is_some() || !self.reviewer.store_ok.load(Ordering::Relaxed) {
+            return found;
+        }
+        match self.reviewer.index.fresh(kind, ns, name).await {
+            Ok(r) => r.map(|r| state(&Entry::new(r))),
+            Err(e) => {
+                tracing::warn!(kind = ?kind, namespace = %ns, name = %name, error = %e, "ext_authz: confirming a missing object in the store failed");
+                None
+            }
+        }
+    }
+
     /// Who is asking (see the module documentation for the order). `Err` only for a
     /// Badge failure; a failed credential is `Ok(Err(reason))`.
     async fn requester(
@@ -673,53 +717,76 @@ impl ExtAuthz {
                     "token review is starting: the index is still loading from the store".into(),
                 ));
             }
+            let refuse = |why: String| Ok(Err((Credential::Peer, format!("peer {principal}: {why}"))));
             let now: SystemTime = self.reviewer.clock.now();
             let leeway = self.reviewer.settings.deletion_leeway;
-            let state = |e: &Entry| (e.uid(), e.deletion_timestamp());
-            let mut found = self
-                .reviewer
-                .index
-                .map(Kind::ServiceAccount, &ns, &name, state);
-            // An account created a moment ago through another process may not have
-            // reached the index yet: a miss is confirmed in the store (misses are
-            // denials, rare; skipped while the store is unreachable, when the index
-            // is the answer — availability, as for reviews).
-            if found.is_none() && self.reviewer.store_ok.load(Ordering::Relaxed) {
-                match self
-                    .reviewer
-                    .index
-                    .fresh(Kind::ServiceAccount, &ns, &name)
-                    .await
-                {
-                    Ok(r) => found = r.map(|r| state(&Entry::new(r))),
-                    Err(e) => {
-                        tracing::warn!(namespace = %ns, service_account = %name, error = %e, "ext_authz: confirming a missing service account in the store failed");
-                    }
-                }
-            }
+            let alive = |deleted: Option<SystemTime>| deleted.is_none_or(|t| now < t + leeway);
             // Security: the certificate may outlive its service account; the account
             // must exist now (and not be deleted past the deletion leeway), as a
             // bound token's does.
-            return Ok(match found {
-                Some((uid, deleted)) if deleted.is_none_or(|t| now < t + leeway) => Ok(Requester {
-                    user: format!("system:serviceaccount:{ns}:{name}"),
-                    uid,
-                    groups: vec![
-                        ALL_SERVICE_ACCOUNTS_GROUP.into(),
-                        format!("{SERVICE_ACCOUNTS_GROUP_PREFIX}{ns}"),
-                        AUTHENTICATED_GROUP.into(),
-                    ],
-                    credential: Credential::Peer,
-                }),
-                Some(_) => Err((
-                    Credential::Peer,
-                    format!("peer {principal}: service account {ns}/{name} has been deleted"),
-                )),
-                None => Err((
-                    Credential::Peer,
-                    format!("peer {principal}: service account {ns}/{name} does not exist"),
-                )),
-            });
+            let uid = match self.live(Kind::ServiceAccount, &ns, &name).await {
+                Some((uid, deleted)) if alive(deleted) => uid,
+                Some(_) => return refuse(format!("service account {ns}/{name} has been deleted")),
+                None => return refuse(format!("service account {ns}/{name} does not exist")),
+            };
+            // With `include_peer_certificate`, Envoy forwards the certificate itself:
+            // Badge's CA binds every pod certificate to its pod (name and uid), and
+            // that pod must still be alive — a deleted pod's certificate is refused on
+            // the next request, not when it expires. A certificate without the
+            // binding (another CA of the trust domain) is judged by its account only.
+            let certificate = ctx
+                .source
+                .as_ref()
+                .map(|p| p.certificate.as_str())
+                .unwrap_or_default();
+            if !certificate.is_empty() {
+                let peer = percent_decode(certificate)
+                    .ok_or_else(|| "not URL-encoded".to_string())
+                    .and_then(|pem| badge_ca::peer::read_pem(&pem));
+                let peer = match peer {
+                    Ok(p) => p,
+                    Err(e) => return refuse(format!("attributes.source.certificate: {e}")),
+                };
+                // Security: the principal is what RBAC sees and the binding what is
+                // checked: both must come from the same certificate.
+                if !peer.uris.iter().any(|u| u == principal) {
+                    return refuse(
+                        "attributes.source.certificate does not name the principal".into(),
+                    );
+                }
+                if let Some(pod) = &peer.pod {
+                    match self.live(Kind::Pod, &ns, &pod.name).await {
+                        Some((live_uid, deleted)) if live_uid == pod.uid && alive(deleted) => {}
+                        Some((live_uid, _)) if live_uid == pod.uid => {
+                            return refuse(format!("pod {ns}/{} has been deleted", pod.name));
+                        }
+                        // The pattern of Kubernetes' texts for a pod-bound token whose
+                        // pod was replaced by one of the same name.
+                        Some((live_uid, _)) => {
+                            return refuse(format!(
+                                "pod UID ({live_uid}) does not match the certificate's pod binding ({})",
+                                pod.uid
+                            ));
+                        }
+                        None => {
+                            return refuse(format!(
+                                "pod {ns}/{} (uid {}) does not exist",
+                                pod.name, pod.uid
+                            ));
+                        }
+                    }
+                }
+            }
+            return Ok(Ok(Requester {
+                user: format!("system:serviceaccount:{ns}:{name}"),
+                uid,
+                groups: vec![
+                    ALL_SERVICE_ACCOUNTS_GROUP.into(),
+                    format!("{SERVICE_ACCOUNTS_GROUP_PREFIX}{ns}"),
+                    AUTHENTICATED_GROUP.into(),
+                ],
+                credential: Credential::Peer,
+            }));
         }
         Ok(Ok(Requester::anonymous()))
     }
