@@ -9,13 +9,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use badge_proto::istio::v1::auth::{
+    IstioCertificateRequest, istio_certificate_service_client::IstioCertificateServiceClient,
+};
 use badge_proto::rbac as rb;
 use badge_proto::review as rv;
 use badge_proto::token::{
     self as tpb, BoundObjectReference, CreateTokenRequest, token_service_client::TokenServiceClient,
-};
-use badge_proto::istio::v1::auth::{
-    IstioCertificateRequest, istio_certificate_service_client::IstioCertificateServiceClient,
 };
 use badge_tests::{IdentityServer, IssuerOptions, IssuerServer, ReviewServer, meta, pb};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -960,7 +960,13 @@ fn url_encode(pem: &str) -> String {
 
 /// A pod's certificate from Badge's CA (Istio's CreateCertificate with the pod's own
 /// pod-bound token, a key and CSR made by the openssl CLI): the leaf's PEM.
-async fn pod_certificate(e: &Env, dir: &std::path::Path, ns: &str, sa: &str, pod: &pb::Pod) -> String {
+async fn pod_certificate(
+    e: &Env,
+    dir: &std::path::Path,
+    ns: &str,
+    sa: &str,
+    pod: &pb::Pod,
+) -> String {
     let m = pod.metadata.as_ref().expect("meta");
     let token = e
         .tokens
@@ -983,13 +989,32 @@ async fn pod_certificate(e: &Env, dir: &std::path::Path, ns: &str, sa: &str, pod
         .token;
     let uri = format!("spiffe://{}/ns/{ns}/sa/{sa}", e.trust_domain);
     let out = std::process::Command::new("openssl")
-        .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
-        .args(["-nodes", "-subj", "/O=workload", "-keyout", "w.key", "-out", "w.csr"])
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-subj",
+            "/O=workload",
+            "-keyout",
+            "w.key",
+            "-out",
+            "w.csr",
+        ])
         .args(["-addext", &format!("subjectAltName=URI:{uri}")])
         .current_dir(dir)
         .output()
         .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let csr = std::fs::read_to_string(dir.join("w.csr")).expect("csr");
     let ca = std::fs::read(&e.identity.pki.ca).expect("ca");
     let channel = Channel::from_shared(format!("https://{}", e.issuer.grpc))
@@ -1057,7 +1082,12 @@ async fn a_deleted_pods_certificate_is_refused_at_once() {
             }),
         }),
     };
-    let pod = pods.clone().create_pod(web_pod()).await.expect("pod").into_inner();
+    let pod = pods
+        .clone()
+        .create_pod(web_pod())
+        .await
+        .expect("pod")
+        .into_inner();
     let uid = pod.metadata.as_ref().expect("m").uid.clone();
     let leaf = pod_certificate(&e, dir.path(), "apps", "web", &pod).await;
     let web = format!("spiffe://{}/ns/apps/sa/web", e.trust_domain);
@@ -1069,12 +1099,7 @@ async fn a_deleted_pods_certificate_is_refused_at_once() {
     };
     let req = with_cert(&web, url_encode(&leaf));
     let a = e.until(&req, allowed).await.1;
-    assert_allowed_as(
-        &a,
-        "system:serviceaccount:apps:web",
-        &sa_uid,
-        &SA_GROUPS,
-    );
+    assert_allowed_as(&a, "system:serviceaccount:apps:web", &sa_uid, &SA_GROUPS);
 
     // The certificate must be the principal's: web's certificate with db's principal
     // is refused (db exists and may GET /shop/orders through its principal alone).
@@ -1087,7 +1112,12 @@ async fn a_deleted_pods_certificate_is_refused_at_once() {
         &format!("peer {db}: attributes.source.certificate does not name the principal"),
     );
     // A certificate that is not one is refused, not skipped.
-    let a = e.send(with_cert(&web, url_encode("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))).await;
+    let a = e
+        .send(with_cert(
+            &web,
+            url_encode("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+        ))
+        .await;
     assert!(denied(&a), "{a:?}");
     let a = e.send(with_cert(&web, "%zz".into())).await;
     assert_denied(
@@ -1114,11 +1144,18 @@ async fn a_deleted_pods_certificate_is_refused_at_once() {
         &format!("peer {web}: pod apps/web-1 (uid {uid}) does not exist"),
     );
     // Without the certificate the principal alone still passes: the account exists.
-    let a = e.send(envoy_check("GET", "/shop/orders", &[], &web, &[])).await;
+    let a = e
+        .send(envoy_check("GET", "/shop/orders", &[], &web, &[]))
+        .await;
     assert!(allowed(&a), "{a:?}");
 
     // A new pod of the same name is another pod: the old certificate stays refused.
-    let again = pods.clone().create_pod(web_pod()).await.expect("pod").into_inner();
+    let again = pods
+        .clone()
+        .create_pod(web_pod())
+        .await
+        .expect("pod")
+        .into_inner();
     let new_uid = again.metadata.expect("m").uid;
     let (_, a) = e
         .until(&req, |a| match a {
@@ -1130,7 +1167,9 @@ async fn a_deleted_pods_certificate_is_refused_at_once() {
         &a,
         16,
         401,
-        &format!("peer {web}: pod UID ({new_uid}) does not match the certificate's pod binding ({uid})"),
+        &format!(
+            "peer {web}: pod UID ({new_uid}) does not match the certificate's pod binding ({uid})"
+        ),
     );
 }
 
@@ -1144,7 +1183,9 @@ async fn a_deleted_pods_certificate_is_refused_at_once() {
 async fn delete_pod_to_denied_check_on_another_replica_distribution() {
     let e = Env::start().await;
     let second = ReviewServer::start(&e.identity, &e.issuer).await;
-    let gateway = e.identity.issue("envoy-gateway-2", ENVOY_USER, &["gateways"]);
+    let gateway = e
+        .identity
+        .issue("envoy-gateway-2", ENVOY_USER, &["gateways"]);
     let other = AuthorizationClient::new(second.channel(&e.identity, &gateway));
     e.ns("apps").await;
     e.sa("apps", "web").await;

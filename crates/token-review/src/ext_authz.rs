@@ -717,7 +717,8 @@ impl ExtAuthz {
                     "token review is starting: the index is still loading from the store".into(),
                 ));
             }
-            let refuse = |why: String| Ok(Err((Credential::Peer, format!("peer {principal}: {why}"))));
+            let refuse =
+                |why: String| Ok(Err((Credential::Peer, format!("peer {principal}: {why}"))));
             let now: SystemTime = self.reviewer.clock.now();
             let leeway = self.reviewer.settings.deletion_leeway;
             let alive = |deleted: Option<SystemTime>| deleted.is_none_or(|t| now < t + leeway);
