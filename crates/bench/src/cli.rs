@@ -1,12 +1,15 @@
-//! The command line: `echo-server`, `run <scenario>` and `ceiling`.
+//! The command line: `echo-server`, `run <scenario>`, `burst <scenario>`,
+//! `ceiling` and `csr-rate`.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use badge_core::spiffe::plan::KeyType;
 use badge_proto::identity::GetServiceAccountRequest;
 use badge_proto::review::{
     CreateSubjectAccessReviewRequest, CreateTokenReviewRequest, ResourceAttributes,
@@ -16,7 +19,9 @@ use badge_proto::token::{BoundObjectReference, CreateTokenRequest};
 use badge_runtime::tls::{TlsFiles, TlsMaterial};
 use clap::{Args, Parser, Subcommand};
 
+use crate::burst::{self, BurstConfig, MAX_DEADLINE};
 use crate::ceiling::{self, CeilingConfig};
+use crate::certificates::{self, IstioPool, IstioSpec, PodPool, PodSpec, key_type};
 use crate::echo::EchoServer;
 use crate::load::{self, LoadConfig, MAX_DURATION};
 use crate::report::Report;
@@ -42,8 +47,14 @@ pub enum Command {
     EchoServer(EchoServerArgs),
     /// Send load to a running service on this machine.
     Run(Box<RunArgs>),
+    /// Send exactly --requests requests at once (a fleet restarting) and wait until
+    /// every one is answered; fails unless all are answered OK before --deadline.
+    Burst(Box<BurstArgs>),
     /// Temp dev PKI + in-process echo server + echo load: this machine's mTLS ceiling.
     Ceiling(CeilingArgs),
+    /// One core's rate of CSR parsing + proof-of-possession verification
+    /// (badge_ca::csr, what both certificate APIs run per request), per key type.
+    CsrRate(CsrRateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +122,25 @@ fn window(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn deadline(text: &str) -> Result<Duration, String> {
+    let d = crate::duration::parse(text)?;
+    if d.is_zero() || d > MAX_DEADLINE {
+        return Err(format!(
+            "must be more than 0 and at most {}s",
+            MAX_DEADLINE.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
+fn measure_window(text: &str) -> Result<Duration, String> {
+    let d = crate::duration::parse(text)?;
+    if d.is_zero() || d > Duration::from_secs(60) {
+        return Err("must be more than 0 and at most 60s".to_string());
+    }
+    Ok(d)
+}
+
 fn payload_bytes(text: &str) -> Result<usize, String> {
     let n: usize = text.parse().map_err(|e| format!("{e}"))?;
     if n > MAX_PAYLOAD_BYTES {
@@ -133,6 +163,49 @@ pub struct RunArgs {
     pub load: LoadArgs,
     #[command(subcommand)]
     pub scenario: ScenarioArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BurstArgs {
+    /// `https://host:port`; the host must be 127.0.0.0/8, ::1 or localhost.
+    #[arg(long)]
+    pub target: String,
+    /// Name the server's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Requests in all, each sent once, all at once.
+    #[arg(long)]
+    pub requests: usize,
+    /// Connections opened at once (inside the measured time), the requests spread
+    /// evenly over them, each connection's share in flight together.
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+    /// Every request must be answered within this (e.g. 120s; at most 300s).
+    #[arg(long, default_value = "120s", value_parser = deadline)]
+    pub deadline: Duration,
+    /// Client threads (default: one per core, at most one per connection).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print a one-line JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub scenario: ScenarioArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CsrRateArgs {
+    /// Subject key types (repeatable; default ECDSAP256 and RSA3072).
+    #[arg(long = "key-type", value_parser = key_type)]
+    pub key_types: Vec<KeyType>,
+    /// Measured time per key type and encoding.
+    #[arg(long, default_value = "1s", value_parser = measure_window)]
+    pub duration: Duration,
+    /// One JSON line per key type instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// One subcommand per [`Scenario`].
@@ -221,6 +294,73 @@ pub enum ScenarioArgs {
         /// Count a denial as an error.
         #[arg(long)]
         expect_allowed: bool,
+    },
+    /// istio.v1.auth.IstioCertificateService/CreateCertificate (token-issuer), as
+    /// istio-agent asks: `authorization: Bearer <token>` (audience istio-ca) and a
+    /// PEM CSR whose only URI SAN is the token's SPIFFE ID. The CSRs (one new key
+    /// each) are made before the run; request n sends CSR n mod --pool. An answer
+    /// with fewer than two chain entries counts as an error.
+    IstioCertificate {
+        /// A workload's service-account token, audience istio-ca (repeatable: CSR
+        /// i belongs to token i mod the number of tokens).
+        #[arg(long = "token-file", required = true)]
+        token_files: Vec<PathBuf>,
+        /// The SPIFFE ID each token may have, in --token-file order
+        /// (spiffe://<trust domain>/ns/<ns>/sa/<sa>).
+        #[arg(long = "spiffe-id")]
+        spiffe_ids: Vec<String>,
+        /// Instead of --spiffe-id: the trust domain (under `badge up`, the host of
+        /// the issuer URL, e.g. 127.0.0.1); namespace and service account come
+        /// from each token's `sub`.
+        #[arg(long)]
+        trust_domain: Option<String>,
+        /// Subject key type: ECDSAP256, ECDSAP384, ECDSAP521, ED25519, RSA3072, RSA4096.
+        #[arg(long, default_value = "ECDSAP256", value_parser = key_type)]
+        key_type: KeyType,
+        /// CSRs made up front (one key each).
+        #[arg(long, default_value_t = 64)]
+        pool: usize,
+        /// `validity_duration`; 0: the server's default lifetime.
+        #[arg(long, default_value_t = 0)]
+        validity_seconds: i64,
+    },
+    /// badge.certificates.v1.PodCertificateService/CreatePodCertificate
+    /// (token-issuer): one pod's PodCertificateRequest with a pooled
+    /// stubPKCS10Request. The caller is the pod's node — connect with its client
+    /// certificate (CN=system:node:<node>, O=system:nodes; `badge issue-client`) —
+    /// or, with --token-file, the pod itself. Either needs RBAC `create
+    /// podcertificaterequests` (certificates.k8s.io); names and uids must match
+    /// the live pod, service account and node. An answer that is not `Issued` with
+    /// a chain counts as an error.
+    PodCertificate {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        pod_uid: String,
+        #[arg(long)]
+        service_account: String,
+        #[arg(long)]
+        service_account_uid: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        node_uid: String,
+        #[arg(long, default_value = badge_ca::SIGNER_NAME)]
+        signer: String,
+        #[arg(long)]
+        max_expiration_seconds: Option<i32>,
+        /// The pod's own pod-bound service-account token (API audiences) as bearer,
+        /// instead of the node's client certificate.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Subject key type: ECDSAP256, ECDSAP384, ECDSAP521, ED25519, RSA3072, RSA4096.
+        #[arg(long, default_value = "ECDSAP256", value_parser = key_type)]
+        key_type: KeyType,
+        /// Stub CSRs made up front (one key each).
+        #[arg(long, default_value_t = 64)]
+        pool: usize,
     },
 }
 
@@ -324,6 +464,48 @@ impl ScenarioArgs {
                     expect_allowed,
                 }
             }
+            ScenarioArgs::IstioCertificate {
+                token_files,
+                spiffe_ids,
+                trust_domain,
+                key_type,
+                pool,
+                validity_seconds,
+            } => Scenario::IstioCertificate(Arc::new(IstioPool::build(&IstioSpec {
+                token_files,
+                spiffe_ids,
+                trust_domain,
+                key_type,
+                pool,
+                validity_seconds,
+            })?)),
+            ScenarioArgs::PodCertificate {
+                namespace,
+                pod,
+                pod_uid,
+                service_account,
+                service_account_uid,
+                node,
+                node_uid,
+                signer,
+                max_expiration_seconds,
+                token_file,
+                key_type,
+                pool,
+            } => Scenario::PodCertificate(Arc::new(PodPool::build(&PodSpec {
+                namespace,
+                pod,
+                pod_uid,
+                service_account,
+                service_account_uid,
+                node,
+                node_uid,
+                signer,
+                max_expiration_seconds,
+                token_file,
+                key_type,
+                pool,
+            })?)),
         })
     }
 }
@@ -373,6 +555,61 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             };
             let report = load::run(&config, args.scenario.build()?).await?;
             print_report(&report, args.load.json)
+        }
+        Command::Burst(args) => {
+            let args = *args;
+            let config = BurstConfig {
+                target: args.target,
+                server_name: args.server_name,
+                tls: args.tls.files(),
+                requests: args.requests,
+                connections: args.connections,
+                deadline: args.deadline,
+                threads: args.threads,
+            };
+            let report = burst::run(&config, args.scenario.build()?).await?;
+            {
+                let mut out = std::io::stdout().lock();
+                if args.json {
+                    writeln!(out, "{}", report.to_json())
+                } else {
+                    writeln!(out, "{report}")
+                }
+                .context("stdout")?;
+            }
+            if !report.served_all() {
+                bail!(
+                    "not every request was answered OK within the deadline ({} ok of {}, {} errors, {} cut off)",
+                    report.ok,
+                    report.requests,
+                    report.errors_total(),
+                    report.cut_off
+                );
+            }
+            Ok(())
+        }
+        Command::CsrRate(args) => {
+            let key_types = if args.key_types.is_empty() {
+                vec![KeyType::EcdsaP256, KeyType::Rsa3072]
+            } else {
+                args.key_types
+            };
+            // One core: this thread, off the async runtime.
+            let rates = tokio::task::spawn_blocking(move || {
+                certificates::csr_rates(&key_types, args.duration)
+            })
+            .await
+            .context("csr-rate thread")??;
+            let mut out = std::io::stdout().lock();
+            for r in &rates {
+                if args.json {
+                    writeln!(out, "{}", r.to_json())
+                } else {
+                    writeln!(out, "{r}")
+                }
+                .context("stdout")?;
+            }
+            Ok(())
         }
         Command::Ceiling(args) => {
             let config = CeilingConfig {

@@ -8,8 +8,13 @@
 //! - [`report`]: the merged result, printed for people or as one JSON line.
 //! - [`target`]: the loopback-only guard every run passes first.
 //! - [`ceiling`]: temp PKI + in-process echo server + echo load, in one call.
+//! - [`certificates`]: the certificate scenarios' CSR pools, and one core's CSR
+//!   verification rate.
+//! - [`burst`]: exactly N requests at once (a fleet restart), time to serve all.
 
+pub mod burst;
 pub mod ceiling;
+pub mod certificates;
 pub mod check;
 pub mod cli;
 pub mod duration;

@@ -2,6 +2,8 @@
 //! prepared request) plus one arm in [`Scenario::call`], and one subcommand in
 //! [`crate::cli`].
 
+use std::sync::Arc;
+
 use badge_proto::identity::GetServiceAccountRequest;
 use badge_proto::identity::service_account_service_client::ServiceAccountServiceClient;
 use badge_proto::review::access_review_service_client::AccessReviewServiceClient;
@@ -41,6 +43,14 @@ pub enum Scenario {
         request: Box<envoy_types::pb::envoy::service::auth::v3::CheckRequest>,
         expect_allowed: bool,
     },
+    /// `istio.v1.auth.IstioCertificateService/CreateCertificate` with the next
+    /// pooled CSR and its workload's bearer token (see [`crate::certificates`]); a
+    /// chain of fewer than two certificates is an error.
+    IstioCertificate(Arc<crate::certificates::IstioPool>),
+    /// `badge.certificates.v1.PodCertificateService/CreatePodCertificate` with the
+    /// next pooled stub CSR; an answer that is not `Issued` with a chain is an
+    /// error.
+    PodCertificate(Arc<crate::certificates::PodPool>),
 }
 
 impl Scenario {
@@ -60,6 +70,8 @@ impl Scenario {
             Scenario::TokenReview(_) => "token-review",
             Scenario::SubjectAccessReview { .. } => "subject-access-review",
             Scenario::Check { .. } => "check",
+            Scenario::IstioCertificate(_) => "istio-certificate",
+            Scenario::PodCertificate(_) => "pod-certificate",
         }
     }
 
@@ -119,6 +131,8 @@ impl Scenario {
                 request,
                 expect_allowed,
             } => crate::check::call(channel, request, *expect_allowed).await?,
+            Scenario::IstioCertificate(pool) => pool.call(channel).await?,
+            Scenario::PodCertificate(pool) => pool.call(channel).await?,
         }
         Ok(())
     }
