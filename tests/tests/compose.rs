@@ -654,6 +654,10 @@ async fn the_stack_starts_and_its_health_checks_pass() {
         oidc: bind().await,
     };
     let is_port = listeners.grpc.local_addr().expect("addr").port();
+    let issuer_trust_domain = cfg
+        .ca
+        .trust_domain(&cfg.token.issuers[0])
+        .expect("ca trust domain");
     let (c, stop) = (clock.clone(), stopped());
     tasks.push(tokio::spawn(async move {
         badge_token_issuer::serve(&cfg, store, c, listeners, stop).await
@@ -680,6 +684,12 @@ async fn the_stack_starts_and_its_health_checks_pass() {
         webhook: Some(bind().await),
     };
     let rv_port = listeners.grpc.local_addr().expect("addr").port();
+    // The mesh: token-review vouches for the SPIFFE IDs the issuer's CA certifies.
+    assert_eq!(
+        cfg.mesh_trust_domain().expect("mesh trust domain"),
+        issuer_trust_domain,
+        "token-review's mesh.trust_domain is the CA's trust domain"
+    );
     let webhook_addr = listeners
         .webhook
         .as_ref()
@@ -720,6 +730,10 @@ async fn the_stack_starts_and_its_health_checks_pass() {
     )
     .await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+
+    // The workload CA as compose runs it: Istio's CreateCertificate with a
+    // service-account token, the chain verified by openssl against the served roots.
+    compose_certificate(&pki, is_port, issuer_trust_domain.as_str(), dir.path()).await;
 
     let _ = stop_tx.send(true);
     for t in tasks {
@@ -763,4 +777,123 @@ async fn health_fails_when_nothing_listens() {
     let mut h = at_port(rw.health(&all["identity"]), port);
     h.timeout_seconds = 2;
     assert!(badge_cli::health::check(&h).await.is_err());
+}
+
+/// A certificate for `default/default` from the compose token-issuer: a token with
+/// audience `istio-ca` (as the admin), a CSR by the openssl CLI, Istio's
+/// CreateCertificate with only the bearer token, `openssl verify` against the roots
+/// of GetTrustBundle.
+async fn compose_certificate(pki: &badge_runtime::pki::DevPki, port: u16, td: &str, dir: &Path) {
+    use badge_proto::certificates::GetTrustBundleRequest;
+    use badge_proto::certificates::certificate_authority_service_client::CertificateAuthorityServiceClient;
+    use badge_proto::istio::v1::auth::IstioCertificateRequest;
+    use badge_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
+    use badge_proto::token::CreateTokenRequest;
+    use badge_proto::token::token_service_client::TokenServiceClient;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+    let ca = std::fs::read(&pki.ca).expect("ca");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca))
+        .domain_name("localhost");
+    let endpoint = Channel::from_shared(format!("https://127.0.0.1:{port}")).expect("url");
+    let admin = endpoint
+        .clone()
+        .tls_config(tls.clone().identity(Identity::from_pem(
+            std::fs::read(&pki.admin.cert).expect("cert"),
+            std::fs::read(&pki.admin.key).expect("key"),
+        )))
+        .expect("tls")
+        .connect_lazy();
+    let anonymous = endpoint.tls_config(tls).expect("tls").connect_lazy();
+    let bearer = |t: &str| -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
+        format!("Bearer {t}").parse().expect("header")
+    };
+    let token = |audiences: &[&str]| {
+        let mut c = TokenServiceClient::new(admin.clone());
+        let audiences = audiences.iter().map(|a| a.to_string()).collect();
+        async move {
+            c.create_token(CreateTokenRequest {
+                namespace: "default".into(),
+                name: "default".into(),
+                audiences,
+                ..Default::default()
+            })
+            .await
+            .expect("token")
+            .into_inner()
+            .token
+        }
+    };
+    let uri = format!("spiffe://{td}/ns/default/sa/default");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-subj",
+            "/O=workload",
+            "-keyout",
+            "w.key",
+            "-out",
+            "w.csr",
+        ])
+        .args(["-addext", &format!("subjectAltName=URI:{uri}")])
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr: std::fs::read_to_string(dir.join("w.csr")).expect("csr"),
+        validity_duration: 3600,
+        metadata: None,
+    });
+    req.metadata_mut()
+        .insert("authorization", bearer(&token(&["istio-ca"]).await));
+    let chain = IstioCertificateServiceClient::new(anonymous.clone())
+        .create_certificate(req)
+        .await
+        .expect("CreateCertificate")
+        .into_inner()
+        .cert_chain;
+    assert!(chain.len() >= 2, "leaf … root: {}", chain.len());
+    let mut req = tonic::Request::new(GetTrustBundleRequest {});
+    req.metadata_mut()
+        .insert("authorization", bearer(&token(&[]).await));
+    let bundle = CertificateAuthorityServiceClient::new(anonymous)
+        .get_trust_bundle(req)
+        .await
+        .expect("GetTrustBundle")
+        .into_inner();
+    std::fs::write(dir.join("roots.pem"), &bundle.roots_pem).expect("roots");
+    std::fs::write(dir.join("chain.pem"), chain.concat()).expect("chain");
+    std::fs::write(dir.join("leaf.pem"), &chain[0]).expect("leaf");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "verify",
+            "-CAfile",
+            "roots.pem",
+            "-untrusted",
+            "chain.pem",
+            "leaf.pem",
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("openssl verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("leaf.pem: OK"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
