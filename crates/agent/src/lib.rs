@@ -16,6 +16,8 @@
 //!   removes the files it wrote and returns [`Exit::PodDeleted`]; [`Control::Stop`] (SIGTERM) returns
 //!   [`Exit::Stopped`] and leaves the files.
 
+pub mod node;
+
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 

@@ -57,6 +57,12 @@ pub mod externaljwt {
     }
 }
 
+/// The SPIFFE Workload API (`proto/spiffe/workload.proto`): no package, exactly as
+/// upstream declares it, so the gRPC service is `SpiffeWorkloadAPI`.
+pub mod spiffe_workload {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
 pub use badge::certificates::v1 as certificates;
 pub use badge::identity::v1 as identity;
 pub use badge::meta::v1 as meta;

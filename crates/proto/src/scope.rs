@@ -266,6 +266,13 @@ impl Scope for certificates::CreatePodCertificateRequest {
     }
 }
 
+/// `create jwtsvids` (badge.dev) in the request's namespace (no name: a create).
+impl Scope for certificates::MintJwtSvidRequest {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod external;
 pub mod istio;
+pub mod jwt_svids;
 pub mod keyring;
 pub mod legacy;
 pub mod oidc;
@@ -322,6 +323,17 @@ pub async fn serve(
                 },
             ),
             pod_certificates::METHODS,
+        )
+        .add_service(
+            badge_proto::certificates::jwt_svid_service_server::JwtSvidServiceServer::new(
+                jwt_svids::JwtSvids {
+                    ca: ca.clone(),
+                    keys: ring.clone(),
+                    index: index.clone(),
+                    clock: clock.clone(),
+                },
+            ),
+            jwt_svids::METHODS,
         ),
         None => server,
     };

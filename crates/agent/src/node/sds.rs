@@ -1,0 +1,327 @@
+//! Envoy's Secret Discovery Service (`envoy.service.secret.v3.SecretDiscoveryService`)
+//! on the agent's socket, attested like the Workload API.
+//!
+//! Resource names (SPIRE's and Istio's conventions):
+//!
+//! | name | secret |
+//! |---|---|
+//! | `default` | `tls_certificate` of the caller's first (default) identity |
+//! | the SPIFFE ID, e.g. `spiffe://td/ns/shop/sa/web` | `tls_certificate` of that identity |
+//! | `ROOTCA`, `spiffe://<td>`, `ALL` | `validation_context` with the trust domain's roots |
+//!
+//! An empty subscription means all of them. A name the caller is not entitled to is
+//! `INVALID_ARGUMENT` (SPIRE's text). Certificates and keys are PEM, inline.
+//! `StreamSecrets` follows [`super::xds`]; `DeltaSecrets` is `UNIMPLEMENTED`.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, Secret, TlsCertificate, secret,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::config::Workload;
+use super::metrics;
+use super::state::{Shared, Snapshot, View};
+use super::workload_api::attest;
+use super::xds;
+
+pub const SECRET_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+pub const DEFAULT_NAME: &str = "default";
+pub const ROOT_NAME: &str = "ROOTCA";
+pub const ALL_NAME: &str = "ALL";
+
+type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// What a subscription resolves to now.
+#[derive(Debug)]
+pub enum Resolved {
+    Pending,
+    Gone,
+    Denied(String),
+    /// name → encoded `Secret`, and how many certificates are among them.
+    Ready(BTreeMap<String, Vec<u8>>, usize),
+}
+
+fn inline(bytes: &[u8]) -> Option<DataSource> {
+    Some(DataSource {
+        specifier: Some(Specifier::InlineBytes(bytes.to_vec())),
+        ..Default::default()
+    })
+}
+
+fn tls_secret(name: &str, chain_pem: &str, key_pem: &str) -> Secret {
+    Secret {
+        name: name.into(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: inline(chain_pem.as_bytes()),
+            private_key: inline(key_pem.as_bytes()),
+            ..Default::default()
+        })),
+    }
+}
+
+fn validation_secret(name: &str, roots_pem: &str) -> Secret {
+    Secret {
+        name: name.into(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: inline(roots_pem.as_bytes()),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// The secrets `names` (empty: all) stand for, for a caller entitled to entries
+/// `idx` of `workloads`.
+pub fn resolve(
+    snap: &Snapshot,
+    idx: &[usize],
+    workloads: &[Workload],
+    names: &[String],
+) -> Resolved {
+    let (svids, bundle) = match snap.view(idx) {
+        View::Pending => return Resolved::Pending,
+        View::Gone => return Resolved::Gone,
+        View::Ready { svids, bundle } => (svids, bundle),
+    };
+    let td = bundle.id();
+    // The identities the caller is entitled to, issued or not yet.
+    let entitled: Vec<String> = idx
+        .iter()
+        .filter_map(|i| workloads.get(*i))
+        .map(|w| format!("{td}/ns/{}/sa/{}", w.namespace, w.service_account))
+        .collect();
+    let all: Vec<String>;
+    let names = if names.is_empty() {
+        let mut v = vec![DEFAULT_NAME.to_string()];
+        v.extend(svids.iter().map(|s| s.spiffe_id.clone()));
+        v.push(ROOT_NAME.into());
+        v.push(td.clone());
+        v.dedup();
+        all = v;
+        &all
+    } else {
+        names
+    };
+    let denied: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            !(n.as_str() == DEFAULT_NAME
+                || n.as_str() == ROOT_NAME
+                || n.as_str() == ALL_NAME
+                || **n == td
+                || entitled.contains(n))
+        })
+        .collect();
+    if !denied.is_empty() {
+        return Resolved::Denied(format!(
+            "workload is not authorized for the requested identities {denied:?}"
+        ));
+    }
+    let mut out = BTreeMap::new();
+    let mut certs = 0;
+    for n in names {
+        let secret = if n == DEFAULT_NAME {
+            svids
+                .first()
+                .map(|s| tls_secret(n, &s.chain_pem, &s.key_pem))
+        } else if n == ROOT_NAME || n == ALL_NAME || *n == td {
+            Some(validation_secret(n, &bundle.roots_pem))
+        } else {
+            svids
+                .iter()
+                .find(|s| &s.spiffe_id == n)
+                .map(|s| tls_secret(n, &s.chain_pem, &s.key_pem))
+        };
+        if let Some(s) = secret {
+            if matches!(s.r#type, Some(secret::Type::TlsCertificate(_))) {
+                certs += 1;
+            }
+            out.insert(n.clone(), s.encode_to_vec());
+        }
+    }
+    Resolved::Ready(out, certs)
+}
+
+fn response(
+    version: String,
+    nonce: String,
+    resources: &BTreeMap<String, Vec<u8>>,
+) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: version,
+        resources: resources
+            .values()
+            .map(|v| Any {
+                type_url: SECRET_TYPE.into(),
+                value: v.clone(),
+            })
+            .collect(),
+        type_url: SECRET_TYPE.into(),
+        nonce,
+        ..Default::default()
+    }
+}
+
+fn request_of(r: &DiscoveryRequest) -> xds::Request {
+    xds::Request {
+        version_info: r.version_info.clone(),
+        resource_names: r.resource_names.clone(),
+        response_nonce: r.response_nonce.clone(),
+        error: r.error_detail.as_ref().map(|e| (e.code, e.message.clone())),
+    }
+}
+
+fn gone() -> Status {
+    Status::permission_denied(
+        "no identity issued: the pod of every workload entry the caller matches is gone",
+    )
+}
+
+#[derive(Clone)]
+pub struct Sds {
+    pub shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for Sds {
+    type DeltaSecretsStream = Out<DeltaDiscoveryResponse>;
+    type StreamSecretsStream = Out<DiscoveryResponse>;
+
+    async fn delta_secrets(
+        &self,
+        _req: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        Err(Status::unimplemented(
+            "DeltaSecrets is not implemented: use StreamSecrets (api_type: GRPC)",
+        ))
+    }
+
+    async fn stream_secrets(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        let idx = attest(&self.shared, &req, "sds")?;
+        let mut inbound = req.into_inner();
+        let shared = self.shared.clone();
+        let (tx, rx) = mpsc::channel::<Result<DiscoveryResponse, Status>>(4);
+        tokio::spawn(async move {
+            let mut st = xds::Stream::default();
+            let mut sub = shared.subscribe();
+            let mut node = String::new();
+            loop {
+                tokio::select! {
+                    m = inbound.message() => match m {
+                        Ok(Some(r)) => {
+                            if let Some(n) = &r.node && node.is_empty() {
+                                node = n.id.clone();
+                            }
+                            if !r.type_url.is_empty() && r.type_url != SECRET_TYPE {
+                                let _ = tx.send(Err(Status::invalid_argument(format!(
+                                    "type_url: {:?} is not served here (only {SECRET_TYPE})",
+                                    r.type_url
+                                )))).await;
+                                return;
+                            }
+                            match st.on_request(&request_of(&r), SystemTime::now()) {
+                                xds::Verdict::Nack { nonce, message } => {
+                                    tracing::warn!(envoy_node = %node, nonce = %nonce, names = ?r.resource_names, "SDS: Envoy rejected a response (NACK), it keeps serving the last good version: {message}");
+                                    continue;
+                                }
+                                xds::Verdict::Stale => continue,
+                                xds::Verdict::Ack { version } => {
+                                    tracing::debug!(envoy_node = %node, version = %version, "SDS: ACK");
+                                }
+                                xds::Verdict::Initial => {
+                                    tracing::debug!(envoy_node = %node, names = ?r.resource_names, "SDS: subscription");
+                                }
+                            }
+                        }
+                        Ok(None) | Err(_) => return,
+                    },
+                    r = sub.changed() => if r.is_err() { return },
+                    () = tx.closed() => return,
+                }
+                let snap = sub.borrow_and_update().clone();
+                match resolve(&snap, &idx, &shared.workloads, st.names()) {
+                    Resolved::Pending => {}
+                    Resolved::Gone => {
+                        let _ = tx.send(Err(gone())).await;
+                        return;
+                    }
+                    Resolved::Denied(msg) => {
+                        let _ = tx.send(Err(Status::invalid_argument(msg))).await;
+                        return;
+                    }
+                    Resolved::Ready(content, certs) => {
+                        if let Some(r) = st.respond(content) {
+                            tracing::debug!(envoy_node = %node, version = %r.version, nonce = %r.nonce, "SDS: push");
+                            if tx
+                                .send(Ok(response(r.version, r.nonce, &r.resources)))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            metrics::served("sds", certs);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        req: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        let idx = attest(&self.shared, &req, "sds")?;
+        let r = req.into_inner();
+        if !r.type_url.is_empty() && r.type_url != SECRET_TYPE {
+            return Err(Status::invalid_argument(format!(
+                "type_url: {:?} is not served here (only {SECRET_TYPE})",
+                r.type_url
+            )));
+        }
+        match resolve(
+            &self.shared.snapshot(),
+            &idx,
+            &self.shared.workloads,
+            &r.resource_names,
+        ) {
+            Resolved::Pending => Err(Status::unavailable(
+                "the caller's identity is still being issued; retry",
+            )),
+            Resolved::Gone => Err(gone()),
+            Resolved::Denied(msg) => Err(Status::invalid_argument(msg)),
+            Resolved::Ready(content, certs) => {
+                use std::hash::{Hash as _, Hasher as _};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                content.hash(&mut h);
+                metrics::served("sds", certs);
+                Ok(Response::new(response(
+                    format!("{:016x}", h.finish()),
+                    String::new(),
+                    &content,
+                )))
+            }
+        }
+    }
+}
