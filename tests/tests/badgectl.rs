@@ -596,3 +596,396 @@ async fn connection_from_the_badge_up_env_file() {
     let e = format!("{:#}", r.expect_err("no issuer endpoint"));
     assert!(e.contains("no issuer endpoint configured"), "{e}");
 }
+
+/// Runs openssl in `dir`; its stdout (panics on failure, with its stderr).
+fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The PEM labels of a file, in order.
+fn pem_labels(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("-----BEGIN ")?.strip_suffix("-----"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A credential bundle written by `create certificate`, checked by openssl (a
+/// third-party verifier): mode 0600; the PKCS#8 key first, then leaf and
+/// intermediate (no root); the chain verifies against `get trust-bundle`'s roots;
+/// the key is the leaf's; the leaf's only URI SAN is `spiffe_id`. The leaf's
+/// lifetime in seconds.
+fn check_bundle(dir: &Path, file: &str, spiffe_id: &str) -> i64 {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(file);
+    let mode = std::fs::metadata(&path)
+        .expect("bundle")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{file}: mode {mode:o}");
+    let text = std::fs::read_to_string(&path).expect("read bundle");
+    assert_eq!(
+        pem_labels(&text),
+        ["PRIVATE KEY", "CERTIFICATE", "CERTIFICATE"],
+        "{file}: key, leaf, intermediate"
+    );
+    let verified = openssl(
+        dir,
+        &["verify", "-CAfile", "bundle.pem", "-untrusted", file, file],
+    );
+    assert_eq!(verified.trim(), format!("{file}: OK"));
+    let from_key = openssl(dir, &["pkey", "-in", file, "-pubout"]);
+    let from_leaf = openssl(dir, &["x509", "-in", file, "-noout", "-pubkey"]);
+    assert!(from_key.contains("BEGIN PUBLIC KEY"), "{from_key}");
+    assert_eq!(from_key, from_leaf, "{file}: the key is the leaf's");
+    let san = openssl(
+        dir,
+        &["x509", "-in", file, "-noout", "-ext", "subjectAltName"],
+    );
+    let names: Vec<&str> = san
+        .lines()
+        .skip(1)
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .collect();
+    assert_eq!(names, [format!("URI:{spiffe_id}")], "{san}");
+    // Lifetime, read by x509-parser from the leaf (the file's second block).
+    let leaf_pem = &text[text.find("-----BEGIN CERTIFICATE-----").expect("leaf")..];
+    let (_, pem) = x509_parser::pem::parse_x509_pem(leaf_pem.as_bytes()).expect("leaf pem");
+    let leaf = pem.parse_x509().expect("leaf");
+    leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp()
+}
+
+/// `get trust-bundle` and `create certificate` end to end, the certificate checked by
+/// openssl against the bundle; every key type; an existing token (--token-file,
+/// --token); and the errors a user hits.
+#[tokio::test]
+async fn create_certificate_and_get_trust_bundle() {
+    let s = stack().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let objects = write(
+        dir,
+        "shop.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: web\n  namespace: shop\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: db\n  namespace: shop\n",
+    );
+    ok(&s, &["apply", "-f", &objects]).await;
+    // The trust domain is the issuer URL's host (no `[ca] trust_domain` here).
+    let web_id = "spiffe://127.0.0.1/ns/shop/sa/web";
+
+    // The trust bundle: PEM roots (what the HTTPS endpoint serves too), and the SPIFFE
+    // bundle document.
+    let pem = ok(&s, &["get", "trust-bundle"]).await;
+    assert_eq!(pem_labels(&pem), ["CERTIFICATE"], "one CA: {pem}");
+    let (status, _, served) = badge_tests::https_get(
+        s.issuer.oidc,
+        "/.well-known/spiffe-bundle.pem",
+        &s.identity.pki.ca,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(pem.trim(), String::from_utf8_lossy(&served).trim());
+    std::fs::write(dir.join("bundle.pem"), &pem).expect("write bundle");
+    let json = ok(&s, &["get", "trust-bundle", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let keys = v["keys"].as_array().expect("keys");
+    assert!(
+        keys.iter()
+            .any(|k| k["use"] == "x509-svid" && k["x5c"].as_array().is_some_and(|c| c.len() == 1)),
+        "{json}"
+    );
+    assert!(keys.iter().any(|k| k["use"] == "jwt-svid"), "{json}");
+    assert!(v["spiffe_refresh_hint"].as_i64().is_some(), "{json}");
+    let e = err(&s, &["get", "trust-bundle", "-o", "yaml"]).await;
+    assert!(e.contains("pem (default) or json"), "{e}");
+    let e = err(&s, &["get", "sa", "-o", "pem"]).await;
+    assert!(e.contains("-o pem is for trust-bundle only"), "{e}");
+
+    // create certificate: a token requested for the account (admin certificate), a
+    // P-256 key, the requested lifetime.
+    let out = ok(
+        &s,
+        &[
+            "create",
+            "certificate",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            &dir.join("web.pem").display().to_string(),
+            "--duration",
+            "2h",
+        ],
+    )
+    .await;
+    assert_eq!(out, "", "nothing on stdout: the key only goes to the file");
+    assert_eq!(check_bundle(dir, "web.pem", web_id), 7200);
+    let text = openssl(dir, &["pkey", "-in", "web.pem", "-noout", "-text"]);
+    assert!(
+        text.contains("prime256v1") || text.contains("P-256"),
+        "{text}"
+    );
+    // Again: the file is replaced in place (a renewal), still 0600.
+    ok(
+        &s,
+        &[
+            "create",
+            "certificate",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            &dir.join("web.pem").display().to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        check_bundle(dir, "web.pem", web_id),
+        86_400,
+        "the server's default"
+    );
+
+    // Every other key type the CA takes (RSA4096 is RSA3072's code, only slower).
+    for (key_type, file, marker) in [
+        ("ECDSAP384", "p384.pem", "secp384r1"),
+        ("ECDSAP521", "p521.pem", "secp521r1"),
+        ("ED25519", "ed.pem", "ED25519"),
+        ("RSA3072", "rsa.pem", "3072 bit"),
+    ] {
+        let path = dir.join(file).display().to_string();
+        ok(
+            &s,
+            &[
+                "create",
+                "certificate",
+                "web",
+                "-n",
+                "shop",
+                "--key-type",
+                key_type,
+                "-o",
+                &path,
+            ],
+        )
+        .await;
+        check_bundle(dir, file, web_id);
+        let text = openssl(dir, &["pkey", "-in", file, "-noout", "-text"]);
+        assert!(text.contains(marker), "{key_type}: {text}");
+    }
+
+    // An existing token (audience istio-ca), as a workload has it: --token-file and
+    // --token, with no client certificate at all. Such a token may not read the trust
+    // bundle, so the CSR names no identity and the CA issues for the token's.
+    let token = ok(
+        &s,
+        &[
+            "create",
+            "token",
+            "web",
+            "-n",
+            "shop",
+            "--audience",
+            "istio-ca",
+        ],
+    )
+    .await;
+    let token = token.trim().to_string();
+    let token_file = write(dir, "web.token", &format!("{token}\n"));
+    let (r, out) = run_ctl(
+        &[
+            "create",
+            "certificate",
+            "web",
+            "-n",
+            "shop",
+            "--token-file",
+            &token_file,
+            "-o",
+            &dir.join("from-file.pem").display().to_string(),
+        ],
+        &s.endpoints(),
+    )
+    .await;
+    assert_eq!(r.expect("with --token-file"), 0, "{out}");
+    check_bundle(dir, "from-file.pem", web_id);
+    let mut as_token = s.endpoints();
+    as_token.extend(["--token".to_string(), token.clone()]);
+    // (Why the fallback: GetTrustBundle reviews with the API audiences.)
+    let (r, _) = run_ctl(&["get", "trust-bundle"], &as_token).await;
+    let e = format!(
+        "{:#}",
+        r.expect_err("an istio-ca token is not an API credential")
+    );
+    assert!(e.starts_with("Unauthorized: "), "{e}");
+    let (r, out) = run_ctl(
+        &[
+            "create",
+            "certificate",
+            "web",
+            "-n",
+            "shop",
+            "--trust-domain",
+            "127.0.0.1",
+            "-o",
+            &dir.join("from-flag.pem").display().to_string(),
+        ],
+        &as_token,
+    )
+    .await;
+    assert_eq!(r.expect("with --token"), 0, "{out}");
+    check_bundle(dir, "from-flag.pem", web_id);
+    // web's token, asking for db's certificate: the CA refuses, naming both.
+    let (r, _) = run_ctl(
+        &[
+            "create",
+            "certificate",
+            "db",
+            "-n",
+            "shop",
+            "--trust-domain",
+            "127.0.0.1",
+            "-o",
+            &dir.join("db.pem").display().to_string(),
+        ],
+        &as_token,
+    )
+    .await;
+    let e = format!("{:#}", r.expect_err("another account's identity"));
+    assert!(
+        e.starts_with("Forbidden: ")
+            && e.contains("spiffe://127.0.0.1/ns/shop/sa/db")
+            && e.contains(web_id),
+        "{e}"
+    );
+    assert!(!e.contains(&token), "the token never appears in errors");
+    // Without the trust domain, the CA issues web's certificate: badgectl refuses it.
+    let (r, _) = run_ctl(
+        &[
+            "create",
+            "certificate",
+            "db",
+            "-n",
+            "shop",
+            "-o",
+            &dir.join("db.pem").display().to_string(),
+        ],
+        &as_token,
+    )
+    .await;
+    let e = format!("{:#}", r.expect_err("not db's certificate"));
+    assert!(
+        e.contains(&format!("issued a certificate for {web_id}")),
+        "{e}"
+    );
+    assert!(!dir.join("db.pem").exists(), "nothing written");
+    let (r, _) = run_ctl(
+        &[
+            "create",
+            "certificate",
+            "web",
+            "--token-file",
+            &token_file,
+            "-o",
+            "x.pem",
+        ],
+        &as_token,
+    )
+    .await;
+    let e = format!("{:#}", r.expect_err("both"));
+    assert!(
+        e.contains("either --token (BADGE_TOKEN) or --token-file"),
+        "{e}"
+    );
+
+    // Errors. An unknown account: named, nothing written.
+    let missing = dir.join("nope.pem").display().to_string();
+    let e = err(
+        &s,
+        &[
+            "create",
+            "certificate",
+            "nope",
+            "-n",
+            "shop",
+            "-o",
+            &missing,
+        ],
+    )
+    .await;
+    assert!(
+        e.contains("service account shop/nope") && e.contains("NotFound") && e.contains("\"nope\""),
+        "{e}"
+    );
+    assert!(!dir.join("nope.pem").exists());
+    // Below Istio's minimum lifetime: the server's INVALID_ARGUMENT text.
+    let short = dir.join("short.pem").display().to_string();
+    let e = err(
+        &s,
+        &[
+            "create",
+            "certificate",
+            "web",
+            "-n",
+            "shop",
+            "--duration",
+            "10m",
+            "-o",
+            &short,
+        ],
+    )
+    .await;
+    assert!(
+        e.starts_with("Invalid: ")
+            && e.contains("requested TTL 10m0s is less than the min allowed TTL 1h0m0s"),
+        "{e}"
+    );
+    assert!(!dir.join("short.pem").exists());
+    // No -o: refused before anything is requested.
+    let e = err(&s, &["create", "certificate", "web", "-n", "shop"]).await;
+    assert!(e.contains("pass -o FILE"), "{e}");
+    // A symbolic link: refused, its target untouched.
+    std::fs::write(dir.join("target"), "keep").expect("write");
+    std::os::unix::fs::symlink(dir.join("target"), dir.join("link.pem")).expect("symlink");
+    let link = dir.join("link.pem").display().to_string();
+    let e = err(
+        &s,
+        &["create", "certificate", "web", "-n", "shop", "-o", &link],
+    )
+    .await;
+    assert!(e.contains("is a symbolic link"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("target")).expect("read"),
+        "keep"
+    );
+    // A key type the CA does not take: clap names the value and the choices.
+    let e = badgectl::Cli::try_parse_from([
+        "badgectl",
+        "create",
+        "certificate",
+        "web",
+        "--key-type",
+        "DSA1024",
+        "-o",
+        "x.pem",
+    ])
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        e.contains("invalid value 'DSA1024' for '--key-type")
+            && e.contains("ECDSAP256")
+            && e.contains("ED25519"),
+        "{e}"
+    );
+}

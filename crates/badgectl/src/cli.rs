@@ -5,11 +5,15 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use badge_core::spiffe::{SpiffeId, TrustDomain};
+use badge_proto::certificates as ca;
+use badge_proto::istio::v1::auth as istio;
 use badge_proto::{review as rv, token as tk};
 use clap::{CommandFactory, Parser, Subcommand};
 use tonic::Code;
 
 use crate::api::{Api, is_subset, merge_for_update};
+use crate::cert::{self, KeyType};
 use crate::conn::{Connection, ConnectionArgs, status_error};
 use crate::k8s::{self, Kind, Object, Proto};
 use crate::manifest;
@@ -41,7 +45,7 @@ pub enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         filename: Vec<PathBuf>,
     },
-    /// List objects, or show one.
+    /// List objects, or show one; `get trust-bundle` prints the workload CA's roots.
     Get(GetArgs),
     /// Delete one object.
     Delete {
@@ -73,13 +77,14 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct GetArgs {
-    /// Kind: ns, sa, secret(s), po, no, role(s), clusterrole(s), rolebinding(s), clusterrolebinding(s).
+    /// Kind: ns, sa, secret(s), po, no, role(s), clusterrole(s), rolebinding(s), clusterrolebinding(s);
+    /// or trust-bundle.
     pub kind: String,
     pub name: Option<String>,
     /// Every namespace.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
-    /// wide, yaml or json (default: a table).
+    /// wide, yaml or json (default: a table); trust-bundle: pem (default) or json.
     #[arg(short = 'o', long)]
     pub output: Option<Output>,
 }
@@ -89,12 +94,19 @@ pub enum Output {
     Wide,
     Yaml,
     Json,
+    /// trust-bundle only: the X.509 roots as PEM.
+    Pem,
 }
 
 #[derive(Subcommand)]
 pub enum CreateCommand {
     /// Request a service-account token (TokenRequest) and print it.
     Token(TokenArgs),
+    /// Get a workload certificate (X.509-SVID) for a service account and write it
+    /// with its new private key to a file (-o): key PEM first, then the chain, leaf
+    /// first. With --token/--token-file that token is presented as is; otherwise a
+    /// 10-minute token for the account is requested first (TokenRequest).
+    Certificate(CertificateArgs),
 }
 
 #[derive(clap::Args)]
@@ -115,6 +127,33 @@ pub struct TokenArgs {
     /// The bound object's uid (default: looked up).
     #[arg(long, requires = "bound_object_kind")]
     pub bound_object_uid: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct CertificateArgs {
+    /// The service account: the certificate is for spiffe://<trust domain>/ns/<namespace>/sa/<name>.
+    pub service_account: String,
+    /// The file to write the private key and the certificate chain to (mode 0600,
+    /// replaced atomically). Required: the private key is only ever written to a file.
+    #[arg(short = 'o', long = "output-file", value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+    /// Type of the new private key.
+    #[arg(long, value_enum, ignore_case = true, default_value = "ECDSAP256")]
+    pub key_type: KeyType,
+    /// Lifetime, e.g. `1h`, `12h`, `86400s` (default: the server's, 24h; Badge issues
+    /// 1h to 24h).
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Audience of the token requested for the account (the CA's: `ca.istio_audiences`).
+    #[arg(long, default_value = "istio-ca")]
+    pub audience: String,
+    /// Present the service-account token in this file (audience istio-ca) instead of
+    /// requesting one; like --token.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// The trust domain of the SPIFFE ID (default: the server's, from GetTrustBundle).
+    #[arg(long)]
+    pub trust_domain: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -170,12 +209,28 @@ pub async fn run(cli: Cli) -> std::process::ExitCode {
 }
 
 /// Runs one command, writing its output to `out`; 0 or 1 (e.g. `auth can-i` no).
-pub async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
+pub async fn execute(mut cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
     let explicit_ns = cli.namespace.clone();
     if let Command::Completion { shell } = &cli.command {
         let mut cmd = Cli::command();
         clap_complete::generate(*shell, &mut cmd, "badgectl", out);
         return Ok(0);
+    }
+    if let Command::Create(CreateCommand::Certificate(a)) = &cli.command {
+        // Refuse before anything is requested.
+        let Some(path) = &a.output_file else {
+            bail!(
+                "pass -o FILE (--output-file): the private key is only written to a file, never printed"
+            );
+        };
+        cert::check_output_path(path)?;
+        if let Some(file) = &a.token_file {
+            if cli.conn.token.is_some() {
+                bail!("pass either --token (BADGE_TOKEN) or --token-file, not both");
+            }
+            // The same as `--token "$(cat FILE)"`.
+            cli.conn.token = Some(cert::read_token_file(file)?.to_string());
+        }
     }
     let conn = cli.conn.connect()?;
     let namespace = explicit_ns
@@ -202,6 +257,9 @@ pub async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Create(CreateCommand::Token(a)) => create_token(&conn, a, &namespace, out).await,
+        Command::Create(CreateCommand::Certificate(a)) => {
+            create_certificate(&conn, a, &namespace).await
+        }
         Command::Auth(AuthCommand::CanI(a)) => can_i(&conn, a, &namespace, out).await,
         Command::Review { token, audiences } => review(&conn, token, audiences, out).await,
         Command::Keys(k) => keys(&conn, k, out).await,
@@ -212,7 +270,7 @@ pub async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
 fn parse_kind(s: &str) -> anyhow::Result<Kind> {
     Kind::parse(s).with_context(|| {
         format!(
-            "the server doesn't have a resource type {s:?} (badgectl knows namespaces, serviceaccounts, secrets, pods, nodes, roles, clusterroles, rolebindings, clusterrolebindings)"
+            "the server doesn't have a resource type {s:?} (badgectl knows namespaces, serviceaccounts, secrets, pods, nodes, roles, clusterroles, rolebindings, clusterrolebindings, and get trust-bundle)"
         )
     })
 }
@@ -350,6 +408,12 @@ async fn get(
     namespace: &str,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
+    if is_trust_bundle(&a.kind) {
+        return trust_bundle(conn, &a, out).await;
+    }
+    if a.output == Some(Output::Pem) {
+        bail!("-o pem is for trust-bundle only (objects: -o wide, yaml or json)");
+    }
     let kind = parse_kind(&a.kind)?;
     let api = Api::new(conn.identity()?);
     let ns = if !kind.namespaced() || a.all_namespaces {
@@ -721,6 +785,183 @@ async fn create_token(
     Ok(0)
 }
 
+// ---- create certificate, get trust-bundle ----
+
+/// Lifetime of the token `create certificate` requests for the account: the shortest
+/// TokenRequest allows; it is only presented once, a moment later.
+pub const CERTIFICATE_TOKEN_SECONDS: i64 = 600;
+
+async fn create_certificate(
+    conn: &Connection,
+    a: CertificateArgs,
+    namespace: &str,
+) -> anyhow::Result<u8> {
+    let Some(path) = a.output_file.clone() else {
+        bail!("pass -o FILE (--output-file): the private key is only written to a file");
+    };
+    let validity_duration = match &a.duration {
+        Some(d) => {
+            let secs = parse_duration(d)?.as_secs();
+            if secs == 0 {
+                bail!("--duration must be positive");
+            }
+            i64::try_from(secs).context("duration too long")?
+        }
+        // The server's default (Istio's rule for 0).
+        None => 0,
+    };
+    let sa = a.service_account.as_str();
+    // (a) The account's token: the one given, else a short-lived one requested for it.
+    let token = if conn.settings().token.is_some() {
+        None // the connection presents it (--token, BADGE_TOKEN, --token-file, context)
+    } else {
+        let r = tk::token_service_client::TokenServiceClient::new(conn.issuer()?)
+            .create_token(tk::CreateTokenRequest {
+                namespace: namespace.to_string(),
+                name: sa.to_string(),
+                audiences: vec![a.audience.clone()],
+                expiration_seconds: Some(CERTIFICATE_TOKEN_SECONDS),
+                bound_object_ref: None,
+                service_account_uid: String::new(),
+            })
+            .await
+            .map_err(|s| status_error(&s))
+            .with_context(|| format!("requesting a token for service account {namespace}/{sa}"))?
+            .into_inner();
+        for w in &r.warnings {
+            eprintln!("Warning: {w}");
+        }
+        Some(zeroize::Zeroizing::new(r.token))
+    };
+    // (b) The SPIFFE ID: in the server's trust domain (GetTrustBundle says which);
+    // when the credential may not read it, the CSR names no identity and the CA
+    // issues for the token's (its rule), which is checked on the leaf below.
+    let trust_domain = match &a.trust_domain {
+        Some(td) => Some(
+            TrustDomain::parse_field("--trust-domain", td).map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        None => server_trust_domain(conn).await?,
+    };
+    let expected = match &trust_domain {
+        Some(td) => Some(
+            SpiffeId::for_service_account(td, namespace, sa).map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        None => None,
+    };
+    let key_type = a.key_type;
+    let for_csr = expected.clone();
+    let generated =
+        tokio::task::spawn_blocking(move || cert::key_and_csr(key_type, for_csr.as_ref()))
+            .await
+            .context("generating the key")??;
+    // (c) Istio's CreateCertificate with the token as bearer credential.
+    let mut req = tonic::Request::new(istio::IstioCertificateRequest {
+        csr: generated.csr_pem.clone(),
+        validity_duration,
+        metadata: None,
+    });
+    if let Some(t) = &token {
+        let value = format!("Bearer {}", t.as_str())
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the token is not a valid header value"))?;
+        req.metadata_mut().insert("authorization", value);
+    }
+    let chain =
+        istio::istio_certificate_service_client::IstioCertificateServiceClient::new(conn.issuer()?)
+            .create_certificate(req)
+            .await
+            .map_err(|s| {
+                let e = status_error(&s);
+                if s.code() == Code::Unauthenticated && token.is_none() {
+                    e.context(format!(
+                "CreateCertificate takes the service account's own token with audience {:?}",
+                a.audience
+            ))
+                } else {
+                    e
+                }
+            })?
+            .into_inner()
+            .cert_chain;
+    // (d) The leaf is for our key and the expected identity; key + chain to the file.
+    let (chain, leaf) =
+        cert::check_chain(&chain, &generated.spki, expected.as_ref(), namespace, sa)?;
+    let bundle = cert::bundle(&generated.key_pem, &chain);
+    cert::write_private_file(&path, bundle.as_bytes())?;
+    eprintln!("{}: {}", path.display(), leaf.summary());
+    Ok(0)
+}
+
+/// The trust domain the server issues in; `None` when this credential may not ask
+/// (an `istio-ca`-only token is not accepted for GetTrustBundle) or the server has no
+/// such method.
+async fn server_trust_domain(conn: &Connection) -> anyhow::Result<Option<TrustDomain>> {
+    let r = ca::certificate_authority_service_client::CertificateAuthorityServiceClient::new(
+        conn.issuer()?,
+    )
+    .get_trust_bundle(ca::GetTrustBundleRequest {})
+    .await;
+    match r {
+        Ok(r) => {
+            let td = r.into_inner().trust_domain;
+            TrustDomain::parse(&td)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("the server's trust domain {td:?}: {e}"))
+        }
+        Err(s)
+            if matches!(
+                s.code(),
+                Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(s) => Err(status_error(&s)).context("reading the trust domain (GetTrustBundle)"),
+    }
+}
+
+fn is_trust_bundle(kind: &str) -> bool {
+    matches!(
+        kind,
+        "trust-bundle" | "trust-bundles" | "trustbundle" | "trustbundles"
+    )
+}
+
+async fn trust_bundle(conn: &Connection, a: &GetArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    if let Some(name) = &a.name {
+        bail!("trust-bundle takes no name (got {name:?}): there is one, the trust domain's");
+    }
+    let format = match a.output {
+        None | Some(Output::Pem) => Output::Pem,
+        Some(Output::Json) => Output::Json,
+        Some(Output::Wide) => bail!("trust-bundle prints -o pem (default) or json, not wide"),
+        Some(Output::Yaml) => bail!("trust-bundle prints -o pem (default) or json, not yaml"),
+    };
+    let b = ca::certificate_authority_service_client::CertificateAuthorityServiceClient::new(
+        conn.issuer()?,
+    )
+    .get_trust_bundle(ca::GetTrustBundleRequest {})
+    .await
+    .map_err(|s| status_error(&s))?
+    .into_inner();
+    let text = if format == Output::Json {
+        b.spiffe_bundle_json
+    } else {
+        if b.roots_pem.trim().is_empty() {
+            bail!(
+                "the trust bundle of {:?} has no X.509 roots: the workload CA is disabled or has no CA yet",
+                b.trust_domain
+            );
+        }
+        b.roots_pem
+    };
+    write!(out, "{text}")?;
+    if !text.ends_with('\n') {
+        writeln!(out)?;
+    }
+    Ok(0)
+}
+
 // ---- auth can-i ----
 
 /// `pods/log` → (pods, "", log); `jobs.batch` → (jobs, batch, ""); short names expand.
@@ -1010,6 +1251,95 @@ mod tests {
             parse_rfc3339(&k8s::rfc3339(&t)),
             Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
         );
+    }
+
+    #[test]
+    fn certificate_arguments() {
+        let c = Cli::try_parse_from([
+            "badgectl",
+            "create",
+            "certificate",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "web.pem",
+        ])
+        .expect("parses");
+        assert_eq!(c.namespace.as_deref(), Some("shop"));
+        let Command::Create(CreateCommand::Certificate(a)) = c.command else {
+            panic!("create certificate");
+        };
+        assert_eq!(a.service_account, "web");
+        assert_eq!(a.output_file, Some(PathBuf::from("web.pem")));
+        assert_eq!(a.key_type, KeyType::EcdsaP256, "the default");
+        assert_eq!(a.audience, "istio-ca", "the CA's default audience");
+        assert!(a.duration.is_none() && a.token_file.is_none() && a.trust_domain.is_none());
+
+        let c = Cli::try_parse_from([
+            "badgectl",
+            "create",
+            "certificate",
+            "web",
+            "--key-type",
+            "ed25519",
+            "--duration",
+            "12h",
+            "--output-file",
+            "/run/web.pem",
+            "--token-file",
+            "/run/token",
+            "--audience",
+            "mesh",
+            "--trust-domain",
+            "example.org",
+        ])
+        .expect("parses");
+        let Command::Create(CreateCommand::Certificate(a)) = c.command else {
+            panic!("create certificate");
+        };
+        assert_eq!(a.key_type, KeyType::Ed25519, "case-insensitive");
+        assert_eq!(
+            parse_duration(a.duration.as_deref().expect("set"))
+                .expect("ok")
+                .as_secs(),
+            43_200
+        );
+        assert_eq!(a.token_file, Some(PathBuf::from("/run/token")));
+        assert_eq!(a.audience, "mesh");
+        assert_eq!(a.trust_domain.as_deref(), Some("example.org"));
+
+        let e = Cli::try_parse_from([
+            "badgectl",
+            "create",
+            "certificate",
+            "web",
+            "--key-type",
+            "RSA2048",
+        ])
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            e.contains("'RSA2048'") && e.contains("RSA3072, RSA4096"),
+            "{e}"
+        );
+
+        for (args, want) in [
+            (vec!["get", "trust-bundle"], None),
+            (vec!["get", "trust-bundle", "-o", "pem"], Some(Output::Pem)),
+            (
+                vec!["get", "trust-bundle", "-o", "json"],
+                Some(Output::Json),
+            ),
+        ] {
+            let c = Cli::try_parse_from(std::iter::once("badgectl").chain(args)).expect("parses");
+            let Command::Get(g) = c.command else {
+                panic!("get");
+            };
+            assert!(is_trust_bundle(&g.kind));
+            assert_eq!(g.output, want);
+        }
     }
 
     #[test]
