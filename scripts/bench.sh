@@ -7,7 +7,10 @@
 #      like Badge's own (64 B, and the size of the reviewed token);
 #   3. per algorithm (ES256, RS256) against `badge up`: CreateToken, CreateTokenReview of
 #      one of its tokens with a warm cache and with the cache off (a second
-#      token-review process: every review decodes and verifies); SubjectAccessReview.
+#      token-review process: every review decodes and verifies); SubjectAccessReview;
+#   4. workload certificates (scripts/bench-certificates.sh): CSR verification per core,
+#      Istio CreateCertificate (ECDSA P-256, RSA-3072), CreatePodCertificate and a
+#      10,000-workload fleet restart, beside the echo ceiling of that run.
 # Needs PostgreSQL on 127.0.0.1:5432. Loopback only; every run is bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +18,7 @@ DUR=${DUR:-10s}
 N=${N:-2}
 M=${M:-64}
 DB=${DB:-postgres://postgres@127.0.0.1:5432}
-cargo build --release -q -p badge-cli -p badge-bench -p badge-keys -p badge-token-review --bins --example sign_rate
+cargo build --release -q -p badge-cli -p badge-bench -p badge-keys -p badge-token-review -p badgectl --bins --example sign_rate
 T=${CARGO_TARGET_DIR:-$PWD/target}
 R=$T/release
 B=$R/badge-bench
@@ -82,3 +85,5 @@ for alg in ES256 RS256; do
   sleep 1
   psql -qh 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS \"${db##*/}\" WITH (FORCE)" >/dev/null 2>&1 || true
 done
+
+BUILT=1 DUR=$DUR N=$N M=$M DB=$DB scripts/bench-certificates.sh
