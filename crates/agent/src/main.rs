@@ -1,4 +1,4 @@
-//! `badge-agent`: see [`badge_agent`]. `badge-agent node --config agent.yaml` runs
+//! `badge-agent`: see [`badge_agent`]. `badge-agent node --agent-config agent.yaml` runs
 //! the node agent ([`badge_agent::node`]); anything else the projected-token agent.
 
 #![forbid(unsafe_code)]

@@ -1,4 +1,4 @@
-//! `badge-agent node --config agent.yaml`: which pods this agent speaks for, how
+//! `badge-agent node --agent-config agent.yaml`: which pods this agent speaks for, how
 //! their callers are recognised, and where the socket is.
 //!
 //! ```yaml

@@ -1,4 +1,4 @@
-//! Node-agent mode (`badge-agent node --config agent.yaml`): one agent per host
+//! Node-agent mode (`badge-agent node --agent-config agent.yaml`): one agent per host
 //! speaks for the pods listed in its configuration. For each it keeps an
 //! X.509-SVID (key generated here, certificate from token-issuer's
 //! `CreatePodCertificate` asked as the node), follows the trust bundle, and serves
@@ -40,16 +40,17 @@ pub use config::{NodeConfig, Settings};
 pub struct NodeArgs {
     #[command(flatten)]
     pub conn: ConnectionArgs,
-    /// The agent's configuration (YAML): node, socket, workloads and their selectors.
-    #[arg(long)]
-    pub config: std::path::PathBuf,
+    /// The agent's configuration (YAML): node, socket, workloads and their
+    /// selectors. (`--config` is badgectl's connection file, as for every command.)
+    #[arg(long = "agent-config", short = 'f')]
+    pub agent_config: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for NodeArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeArgs")
             .field("conn", &self.conn)
-            .field("config", &self.config)
+            .field("agent_config", &self.agent_config)
             .finish()
     }
 }
@@ -128,7 +129,7 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> anyhow::Result<UnixListene
 /// [`run`] as the command line runs it: SIGHUP renews every SVID now; SIGTERM /
 /// Ctrl-C stop.
 pub async fn run_with_signals(args: NodeArgs) -> anyhow::Result<()> {
-    let config = NodeConfig::load(&args.config)?;
+    let config = NodeConfig::load(&args.agent_config)?;
     if let Err(e) =
         badge_runtime::telemetry::init_with(&config.log, &config.telemetry, "badge-agent")
     {

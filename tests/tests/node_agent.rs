@@ -1,0 +1,751 @@
+//! `badge-agent node` end to end against real identity and token-issuer servers
+//! (mTLS, Postgres): the SPIFFE Workload API driven by the `spiffe` crate's client,
+//! Envoy SDS driven by envoy-types' generated client as Envoy drives it, an mTLS
+//! handshake between two workloads using only what their agents gave them, and
+//! the end of a deleted pod's streams.
+//!
+//! Every connection from this test comes from the same uid, so the two workloads
+//! get two agents (two sockets, one node), each mapping this uid to another pod.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use badge_agent::node::{NodeArgs, NodeConfig, NodeHandle};
+use badge_proto::rbac as rb;
+use badge_tests::{IdentityServer, IssuerOptions, IssuerServer, meta, pb};
+use clap::Parser as _;
+use envoy_types::pb::envoy::config::core::v3::{Node, data_source::Specifier};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use prost::Message as _;
+use spiffe::WorkloadApiClient;
+use tokio_stream::StreamExt as _;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+struct Env {
+    identity: IdentityServer,
+    issuer: IssuerServer,
+    node: badge_runtime::pki::CertPaths,
+    dir: tempfile::TempDir,
+}
+
+/// This process's uid (the owner of /proc/self).
+fn my_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").expect("proc").uid()
+}
+
+async fn env() -> Env {
+    let identity = IdentityServer::start().await;
+    let issuer = IssuerServer::start(&identity, IssuerOptions::default()).await;
+    let id = identity.admin().await;
+    pb::namespace_service_client::NamespaceServiceClient::new(id.clone())
+        .create_namespace(pb::CreateNamespaceRequest {
+            namespace: Some(pb::Namespace {
+                metadata: meta("", "shop"),
+                status: None,
+            }),
+        })
+        .await
+        .expect("namespace");
+    for sa in ["web", "db"] {
+        pb::service_account_service_client::ServiceAccountServiceClient::new(id.clone())
+            .create_service_account(pb::CreateServiceAccountRequest {
+                service_account: Some(pb::ServiceAccount {
+                    metadata: meta("shop", sa),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("service account");
+    }
+    pb::node_service_client::NodeServiceClient::new(id.clone())
+        .create_node(pb::CreateNodeRequest {
+            node: Some(pb::Node {
+                metadata: meta("", "node-a"),
+            }),
+        })
+        .await
+        .expect("node");
+    for (pod, sa) in [("web-0", "web"), ("db-0", "db")] {
+        pb::pod_service_client::PodServiceClient::new(id.clone())
+            .create_pod(pb::CreatePodRequest {
+                pod: Some(pb::Pod {
+                    metadata: meta("shop", pod),
+                    spec: Some(pb::PodSpec {
+                        service_account_name: sa.into(),
+                        node_name: "node-a".into(),
+                        ..Default::default()
+                    }),
+                }),
+            })
+            .await
+            .expect("pod");
+    }
+    grant_node_agent(&id).await;
+    let node = identity.issue("node-a", "system:node:node-a", &["system:nodes"]);
+    Env {
+        identity,
+        issuer,
+        node,
+        dir: tempfile::tempdir().expect("tempdir"),
+    }
+}
+
+/// The node agent's RBAC, as README "Meshes" documents it.
+async fn grant_node_agent(admin: &Channel) {
+    let rule = |verbs: &[&str], group: &str, resources: &[&str]| rb::PolicyRule {
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        api_groups: vec![group.into()],
+        resources: resources.iter().map(|r| r.to_string()).collect(),
+        ..Default::default()
+    };
+    rb::cluster_role_service_client::ClusterRoleServiceClient::new(admin.clone())
+        .create_cluster_role(rb::CreateClusterRoleRequest {
+            cluster_role: Some(rb::ClusterRole {
+                metadata: meta("", "badge:node-agent"),
+                rules: vec![
+                    rule(&["get", "list", "watch"], "", &["pods"]),
+                    rule(&["get"], "", &["serviceaccounts", "nodes"]),
+                    rule(
+                        &["create"],
+                        "certificates.k8s.io",
+                        &["podcertificaterequests"],
+                    ),
+                    rule(&["create"], "badge.dev", &["jwtsvids"]),
+                ],
+            }),
+        })
+        .await
+        .expect("cluster role");
+    rb::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(admin.clone())
+        .create_cluster_role_binding(rb::CreateClusterRoleBindingRequest {
+            cluster_role_binding: Some(rb::ClusterRoleBinding {
+                metadata: meta("", "badge:node-agent"),
+                subjects: vec![rb::Subject {
+                    kind: "Group".into(),
+                    name: "system:nodes".into(),
+                    ..Default::default()
+                }],
+                role_ref: Some(rb::RoleRef {
+                    kind: "ClusterRole".into(),
+                    name: "badge:node-agent".into(),
+                    ..Default::default()
+                }),
+            }),
+        })
+        .await
+        .expect("cluster role binding");
+}
+
+struct Agent {
+    socket: PathBuf,
+    handle: NodeHandle,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    started: Instant,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.handle.stop();
+        self.task.abort();
+    }
+}
+
+impl Env {
+    /// Starts a node agent whose only entry maps `uid` to shop/`pod`.
+    fn agent(&self, name: &str, uid: u32, pod: &str, sa: &str) -> Agent {
+        let socket = self.dir.path().join(format!("{name}/agent.sock"));
+        let yaml = format!(
+            "node: node-a\nsocket: {}\npod_poll_ms: 1000\nbundle_poll_ms: 200\nrefresh_jitter_ms: 0\nworkloads:\n- selectors: [\"unix:uid:{uid}\"]\n  namespace: shop\n  pod: {pod}\n  service_account: {sa}\n",
+            socket.display()
+        );
+        let config: NodeConfig = serde_yaml::from_str(&yaml).expect("config");
+        let args = NodeArgs::try_parse_from([
+            "badge-agent node".to_string(),
+            "--agent-config".into(),
+            "unused.yaml".into(),
+            "--identity-endpoint".into(),
+            self.identity.url(),
+            "--issuer-endpoint".into(),
+            format!("https://{}", self.issuer.grpc),
+            "--ca".into(),
+            self.identity.pki.ca.display().to_string(),
+            "--client-cert".into(),
+            self.node.cert.display().to_string(),
+            "--client-key".into(),
+            self.node.key.display().to_string(),
+        ])
+        .expect("args");
+        let handle = NodeHandle::new();
+        let h = handle.clone();
+        let started = Instant::now();
+        let task = tokio::spawn(async move { badge_agent::node::run(&args.conn, config, h).await });
+        Agent {
+            socket,
+            handle,
+            task,
+            started,
+        }
+    }
+
+    async fn delete_pod(&self, name: &str) {
+        pb::pod_service_client::PodServiceClient::new(self.identity.admin().await)
+            .delete_pod(pb::DeletePodRequest {
+                namespace: "shop".into(),
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("delete pod");
+    }
+
+    fn trust_domain(&self) -> String {
+        // The default: the host of the first issuer URL.
+        let url = &self.issuer.issuer;
+        url.trim_start_matches("https://")
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+impl Agent {
+    async fn wait_for_socket(&self) {
+        for _ in 0..400 {
+            if self.socket.exists() {
+                return;
+            }
+            assert!(!self.task.is_finished(), "the agent exited during start-up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no socket at {}", self.socket.display());
+    }
+
+    async fn client(&self) -> WorkloadApiClient {
+        self.wait_for_socket().await;
+        WorkloadApiClient::connect_to(format!("unix:{}", self.socket.display()))
+            .await
+            .expect("workload api client")
+    }
+
+    /// A raw gRPC channel over the socket.
+    async fn channel(&self) -> Channel {
+        self.wait_for_socket().await;
+        let path = self.socket.clone();
+        tonic::transport::Endpoint::from_static("http://agent.invalid")
+            .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+            .expect("channel")
+    }
+}
+
+fn serial(ctx: &spiffe::X509Context) -> Vec<u8> {
+    ctx.default_svid().expect("svid").leaf().as_bytes().to_vec()
+}
+
+/// The Workload API with the `spiffe` crate: first SVID (timed), its SPIFFE ID, a
+/// rotation arriving on the open stream, JWT-SVIDs fetched and validated, the
+/// security header, and a caller no selector matches.
+#[tokio::test]
+async fn workload_api_x509_and_jwt() {
+    let e = env().await;
+    let td = e.trust_domain();
+    let web = e.agent("web", my_uid(), "web-0", "web");
+    let client = web.client().await;
+    let mut stream = client.stream_x509_contexts().await.expect("stream");
+    let first = stream.next().await.expect("first").expect("context");
+    let to_first = web.started.elapsed();
+    let svid = first.default_svid().expect("svid");
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        format!("spiffe://{td}/ns/shop/sa/web")
+    );
+    assert_eq!(svid.hint(), Some("shop/web-0"));
+    assert!(svid.cert_chain().len() >= 2, "leaf and intermediate");
+    let bundle = first
+        .bundle_set()
+        .get(svid.spiffe_id().trust_domain())
+        .expect("bundle of the trust domain");
+    assert!(!bundle.authorities().is_empty());
+
+    // First-answer latency of a new FetchX509SVID on a warm agent.
+    let mut lat = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        client.fetch_x509_context().await.expect("fetch");
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    println!(
+        "node agent: start → first X.509-SVID served {to_first:?}; FetchX509SVID first answer p50 {:?} max {:?} (20 calls)",
+        lat[lat.len() / 2],
+        lat[lat.len() - 1]
+    );
+
+    // Rotation: a new certificate on the same stream.
+    web.handle.refresh();
+    let rotated = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a rotation in time")
+        .expect("stream open")
+        .expect("context");
+    assert_ne!(serial(&rotated), serial(&first), "a new certificate");
+    assert_eq!(
+        rotated.default_svid().expect("svid").spiffe_id(),
+        svid.spiffe_id()
+    );
+
+    // JWT-SVIDs.
+    let jwt = client
+        .fetch_jwt_svid(["orders"], None)
+        .await
+        .expect("jwt svid");
+    assert_eq!(
+        jwt.spiffe_id().to_string(),
+        format!("spiffe://{td}/ns/shop/sa/web")
+    );
+    assert_eq!(jwt.audience(), ["orders".to_string()]);
+    let checked = client
+        .validate_jwt_token("orders", jwt.token())
+        .await
+        .expect("validated");
+    assert_eq!(checked.spiffe_id(), jwt.spiffe_id());
+    let wrong = client.validate_jwt_token("billing", jwt.token()).await;
+    assert!(wrong.is_err(), "another audience is refused");
+    let bundles = client.fetch_jwt_bundles().await.expect("jwt bundles");
+    assert!(bundles.get(svid.spiffe_id().trust_domain()).is_some());
+
+    // Raw calls: the security header, and a missing audience.
+    let raw =
+        badge_proto::spiffe_workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+            web.channel().await,
+        );
+    let err = raw
+        .clone()
+        .fetch_x509svid(badge_proto::spiffe_workload::X509svidRequest {})
+        .await
+        .expect_err("no header");
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message().contains("security header"),
+        "{}",
+        err.message()
+    );
+    let mut req = tonic::Request::new(badge_proto::spiffe_workload::JwtsvidRequest {
+        audience: vec![],
+        spiffe_id: String::new(),
+    });
+    req.metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().expect("value"));
+    let err = raw
+        .clone()
+        .fetch_jwtsvid(req)
+        .await
+        .expect_err("no audience");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("audience"), "{}", err.message());
+
+    // A caller no selector matches: refused, nothing served.
+    let other = e.agent("other", my_uid().wrapping_add(1), "web-0", "web");
+    let client = other.client().await;
+    let refused = client.fetch_x509_context().await.expect_err("refused");
+    assert!(
+        format!("{refused:?}").contains("PermissionDenied")
+            || format!("{refused}").contains("no identity issued"),
+        "{refused:?}"
+    );
+    let mut req = tonic::Request::new(badge_proto::spiffe_workload::X509svidRequest {});
+    req.metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().expect("value"));
+    let err =
+        badge_proto::spiffe_workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+            other.channel().await,
+        )
+        .fetch_x509svid(req)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+}
+
+fn sds_request(names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: version.into(),
+        node: Some(Node {
+            id: "sidecar~10.0.0.1~web-0.shop~shop.svc.cluster.local".into(),
+            cluster: "web".into(),
+            ..Default::default()
+        }),
+        resource_names: names.iter().map(|n| n.to_string()).collect(),
+        type_url: SECRET_TYPE.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+async fn next(responses: &mut tonic::Streaming<DiscoveryResponse>) -> DiscoveryResponse {
+    tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("a response in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+fn secrets(r: &DiscoveryResponse) -> Vec<Secret> {
+    r.resources
+        .iter()
+        .map(|a| {
+            assert_eq!(a.type_url, SECRET_TYPE);
+            Secret::decode(a.value.as_slice()).expect("secret")
+        })
+        .collect()
+}
+
+fn inline(ds: &Option<envoy_types::pb::envoy::config::core::v3::DataSource>) -> String {
+    match ds.as_ref().and_then(|d| d.specifier.as_ref()) {
+        Some(Specifier::InlineBytes(b)) => String::from_utf8(b.clone()).expect("utf8"),
+        other => panic!("not inline bytes: {other:?}"),
+    }
+}
+
+fn chain_of(s: &Secret) -> String {
+    match &s.r#type {
+        Some(secret::Type::TlsCertificate(t)) => {
+            assert!(inline(&t.private_key).starts_with("-----BEGIN PRIVATE KEY-----"));
+            inline(&t.certificate_chain)
+        }
+        other => panic!("{}: not a tls_certificate: {other:?}", s.name),
+    }
+}
+
+/// SDS as Envoy drives it: one stream subscribing to the certificate and the
+/// validation context, ACKs, a push on rotation, a NACK (nothing re-sent, the next
+/// change still pushed), names by SPIFFE ID, an unauthorized name refused, and the
+/// stream ended when the pod is deleted.
+#[tokio::test]
+async fn envoy_sds() {
+    let e = env().await;
+    let td = e.trust_domain();
+    let web = e.agent("web", my_uid(), "web-0", "web");
+    let mut sds = SecretDiscoveryServiceClient::new(web.channel().await);
+    let (tx, rx) = tokio::sync::mpsc::channel::<DiscoveryRequest>(8);
+    let mut responses = sds
+        .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    tx.send(sds_request(&["default", "ROOTCA"], "", ""))
+        .await
+        .expect("send");
+    let r1 = next(&mut responses).await;
+    assert_eq!(r1.type_url, SECRET_TYPE);
+    assert_eq!(r1.version_info, "1");
+    assert!(!r1.nonce.is_empty());
+    let s1 = secrets(&r1);
+    let names: Vec<&str> = s1.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["ROOTCA", "default"]);
+    let cert1 = chain_of(&s1[1]);
+    match &s1[0].r#type {
+        Some(secret::Type::ValidationContext(v)) => {
+            assert!(inline(&v.trusted_ca).contains("BEGIN CERTIFICATE"))
+        }
+        other => panic!("ROOTCA: {other:?}"),
+    }
+    // ACK: no answer.
+    tx.send(sds_request(
+        &["default", "ROOTCA"],
+        &r1.version_info,
+        &r1.nonce,
+    ))
+    .await
+    .expect("ack");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), responses.message())
+            .await
+            .is_err(),
+        "an ACK is not answered"
+    );
+    // Rotation: pushed.
+    web.handle.refresh();
+    let r2 = next(&mut responses).await;
+    assert_eq!(r2.version_info, "2");
+    assert_ne!(r2.nonce, r1.nonce);
+    let cert2 = chain_of(
+        secrets(&r2)
+            .iter()
+            .find(|s| s.name == "default")
+            .expect("default"),
+    );
+    assert_ne!(cert1, cert2, "a new certificate");
+    // NACK it: nothing is re-sent for the same content.
+    let mut nack = sds_request(&["default", "ROOTCA"], &r1.version_info, &r2.nonce);
+    nack.error_detail = Some(envoy_types::pb::google::rpc::Status {
+        code: 3,
+        message: "Failed to load certificate chain".into(),
+        details: vec![],
+    });
+    tx.send(nack).await.expect("nack");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), responses.message())
+            .await
+            .is_err(),
+        "a NACK is not answered with the same content"
+    );
+    // The next rotation is pushed.
+    web.handle.refresh();
+    let r3 = next(&mut responses).await;
+    assert_eq!(r3.version_info, "3");
+    tx.send(sds_request(
+        &["default", "ROOTCA"],
+        &r3.version_info,
+        &r3.nonce,
+    ))
+    .await
+    .expect("ack");
+
+    // A name by SPIFFE ID and the trust domain, over FetchSecrets.
+    let id = format!("spiffe://{td}/ns/shop/sa/web");
+    let td_id = format!("spiffe://{td}");
+    let fetched = sds
+        .fetch_secrets(sds_request(&[&id, &td_id], "", ""))
+        .await
+        .expect("fetch")
+        .into_inner();
+    let mut names: Vec<String> = secrets(&fetched).into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(names, [td_id, id.clone()]);
+    // Another workload's identity: refused.
+    let err = sds
+        .fetch_secrets(sds_request(
+            &[&format!("spiffe://{td}/ns/shop/sa/db")],
+            "",
+            "",
+        ))
+        .await
+        .expect_err("not entitled");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("not authorized"),
+        "{}",
+        err.message()
+    );
+
+    // The pod is deleted: the stream ends.
+    let t = Instant::now();
+    e.delete_pod("web-0").await;
+    let end = tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("the stream ends in time");
+    let status = end.expect_err("ended with a status");
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
+    println!(
+        "node agent: pod deleted → SDS stream ended in {:?}",
+        t.elapsed()
+    );
+}
+
+/// A rustls server-certificate check for SPIFFE peers: the chain must verify to the
+/// bundle; the name is not checked (SVIDs carry a URI SAN, checked after the
+/// handshake).
+#[derive(Debug)]
+struct SpiffeServerVerifier(Arc<tokio_rustls::rustls::client::WebPkiServerVerifier>);
+
+impl tokio_rustls::rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<tokio_rustls::rustls::client::danger::ServerCertVerified, tokio_rustls::rustls::Error>
+    {
+        use tokio_rustls::rustls::{CertificateError, Error};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Ok(v) => Ok(v),
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(tokio_rustls::rustls::client::danger::ServerCertVerified::assertion()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// (chain, key, roots) of a workload, from its agent only.
+fn material(
+    ctx: &spiffe::X509Context,
+) -> (
+    Vec<rustls_pki_types::CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+    tokio_rustls::rustls::RootCertStore,
+) {
+    let svid = ctx.default_svid().expect("svid");
+    let chain = svid
+        .cert_chain()
+        .iter()
+        .map(|c| rustls_pki_types::CertificateDer::from(c.as_bytes().to_vec()))
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(svid.private_key().as_bytes().to_vec().into());
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let bundle = ctx
+        .bundle_set()
+        .get(svid.spiffe_id().trust_domain())
+        .expect("bundle");
+    for a in bundle.authorities() {
+        roots
+            .add(rustls_pki_types::CertificateDer::from(
+                a.as_bytes().to_vec(),
+            ))
+            .expect("root");
+    }
+    (chain, key, roots)
+}
+
+fn peer_id(certs: Option<&[rustls_pki_types::CertificateDer<'_>]>) -> String {
+    let leaf = certs.and_then(|c| c.first()).expect("peer certificate");
+    spiffe::cert::spiffe_id_from_der(leaf.as_ref())
+        .expect("a SPIFFE ID")
+        .to_string()
+}
+
+/// Two workloads (web and db, two agents on one node) complete an mTLS handshake
+/// with rustls using only what their agents gave them, each checking the other's
+/// SPIFFE ID; then db's pod is deleted and its Workload API stream ends.
+#[tokio::test]
+async fn two_workloads_mtls_then_pod_deleted() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_rustls::rustls;
+    let e = env().await;
+    let td = e.trust_domain();
+    let web = e.agent("web", my_uid(), "web-0", "web");
+    let db = e.agent("db", my_uid(), "db-0", "db");
+    let web_ctx = web.client().await.fetch_x509_context().await.expect("web");
+    let db_client = db.client().await;
+    let mut db_stream = db_client.stream_x509_contexts().await.expect("db stream");
+    let db_ctx = db_stream.next().await.expect("first").expect("db");
+
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // db serves, requiring a client certificate from its trust domain.
+    let (chain, key, roots) = material(&db_ctx);
+    let client_verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .expect("client verifier");
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(chain, key)
+        .expect("server config");
+    // web connects.
+    let (chain, key, roots) = material(&web_ctx);
+    let server_verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .expect("server verifier");
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier(server_verifier)))
+        .with_client_auth_cert(chain, key)
+        .expect("client config");
+
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let serving = tokio::spawn(async move {
+        let mut tls = acceptor.accept(b).await.expect("server handshake");
+        let peer = peer_id(tls.get_ref().1.peer_certificates());
+        let mut buf = [0u8; 4];
+        tls.read_exact(&mut buf).await.expect("read");
+        tls.write_all(b"pong").await.expect("write");
+        tls.flush().await.expect("flush");
+        peer
+    });
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let name = rustls_pki_types::ServerName::try_from("db.shop").expect("name");
+    let mut tls = connector.connect(name, a).await.expect("client handshake");
+    let server_peer = peer_id(tls.get_ref().1.peer_certificates());
+    tls.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    tls.read_exact(&mut buf).await.expect("read");
+    assert_eq!(&buf, b"pong");
+    assert_eq!(server_peer, format!("spiffe://{td}/ns/shop/sa/db"));
+    assert_eq!(
+        serving.await.expect("server"),
+        format!("spiffe://{td}/ns/shop/sa/web")
+    );
+
+    // db's pod is deleted: its stream ends (the agent sees identity's Watch).
+    let t = Instant::now();
+    e.delete_pod("db-0").await;
+    let end = tokio::time::timeout(Duration::from_secs(10), db_stream.next())
+        .await
+        .expect("the stream ends in time");
+    match end {
+        None => {}
+        Some(Err(err)) => assert!(
+            format!("{err:?}").contains("PermissionDenied")
+                || format!("{err}").contains("no identity"),
+            "{err:?}"
+        ),
+        Some(Ok(_)) => panic!("an SVID after the pod was deleted"),
+    }
+    println!(
+        "node agent: pod deleted → Workload API stream ended in {:?}",
+        t.elapsed()
+    );
+    // And nothing new is served for it.
+    assert!(db_client.fetch_x509_context().await.is_err());
+    // web is unaffected.
+    assert!(web.client().await.fetch_x509_context().await.is_ok());
+}
