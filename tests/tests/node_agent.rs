@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use badge_agent::node::{NodeArgs, NodeConfig, NodeHandle};
+use badge_agent::AgentArgs;
+use badge_agent::node::{NodeConfig, NodeHandle};
 use badge_proto::rbac as rb;
 use badge_tests::{IdentityServer, IssuerOptions, IssuerServer, meta, pb};
 use clap::Parser as _;
@@ -166,8 +167,9 @@ impl Env {
             socket.display()
         );
         let config: NodeConfig = serde_yaml::from_str(&yaml).expect("config");
-        let args = NodeArgs::try_parse_from([
-            "badge-agent node".to_string(),
+        let args = AgentArgs::try_parse_from([
+            "badge-agent".to_string(),
+            "node".into(),
             "--agent-config".into(),
             "unused.yaml".into(),
             "--identity-endpoint".into(),

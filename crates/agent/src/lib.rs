@@ -46,31 +46,51 @@ pub const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
 #[command(
     name = "badge-agent",
     version,
-    about = "Keeps a pod's projected service-account tokens in a directory, like the kubelet"
+    about = "Keeps a pod's projected service-account tokens in a directory, like the kubelet; `node`: the node agent (SPIFFE Workload API and Envoy SDS)",
+    subcommand_negates_reqs = true
 )]
 pub struct AgentArgs {
+    #[command(subcommand)]
+    pub mode: Option<Mode>,
     #[command(flatten)]
     pub conn: ConnectionArgs,
     /// The pod's namespace.
-    #[arg(long)]
-    pub namespace: String,
+    #[arg(long, required = true)]
+    pub namespace: Option<String>,
     /// The pod's name.
-    #[arg(long)]
-    pub pod: String,
+    #[arg(long, required = true)]
+    pub pod: Option<String>,
     /// Where the token files, ca.crt and namespace are written (created 0700).
-    #[arg(long)]
-    pub dir: PathBuf,
+    #[arg(long, required = true)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Other modes than the projected-token agent.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Mode {
+    /// The node agent: the SPIFFE Workload API and Envoy SDS on a Unix socket for
+    /// the pods of this node, callers attested by their Unix credentials.
+    Node(node::NodeOptions),
 }
 
 impl std::fmt::Debug for AgentArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentArgs")
+            .field("mode", &self.mode)
             .field("conn", &self.conn)
             .field("namespace", &self.namespace)
             .field("pod", &self.pod)
             .field("dir", &self.dir)
             .finish()
     }
+}
+
+/// The pod and directory of the projected-token agent.
+#[derive(Debug, Clone)]
+struct Target {
+    namespace: String,
+    pod: String,
+    dir: PathBuf,
 }
 
 /// When a token issued at `issued_at` and expiring at `expires_at` should be
@@ -326,7 +346,7 @@ struct TokenState {
 }
 
 struct Agent {
-    args: AgentArgs,
+    args: Target,
     identity: Ch,
     issuer: Ch,
     uid: String,
@@ -471,12 +491,19 @@ pub async fn run(
     args: AgentArgs,
     mut control: mpsc::UnboundedReceiver<Control>,
 ) -> anyhow::Result<Exit> {
+    let (Some(namespace), Some(pod), Some(dir)) = (args.namespace, args.pod, args.dir) else {
+        bail!("--namespace, --pod and --dir are required");
+    };
     let conn = args.conn.connect()?;
     let ca = conn.ca_pem().to_vec();
     let mut agent = Agent {
         identity: conn.identity()?,
         issuer: conn.issuer()?,
-        args,
+        args: Target {
+            namespace,
+            pod,
+            dir,
+        },
         uid: String::new(),
         service_account: String::new(),
         written: Vec::new(),
@@ -656,6 +683,9 @@ pub async fn run(
 /// [`run`] as the command line runs it (`badge-agent`, `badge agent`): SIGHUP
 /// refreshes every token now; SIGTERM / Ctrl-C stop, leaving the files.
 pub async fn run_with_signals(args: AgentArgs) -> anyhow::Result<()> {
+    if let Some(Mode::Node(opts)) = &args.mode {
+        return node::run_with_signals(&args.conn, opts).await;
+    }
     let (handle, control) = control();
     forward_signals(handle)?;
     run(args, control).await.map(|_| ())
@@ -722,6 +752,38 @@ mod tests {
         }
         // Expired before issue (clock skew): due at once plus jitter.
         assert_eq!(next_refresh(at(100), at(50), s(2)), at(102));
+    }
+
+    #[test]
+    fn command_lines() {
+        use clap::Parser as _;
+        let a = AgentArgs::try_parse_from([
+            "badge-agent",
+            "--namespace",
+            "apps",
+            "--pod",
+            "web",
+            "--dir",
+            "d",
+        ])
+        .expect("projected tokens");
+        assert!(a.mode.is_none());
+        assert!(AgentArgs::try_parse_from(["badge-agent", "--namespace", "apps"]).is_err());
+        let n = AgentArgs::try_parse_from([
+            "badge-agent",
+            "node",
+            "--agent-config",
+            "agent.yaml",
+            "--client-cert",
+            "node.pem",
+        ])
+        .expect("node");
+        match n.mode {
+            Some(Mode::Node(o)) => assert_eq!(o.agent_config, PathBuf::from("agent.yaml")),
+            None => panic!("node mode"),
+        }
+        assert_eq!(n.conn.client_cert, Some(PathBuf::from("node.pem")));
+        assert!(AgentArgs::try_parse_from(["badge-agent", "node"]).is_err());
     }
 
     #[test]

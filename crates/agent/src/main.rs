@@ -1,5 +1,5 @@
-//! `badge-agent`: see [`badge_agent`]. `badge-agent node --agent-config agent.yaml` runs
-//! the node agent ([`badge_agent::node`]); anything else the projected-token agent.
+//! `badge-agent`: see [`badge_agent`]. `badge-agent node --agent-config agent.yaml`
+//! runs the node agent ([`badge_agent::node`]).
 
 #![forbid(unsafe_code)]
 
@@ -9,12 +9,10 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let result = if std::env::args().nth(1).as_deref() == Some("node") {
-        let args = badge_agent::node::NodeArgs::parse_from(
-            std::iter::once("badge-agent node".to_string()).chain(std::env::args().skip(2)),
-        );
-        badge_agent::node::run_with_signals(args).await
-    } else {
+    let args = badge_agent::AgentArgs::parse();
+    // The node agent sets up Badge's telemetry (logs, OTLP traces and metrics) from
+    // its configuration; the projected-token agent logs to stderr.
+    if args.mode.is_none() {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -23,9 +21,8 @@ async fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
-        badge_agent::run_with_signals(badge_agent::AgentArgs::parse()).await
-    };
-    match result {
+    }
+    match badge_agent::run_with_signals(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

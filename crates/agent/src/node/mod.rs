@@ -32,27 +32,14 @@ use tokio::sync::{Notify, watch};
 
 pub use config::{NodeConfig, Settings};
 
-#[derive(Clone, clap::Parser)]
-#[command(
-    name = "badge-agent node",
-    about = "Node agent: the SPIFFE Workload API and Envoy SDS on a Unix socket for the pods of this node"
-)]
-pub struct NodeArgs {
-    #[command(flatten)]
-    pub conn: ConnectionArgs,
-    /// The agent's configuration (YAML): node, socket, workloads and their
+/// `badge-agent node` (also `badge agent node`): the connection settings are the
+/// agent's usual ones (badgectl's: flags, `BADGE_*`, `badge-data/badge.env`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct NodeOptions {
+    /// The node agent's configuration (YAML): node, socket, workloads and their
     /// selectors. (`--config` is badgectl's connection file, as for every command.)
     #[arg(long = "agent-config", short = 'f')]
     pub agent_config: std::path::PathBuf,
-}
-
-impl std::fmt::Debug for NodeArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeArgs")
-            .field("conn", &self.conn)
-            .field("agent_config", &self.agent_config)
-            .finish()
-    }
 }
 
 /// Tells a running node agent what to do.
@@ -128,8 +115,8 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> anyhow::Result<UnixListene
 
 /// [`run`] as the command line runs it: SIGHUP renews every SVID now; SIGTERM /
 /// Ctrl-C stop.
-pub async fn run_with_signals(args: NodeArgs) -> anyhow::Result<()> {
-    let config = NodeConfig::load(&args.agent_config)?;
+pub async fn run_with_signals(conn: &ConnectionArgs, opts: &NodeOptions) -> anyhow::Result<()> {
+    let config = NodeConfig::load(&opts.agent_config)?;
     if let Err(e) =
         badge_runtime::telemetry::init_with(&config.log, &config.telemetry, "badge-agent")
     {
@@ -151,7 +138,7 @@ pub async fn run_with_signals(args: NodeArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let r = run(&args.conn, config, handle).await;
+    let r = run(conn, config, handle).await;
     badge_runtime::telemetry::flush();
     r
 }
