@@ -311,6 +311,34 @@ async fn workload_api_x509_and_jwt() {
         svid.spiffe_id()
     );
 
+    // CA rotation: the new root (published before it signs) reaches the open stream.
+    let roots = |c: &spiffe::X509Context| {
+        c.bundle_set()
+            .get(c.default_svid().expect("svid").spiffe_id().trust_domain())
+            .expect("bundle")
+            .authorities()
+            .len()
+    };
+    let before = roots(&rotated);
+    badge_proto::certificates::certificate_authority_service_client::CertificateAuthorityServiceClient::new(
+        e.issuer.channel(&e.identity, &e.identity.pki.admin),
+    )
+    .rotate_certificate_authority(badge_proto::certificates::RotateCertificateAuthorityRequest {})
+    .await
+    .expect("rotate the CA");
+    let t = Instant::now();
+    let with_new_root = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the new bundle in time")
+        .expect("stream open")
+        .expect("context");
+    assert_eq!(roots(&with_new_root), before + 1, "old and new roots");
+    assert_eq!(serial(&with_new_root), serial(&rotated), "same SVID");
+    println!(
+        "node agent: CA rotation → new bundle on the open stream in {:?} (bundle_poll_ms 200)",
+        t.elapsed()
+    );
+
     // JWT-SVIDs.
     let jwt = client
         .fetch_jwt_svid(["orders"], None)
@@ -727,6 +755,17 @@ async fn two_workloads_mtls_then_pod_deleted() {
         format!("spiffe://{td}/ns/shop/sa/web")
     );
 
+    // A JWT-SVID of db, valid at web's agent while db's pod lives.
+    let db_jwt = db_client
+        .fetch_jwt_svid(["web"], None)
+        .await
+        .expect("db jwt");
+    let web_client = web.client().await;
+    web_client
+        .validate_jwt_token("web", db_jwt.token())
+        .await
+        .expect("valid while the pod lives");
+
     // db's pod is deleted: its stream ends (the agent sees identity's Watch).
     let t = Instant::now();
     e.delete_pod("db-0").await;
@@ -746,8 +785,13 @@ async fn two_workloads_mtls_then_pod_deleted() {
         "node agent: pod deleted → Workload API stream ended in {:?}",
         t.elapsed()
     );
-    // And nothing new is served for it.
+    // And nothing new is served for it; its JWT-SVID no longer validates.
     assert!(db_client.fetch_x509_context().await.is_err());
+    let err = web_client
+        .validate_jwt_token("web", db_jwt.token())
+        .await
+        .expect_err("the pod is gone");
+    assert!(format!("{err}").contains("no longer exists"), "{err}");
     // web is unaffected.
     assert!(web.client().await.fetch_x509_context().await.is_ok());
 }
