@@ -795,3 +795,154 @@ async fn two_workloads_mtls_then_pod_deleted() {
     // web is unaffected.
     assert!(web.client().await.fetch_x509_context().await.is_ok());
 }
+
+/// Envoy's descriptors, from the envoy-types crate this workspace builds with (as
+/// tests/tests/ext_authz.rs finds them: `cargo metadata`, this host's platform).
+fn envoy_descriptors() -> prost_reflect::DescriptorPool {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let rustc = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV");
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names the host");
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["--filter-platform", &host])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata json");
+    let manifest = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .find(|p| p["name"] == "envoy-types")
+        .and_then(|p| p["manifest_path"].as_str())
+        .expect("envoy-types in the dependency graph")
+        .to_string();
+    let bin = std::path::Path::new(&manifest)
+        .parent()
+        .expect("dir")
+        .join("src/generated/types.bin");
+    let bytes = std::fs::read(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    prost_reflect::DescriptorPool::decode(bytes.as_slice()).expect("descriptor set")
+}
+
+/// examples/envoy-sds.yaml is a valid Envoy bootstrap (every field and `@type`
+/// checked against Envoy's descriptors, unknown fields refused), and every SDS
+/// secret it names comes from the agent's socket with names the agent serves.
+#[test]
+fn the_documented_envoy_sds_configuration_matches_envoy_descriptors() {
+    use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+    use envoy_types::pb::envoy::config::core::v3::{
+        address::Address as Addr, config_source::ConfigSourceSpecifier,
+        grpc_service::TargetSpecifier,
+    };
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, UpstreamTlsContext,
+        common_tls_context::ValidationContextType,
+    };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/envoy-sds.yaml");
+    let text = std::fs::read_to_string(&path).expect("example");
+    let json: serde_json::Value = serde_yaml::from_str(&text).expect("yaml");
+    let pool = envoy_descriptors();
+    let desc = pool
+        .get_message_by_name("envoy.config.bootstrap.v3.Bootstrap")
+        .expect("Bootstrap descriptor");
+    let options = prost_reflect::DeserializeOptions::new().deny_unknown_fields(true);
+    let msg = prost_reflect::DynamicMessage::deserialize_with_options(desc, json, &options)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let boot = Bootstrap::decode(msg.encode_to_vec().as_slice()).expect("Bootstrap");
+    let statics = boot.static_resources.expect("static_resources");
+    let agent = statics
+        .clusters
+        .iter()
+        .find(|c| c.name == "badge_agent")
+        .expect("the agent's cluster");
+    let endpoint = agent
+        .load_assignment
+        .as_ref()
+        .and_then(|l| l.endpoints.first())
+        .and_then(|e| e.lb_endpoints.first())
+        .expect("an endpoint");
+    let addr = match &endpoint.host_identifier {
+        Some(
+            envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e),
+        ) => e.address.as_ref().and_then(|a| a.address.clone()),
+        other => panic!("{other:?}"),
+    };
+    match addr {
+        Some(Addr::Pipe(p)) => assert_eq!(p.path, "badge-data/agent.sock"),
+        other => panic!("the agent is reached over its Unix socket: {other:?}"),
+    }
+    let check_sds = |s: &SdsSecretConfig, names: &[&str]| {
+        assert!(names.contains(&s.name.as_str()), "{}", s.name);
+        let api = match s
+            .sds_config
+            .as_ref()
+            .and_then(|c| c.config_source_specifier.as_ref())
+        {
+            Some(ConfigSourceSpecifier::ApiConfigSource(api)) => api,
+            other => panic!("{other:?}"),
+        };
+        match api
+            .grpc_services
+            .first()
+            .and_then(|g| g.target_specifier.as_ref())
+        {
+            Some(TargetSpecifier::EnvoyGrpc(g)) => assert_eq!(g.cluster_name, "badge_agent"),
+            other => panic!("{other:?}"),
+        }
+    };
+    let check_common = |c: &CommonTlsContext| {
+        assert_eq!(c.tls_certificate_sds_secret_configs.len(), 1);
+        check_sds(&c.tls_certificate_sds_secret_configs[0], &["default"]);
+        match &c.validation_context_type {
+            Some(ValidationContextType::CombinedValidationContext(v)) => {
+                check_sds(
+                    v.validation_context_sds_secret_config
+                        .as_ref()
+                        .expect("sds validation"),
+                    &["ROOTCA"],
+                );
+                let sans = &v
+                    .default_validation_context
+                    .as_ref()
+                    .expect("default validation")
+                    .match_typed_subject_alt_names;
+                assert!(!sans.is_empty(), "the peer's SPIFFE ID is checked");
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let listener_tls = statics.listeners[0].filter_chains[0]
+        .transport_socket
+        .as_ref()
+        .and_then(|t| t.config_type.as_ref())
+        .expect("inbound TLS");
+    let envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any) =
+        listener_tls;
+    let down = DownstreamTlsContext::decode(any.value.as_slice()).expect("downstream");
+    assert!(down.require_client_certificate.is_some_and(|v| v.value));
+    check_common(down.common_tls_context.as_ref().expect("common"));
+    let db = statics
+        .clusters
+        .iter()
+        .find(|c| c.name == "db")
+        .expect("db cluster");
+    let envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any) =
+        db.transport_socket
+            .as_ref()
+            .and_then(|t| t.config_type.as_ref())
+            .expect("upstream TLS");
+    let up = UpstreamTlsContext::decode(any.value.as_slice()).expect("upstream");
+    check_common(up.common_tls_context.as_ref().expect("common"));
+}

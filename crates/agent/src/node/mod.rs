@@ -215,13 +215,16 @@ pub async fn run(
             }
         });
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(badge_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("SpiffeWorkloadAPI")
-        .with_service_name("grpc.health.v1.Health")
-        .build_v1()
-        .context("reflection")?;
+    // Both reflection versions: grpcurl 1.8 speaks v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(badge_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("SpiffeWorkloadAPI")
+            .with_service_name("grpc.health.v1.Health")
+    };
+    let reflection_v1 = reflection().build_v1().context("reflection")?;
+    let reflection_v1alpha = reflection().build_v1alpha().context("reflection")?;
     let api = workload_api::WorkloadApi {
         shared: shared.clone(),
         identity: ctx.identity.clone(),
@@ -238,7 +241,8 @@ pub async fn run(
     // stopping drops every connection (clients reconnect to the next agent).
     let server = tonic::transport::Server::builder()
         .add_service(health_svc)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(badge_proto::spiffe_workload::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(api))
         .add_service(envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(sds))
         .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));
