@@ -946,3 +946,114 @@ fn the_documented_envoy_sds_configuration_matches_envoy_descriptors() {
     let up = UpstreamTlsContext::decode(any.value.as_slice()).expect("upstream");
     check_common(up.common_tls_context.as_ref().expect("common"));
 }
+
+/// token-issuer's MintJwtSvid: the node for a pod bound to it gets a JWT-SVID
+/// whose `sub` is the pod's SPIFFE ID (no `iss`, so TokenReview would refuse it);
+/// another node, a caller that is no node, a stale uid, a missing audience and a
+/// caller without the RBAC grant are refused, each naming what is wrong.
+#[tokio::test]
+async fn mint_jwt_svid_is_for_the_pods_own_node() {
+    use badge_proto::certificates as cpb;
+    use base64::Engine as _;
+    let e = env().await;
+    let td = e.trust_domain();
+    let id = e.identity.admin().await;
+    let uid = pb::pod_service_client::PodServiceClient::new(id.clone())
+        .get_pod(pb::GetPodRequest {
+            namespace: "shop".into(),
+            name: "web-0".into(),
+        })
+        .await
+        .expect("pod")
+        .into_inner()
+        .metadata
+        .expect("meta")
+        .uid;
+    let req = |pod_uid: &str, audience: &[&str]| cpb::MintJwtSvidRequest {
+        namespace: "shop".into(),
+        pod_name: "web-0".into(),
+        pod_uid: pod_uid.into(),
+        audience: audience.iter().map(|a| a.to_string()).collect(),
+        ttl_seconds: 0,
+    };
+    let mint = |cert: &badge_runtime::pki::CertPaths, r: cpb::MintJwtSvidRequest| {
+        let ch = e.issuer.channel(&e.identity, cert);
+        async move {
+            cpb::jwt_svid_service_client::JwtSvidServiceClient::new(ch)
+                .mint_jwt_svid(r)
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    // The grant reaches the issuer through the change feed: retry briefly.
+    let mut ok = None;
+    for _ in 0..50 {
+        match mint(&e.node, req(&uid, &["orders"])).await {
+            Ok(r) => {
+                ok = Some(r);
+                break;
+            }
+            Err(s) if s.code() == Code::PermissionDenied && s.message().contains("RBAC") => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    let r = ok.expect("minted");
+    assert_eq!(r.spiffe_id, format!("spiffe://{td}/ns/shop/sa/web"));
+    let payload = r.svid.split('.').nth(1).expect("payload");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("b64"),
+    )
+    .expect("json");
+    assert_eq!(claims["sub"], r.spiffe_id.as_str());
+    assert_eq!(claims["aud"], serde_json::json!(["orders"]));
+    assert_eq!(claims["badge.dev/pod"]["uid"], uid.as_str());
+    assert!(
+        claims.get("iss").is_none(),
+        "no issuer: not a service-account token"
+    );
+    let lifetime = claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat");
+    assert_eq!(lifetime, 300);
+
+    let refused = |r: Result<cpb::MintJwtSvidResponse, tonic::Status>, code: Code, text: &str| {
+        let s = r.expect_err("refused");
+        assert_eq!(s.code(), code, "{}", s.message());
+        assert!(
+            s.message().contains(text),
+            "{:?} lacks {text:?}",
+            s.message()
+        );
+    };
+    let node_b = e
+        .identity
+        .issue("node-b", "system:node:node-b", &["system:nodes"]);
+    refused(
+        mint(&node_b, req(&uid, &["orders"])).await,
+        Code::PermissionDenied,
+        "not to the requesting node \"node-b\"",
+    );
+    refused(
+        mint(&e.identity.pki.admin, req(&uid, &["orders"])).await,
+        Code::PermissionDenied,
+        "may not mint JWT-SVIDs",
+    );
+    refused(
+        mint(&e.node, req("not-the-uid", &["orders"])).await,
+        Code::Aborted,
+        "pod_uid",
+    );
+    refused(
+        mint(&e.node, req(&uid, &[])).await,
+        Code::InvalidArgument,
+        "audience",
+    );
+    let stranger = e.identity.issue("stranger", "system:node:node-a", &[]);
+    refused(
+        mint(&stranger, req(&uid, &["orders"])).await,
+        Code::PermissionDenied,
+        "jwtsvids",
+    );
+}
