@@ -325,3 +325,143 @@ impl SecretDiscoveryService for Sds {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::selector::Selector;
+    use crate::node::state::{Bundle, Slot, Svid};
+    use zeroize::Zeroizing;
+
+    fn workload(ns: &str, pod: &str, sa: &str) -> Workload {
+        Workload {
+            selectors: vec![Selector::Uid(1)],
+            namespace: ns.into(),
+            pod: pod.into(),
+            service_account: sa.into(),
+        }
+    }
+
+    fn svid(sa: &str) -> Slot {
+        Slot::Ready(Arc::new(Svid {
+            spiffe_id: format!("spiffe://td/ns/shop/sa/{sa}"),
+            hint: format!("shop/{sa}-0"),
+            pod_uid: "u".into(),
+            chain_der: vec![],
+            chain_pem: format!("chain of {sa}"),
+            key_pkcs8_der: Zeroizing::new(vec![]),
+            key_pem: Zeroizing::new(format!("key of {sa}")),
+            not_after: SystemTime::UNIX_EPOCH,
+            serial: "1".into(),
+        }))
+    }
+
+    fn snapshot(slots: Vec<Slot>) -> Snapshot {
+        Snapshot {
+            bundle: Some(Arc::new(Bundle {
+                trust_domain: "td".into(),
+                roots_der: vec![],
+                roots_pem: "roots".into(),
+                jwks: b"{}".to_vec(),
+                sequence: 1,
+            })),
+            slots,
+        }
+    }
+
+    fn names(r: &Resolved) -> Vec<String> {
+        match r {
+            Resolved::Ready(m, _) => m.keys().cloned().collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn decoded(r: &Resolved, name: &str) -> Secret {
+        match r {
+            Resolved::Ready(m, _) => Secret::decode(m[name].as_slice()).expect("secret"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_resolve_as_spire_and_istio_name_them() {
+        let ws = [
+            workload("shop", "web-0", "web"),
+            workload("shop", "db-0", "db"),
+        ];
+        let snap = snapshot(vec![svid("web"), svid("db")]);
+        let s = |v: &[&str]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        // The caller is entry 0 (web) only.
+        let r = resolve(&snap, &[0], &ws, &s(&["default", "ROOTCA"]));
+        assert_eq!(names(&r), ["ROOTCA", "default"]);
+        match decoded(&r, "default").r#type {
+            Some(secret::Type::TlsCertificate(t)) => {
+                let Some(Specifier::InlineBytes(b)) = t.certificate_chain.and_then(|d| d.specifier)
+                else {
+                    panic!("inline chain")
+                };
+                assert_eq!(b, b"chain of web");
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = resolve(
+            &snap,
+            &[0],
+            &ws,
+            &s(&["spiffe://td/ns/shop/sa/web", "spiffe://td", "ALL"]),
+        );
+        assert_eq!(
+            names(&r),
+            ["ALL", "spiffe://td", "spiffe://td/ns/shop/sa/web"]
+        );
+        // Everything when nothing is named.
+        let r = resolve(&snap, &[0], &ws, &[]);
+        assert_eq!(
+            names(&r),
+            [
+                "ROOTCA",
+                "default",
+                "spiffe://td",
+                "spiffe://td/ns/shop/sa/web"
+            ]
+        );
+        // Another workload's identity: refused by name.
+        match resolve(&snap, &[0], &ws, &s(&["spiffe://td/ns/shop/sa/db"])) {
+            Resolved::Denied(m) => assert!(m.contains("sa/db"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Entitled to both: db's by its ID, the default is the first entry's.
+        let r = resolve(&snap, &[1, 0], &ws, &s(&["default"]));
+        match decoded(&r, "default").r#type {
+            Some(secret::Type::TlsCertificate(t)) => {
+                let Some(Specifier::InlineBytes(b)) = t.private_key.and_then(|d| d.specifier)
+                else {
+                    panic!("inline key")
+                };
+                assert_eq!(b, b"key of db");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pending_and_gone() {
+        let ws = [workload("shop", "web-0", "web")];
+        assert!(matches!(
+            resolve(&snapshot(vec![Slot::Pending]), &[0], &ws, &[]),
+            Resolved::Pending
+        ));
+        assert!(matches!(
+            resolve(&snapshot(vec![Slot::Gone]), &[0], &ws, &[]),
+            Resolved::Gone
+        ));
+        let no_bundle = Snapshot {
+            bundle: None,
+            slots: vec![svid("web")],
+        };
+        assert!(matches!(
+            resolve(&no_bundle, &[0], &ws, &[]),
+            Resolved::Pending
+        ));
+    }
+}
