@@ -358,6 +358,27 @@ async fn workload_api_x509_and_jwt() {
     assert!(wrong.is_err(), "another audience is refused");
     let bundles = client.fetch_jwt_bundles().await.expect("jwt bundles");
     assert!(bundles.get(svid.spiffe_id().trust_domain()).is_some());
+    let x509_bundles = client.fetch_x509_bundles().await.expect("x509 bundles");
+    assert_eq!(
+        x509_bundles
+            .get(svid.spiffe_id().trust_domain())
+            .expect("own trust domain")
+            .authorities()
+            .len(),
+        before + 1
+    );
+    // Health: SERVING once the bundle is known.
+    let health = tonic_health::pb::health_client::HealthClient::new(web.channel().await)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "SpiffeWorkloadAPI".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     // Raw calls: the security header, and a missing audience.
     let raw =
