@@ -161,6 +161,10 @@ pub struct RunArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub load: LoadArgs,
+    /// Print the encoded size of the scenario's request in bytes and exit (the
+    /// payload size for an echo ceiling of the same size); sends nothing.
+    #[arg(long)]
+    pub print_request_size: bool,
     #[command(subcommand)]
     pub scenario: ScenarioArgs,
 }
@@ -553,7 +557,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 warmup: args.load.warmup,
                 threads: args.load.threads,
             };
-            let report = load::run(&config, args.scenario.build()?).await?;
+            let scenario = args.scenario.build()?;
+            if args.print_request_size {
+                let size = scenario
+                    .request_size()
+                    .with_context(|| format!("{}: its requests differ in size", scenario.name()))?;
+                writeln!(std::io::stdout(), "{size}").context("stdout")?;
+                return Ok(());
+            }
+            let report = load::run(&config, scenario).await?;
             print_report(&report, args.load.json)
         }
         Command::Burst(args) => {

@@ -75,6 +75,25 @@ impl Scenario {
         }
     }
 
+    /// The encoded size of the request message (bytes), so an echo ceiling can be
+    /// measured with the same payload size; `None` for pooled scenarios, whose
+    /// requests differ.
+    pub fn request_size(&self) -> Option<usize> {
+        use prost::Message as _;
+        Some(match self {
+            Scenario::Echo { payload } => EchoRequest {
+                payload: payload.clone(),
+            }
+            .encoded_len(),
+            Scenario::CreateToken(r) => r.encoded_len(),
+            Scenario::GetServiceAccount(r) => r.encoded_len(),
+            Scenario::TokenReview(r) => r.encoded_len(),
+            Scenario::SubjectAccessReview { request, .. } => request.encoded_len(),
+            Scenario::Check { request, .. } => request.encoded_len(),
+            Scenario::IstioCertificate(_) | Scenario::PodCertificate(_) => return None,
+        })
+    }
+
     /// Sends one request on `channel`; any non-OK status is the error.
     pub async fn call(&self, channel: &Channel) -> Result<(), Status> {
         let channel = channel.clone();
