@@ -228,6 +228,28 @@ pub struct VolumeProjection {
     pub downward_api: Option<DownwardApiProjection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<KeyedProjection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_certificate: Option<PodCertificateProjection>,
+}
+
+/// Kubernetes' `podCertificate` projected source (core/v1 `PodCertificateProjection`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodCertificateProjection {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signer_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_expiration_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub credential_bundle_path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub certificate_chain_path: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_annotations: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -712,13 +734,14 @@ fn volume_to_proto(v: &Volume) -> Result<id::Volume, String> {
                 s.config_map.is_some(),
                 s.downward_api.is_some(),
                 s.secret.is_some(),
+                s.pod_certificate.is_some(),
             ]
             .into_iter()
             .filter(|b| *b)
             .count();
             if set != 1 {
                 return Err(format!(
-                    "volume {:?}: projected.sources[{i}]: exactly one of serviceAccountToken, configMap, downwardAPI, secret must be set",
+                    "volume {:?}: projected.sources[{i}]: exactly one of serviceAccountToken, configMap, downwardAPI, secret, podCertificate must be set",
                     v.name
                 ));
             }
@@ -737,6 +760,20 @@ fn volume_to_proto(v: &Volume) -> Result<id::Volume, String> {
             } else if let Some(d) = &s.downward_api {
                 Projection::DownwardApi(id::DownwardApiProjection {
                     items: downward_files(&d.items),
+                })
+            } else if let Some(c) = &s.pod_certificate {
+                Projection::PodCertificate(id::PodCertificateProjection {
+                    signer_name: c.signer_name.clone(),
+                    key_type: c.key_type.clone(),
+                    max_expiration_seconds: c.max_expiration_seconds,
+                    credential_bundle_path: c.credential_bundle_path.clone(),
+                    key_path: c.key_path.clone(),
+                    certificate_chain_path: c.certificate_chain_path.clone(),
+                    user_annotations: c
+                        .user_annotations
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                 })
             } else {
                 let c = s.secret.as_ref().ok_or("unreachable")?;
@@ -1083,6 +1120,21 @@ fn volume_back(v: &id::Volume) -> Volume {
                                     name: c.name.clone(),
                                     items: key_to_path_back(&c.items),
                                     optional: c.optional,
+                                });
+                            }
+                            Some(Projection::PodCertificate(c)) => {
+                                o.pod_certificate = Some(PodCertificateProjection {
+                                    signer_name: c.signer_name.clone(),
+                                    key_type: c.key_type.clone(),
+                                    max_expiration_seconds: c.max_expiration_seconds,
+                                    credential_bundle_path: c.credential_bundle_path.clone(),
+                                    key_path: c.key_path.clone(),
+                                    certificate_chain_path: c.certificate_chain_path.clone(),
+                                    user_annotations: c
+                                        .user_annotations
+                                        .iter()
+                                        .map(|(k, v)| (k.clone(), v.clone()))
+                                        .collect(),
                                 });
                             }
                             None => {}

@@ -378,4 +378,90 @@ metadata:
         };
         assert_eq!(p.spec.as_ref().expect("spec").volumes.len(), 2);
     }
+
+    #[test]
+    fn pod_certificate_sources_parse_and_round_trip() {
+        let pod = "apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  serviceAccountName: sa
+  volumes:
+  - name: certs
+    projected:
+      sources:
+      - podCertificate:
+          signerName: badge.dev/spiffe
+          keyType: ECDSAP256
+          maxExpirationSeconds: 86400
+          credentialBundlePath: credentialbundle.pem
+          userAnnotations: {example.com/team: payments}
+      - podCertificate:
+          signerName: badge.dev/spiffe
+          keyType: ED25519
+          keyPath: tls.key
+          certificateChainPath: tls.crt
+  containers: [{name: c, image: i}]
+";
+        let d = parse_text(pod, "", "default", None).expect("parses");
+        let k8s::Proto::Pod(p) = &d[0].proto else {
+            panic!("pod")
+        };
+        let spec = p.spec.as_ref().expect("spec");
+        let Some(badge_proto::identity::volume::Source::Projected(v)) = &spec.volumes[0].source
+        else {
+            panic!("projected")
+        };
+        use badge_proto::identity::volume_projection::Projection;
+        let Some(Projection::PodCertificate(a)) = &v.sources[0].projection else {
+            panic!("pod certificate")
+        };
+        assert_eq!(a.signer_name, "badge.dev/spiffe");
+        assert_eq!(a.key_type, "ECDSAP256");
+        assert_eq!(a.max_expiration_seconds, Some(86400));
+        assert_eq!(a.credential_bundle_path, "credentialbundle.pem");
+        assert_eq!(
+            a.user_annotations
+                .get("example.com/team")
+                .map(String::as_str),
+            Some("payments")
+        );
+        let Some(Projection::PodCertificate(b)) = &v.sources[1].projection else {
+            panic!("pod certificate")
+        };
+        assert_eq!(
+            (b.key_path.as_str(), b.certificate_chain_path.as_str()),
+            ("tls.key", "tls.crt")
+        );
+        assert_eq!(b.max_expiration_seconds, None);
+
+        // get -o yaml renders the same source back in camelCase; it parses again to
+        // the same proto.
+        let yaml = serde_yaml::to_string(&d[0].proto.to_object().to_json()).expect("yaml");
+        assert!(yaml.contains("podCertificate:"), "{yaml}");
+        assert!(
+            yaml.contains("credentialBundlePath: credentialbundle.pem"),
+            "{yaml}"
+        );
+        assert!(yaml.contains("certificateChainPath: tls.crt"), "{yaml}");
+        let again = parse_text(&yaml, "", "default", None).expect("parses again");
+        let k8s::Proto::Pod(q) = &again[0].proto else {
+            panic!("pod")
+        };
+        assert_eq!(q.spec, p.spec);
+
+        // Typos are unknown fields with their path; two sources in one entry refused.
+        let bad = pod.replace("keyType: ED25519", "keytype: ED25519");
+        let e = parse_text(&bad, "", "default", None).expect_err("typo");
+        assert!(
+            e[0].contains("unknown field \"keytype\" at spec.volumes[0].projected.sources[1].podCertificate.keytype"),
+            "{e:?}"
+        );
+        let both = pod.replace(
+            "      - podCertificate:\n          signerName: badge.dev/spiffe\n          keyType: ED25519",
+            "      - serviceAccountToken: {path: t}\n        podCertificate:\n          signerName: badge.dev/spiffe\n          keyType: ED25519",
+        );
+        let e = parse_text(&both, "", "default", None).expect_err("two sources");
+        assert!(e[0].contains("exactly one of"), "{e:?}");
+    }
 }

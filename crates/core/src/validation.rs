@@ -20,11 +20,13 @@ use std::collections::HashSet;
 
 use badge_proto::identity::{
     Container, DownwardApiVolumeFile, EnvFromSource, EnvVar, KeyToPath, ObjectFieldSelector,
-    PodSpec, ProjectedVolumeSource, SecretVolumeSource, ServiceAccountTokenProjection, VolumeMount,
-    volume, volume_projection,
+    PodCertificateProjection, PodSpec, ProjectedVolumeSource, SecretVolumeSource,
+    ServiceAccountTokenProjection, VolumeMount, volume, volume_projection,
 };
 
-use crate::names::{invalid_value, quote, validate_dns_label, validate_dns_subdomain};
+use crate::names::{
+    invalid_value, quote, validate_annotations, validate_dns_label, validate_dns_subdomain,
+};
 use crate::{Error, FieldViolation, Result};
 
 /// The largest file mode (`0777`) a volume file may be given.
@@ -33,6 +35,21 @@ pub const MAX_FILE_MODE: i32 = 0o777;
 pub const MIN_TOKEN_EXPIRATION_SECONDS: i64 = 10 * 60;
 /// The longest token lifetime a projected token may ask for (2^32 seconds).
 pub const MAX_TOKEN_EXPIRATION_SECONDS: i64 = 1 << 32;
+/// The shortest certificate lifetime a `podCertificate` source may cap at (1 hour).
+pub const MIN_POD_CERTIFICATE_EXPIRATION_SECONDS: i32 = 3600;
+/// The longest certificate lifetime a `podCertificate` source may ask for (91 days).
+pub const MAX_POD_CERTIFICATE_EXPIRATION_SECONDS: i32 = 7_862_400;
+/// The longest lifetime for `kubernetes.io/*` signers (24 hours).
+pub const MAX_KUBERNETES_POD_CERTIFICATE_EXPIRATION_SECONDS: i32 = 86_400;
+/// The key types a `podCertificate` source may ask for, in Kubernetes' spelling.
+pub const POD_CERTIFICATE_KEY_TYPES: [&str; 6] = [
+    "RSA3072",
+    "RSA4096",
+    "ECDSAP256",
+    "ECDSAP384",
+    "ECDSAP521",
+    "ED25519",
+];
 
 const FILE_MODE_ERR: &str = "must be a number between 0 and 0777 (octal), both inclusive";
 const ENV_VAR_NAME_ERR: &str = "a valid environment variable name must consist only of printable ASCII characters other than '='";
@@ -62,8 +79,8 @@ pub fn validate_pod_spec(spec: Option<&PodSpec>, path: &str) -> Result<()> {
 ///     service-account token: path required (relative, no `..`), expiration, when
 ///     set, in `600..=2^32` seconds; config map and secret: name required and a DNS
 ///     subdomain, items as above; downward API: items need a path (as above) and a
-///     `field_ref.field_path`, modes in range; no two files of the volume share a
-///     path;
+///     `field_ref.field_path`, modes in range; pod certificate: see
+///     [`pod_certificate_violations`]; no two files of the volume share a path;
 /// - init containers and containers: name required, a DNS label, unique across both
 ///   lists; env names required, printable ASCII without `=`; `value_from` has exactly
 ///   one source and no `value` beside it; key refs need a name and a key, field refs
@@ -133,6 +150,173 @@ pub fn pod_spec_violations(spec: Option<&PodSpec>, path: &str) -> Vec<FieldViola
         c.required(&format!("{path}.image_pull_secrets[{i}].name"), &r.name);
     }
     c.out
+}
+
+/// Every violation in a `podCertificate` projected source found at `path` (e.g.
+/// `pod.spec.volumes[0].projected.sources[1].pod_certificate`), as Kubernetes'
+/// `validatePodCertificateProjection`:
+///
+/// - `signer_name` required and a signer name (`<domain>/<path>`: the domain a DNS
+///   subdomain of at least two labels, the path dot-separated DNS subdomains);
+/// - `key_type` required and one of [`POD_CERTIFICATE_KEY_TYPES`];
+/// - `max_expiration_seconds`, when set, in `[3600, 7862400]` (`[3600, 86400]` for
+///   `kubernetes.io/` signers);
+/// - exactly one of `credential_bundle_path` or `key_path` + `certificate_chain_path`
+///   (key and chain both or neither); each path relative, without `..` elements, not
+///   starting with `..`;
+/// - `user_annotations` keys qualified names (annotation rules, size limit included).
+///
+/// Paths repeated across the volume's sources are checked by the caller; a path
+/// repeated within this source is reported here.
+pub fn pod_certificate_violations(
+    pc: &PodCertificateProjection,
+    path: &str,
+) -> Vec<FieldViolation> {
+    let mut c = Checker::default();
+    let sf = format!("{path}.signer_name");
+    if c.required(&sf, &pc.signer_name) {
+        c.problems(&sf, &pc.signer_name, validate_signer_name(&pc.signer_name));
+    }
+    let kf = format!("{path}.key_type");
+    if c.required(&kf, &pc.key_type) && !POD_CERTIFICATE_KEY_TYPES.contains(&pc.key_type.as_str()) {
+        let supported: Vec<String> = POD_CERTIFICATE_KEY_TYPES.iter().map(|t| quote(t)).collect();
+        c.push(
+            &kf,
+            format!(
+                "Unsupported value: {}: supported values: {}",
+                quote(&pc.key_type),
+                supported.join(", ")
+            ),
+        );
+    }
+    if let Some(e) = pc.max_expiration_seconds {
+        let max = if pc.signer_name.starts_with("kubernetes.io/") {
+            MAX_KUBERNETES_POD_CERTIFICATE_EXPIRATION_SECONDS
+        } else {
+            MAX_POD_CERTIFICATE_EXPIRATION_SECONDS
+        };
+        if !(MIN_POD_CERTIFICATE_EXPIRATION_SECONDS..=max).contains(&e) {
+            c.push(
+                &format!("{path}.max_expiration_seconds"),
+                format!(
+                    "invalid value {e}: must be in the range [{MIN_POD_CERTIFICATE_EXPIRATION_SECONDS}, {max}]"
+                ),
+            );
+        }
+    }
+    let bundle = !pc.credential_bundle_path.is_empty();
+    let key = !pc.key_path.is_empty();
+    let chain = !pc.certificate_chain_path.is_empty();
+    if !bundle && !key && !chain {
+        c.push(
+            path,
+            "must specify one of: `credential_bundle_path` or `key_path` and `certificate_chain_path`",
+        );
+    }
+    if bundle && (key || chain) {
+        c.push(
+            path,
+            "may not specify `credential_bundle_path` together with `key_path` or `certificate_chain_path`",
+        );
+    }
+    if key && !chain {
+        c.push(
+            &format!("{path}.certificate_chain_path"),
+            "certificate_chain_path is required when key_path is set",
+        );
+    }
+    if chain && !key {
+        c.push(
+            &format!("{path}.key_path"),
+            "key_path is required when certificate_chain_path is set",
+        );
+    }
+    let mut own = HashSet::new();
+    for (name, value) in [
+        ("credential_bundle_path", &pc.credential_bundle_path),
+        ("key_path", &pc.key_path),
+        ("certificate_chain_path", &pc.certificate_chain_path),
+    ] {
+        if value.is_empty() {
+            continue;
+        }
+        let f = format!("{path}.{name}");
+        c.local_path(&f, value, true);
+        if !own.insert(value.as_str()) {
+            c.push(&f, format!("conflicting duplicate path {}", quote(value)));
+        }
+    }
+    c.out.extend(validate_annotations(
+        &pc.user_annotations,
+        &format!("{path}.user_annotations"),
+    ));
+    c.out
+}
+
+/// Kubernetes' `ValidateSignerName`: `<domain>/<path>`, the domain DNS labels joined
+/// by dots (at least two), the path DNS subdomains joined by dots. Problems, empty
+/// when valid; the caller reports emptiness as required.
+pub fn validate_signer_name(value: &str) -> Vec<String> {
+    const MAX_DOMAIN: usize = 253;
+    const MAX_TOTAL: usize = 253 + 1 + 253 + 1 + 253;
+    let mut out = Vec::new();
+    let Some((domain, rest)) = value.split_once('/') else {
+        out.push(
+            "must be a fully qualified domain and path of the form 'example.com/signer-name'"
+                .to_owned(),
+        );
+        return out;
+    };
+    if rest.contains('/') {
+        out.push(
+            "must be a fully qualified domain and path of the form 'example.com/signer-name'"
+                .to_owned(),
+        );
+        return out;
+    }
+    if domain.len() > MAX_DOMAIN {
+        out.push(format!(
+            "domain {}: must be no more than {MAX_DOMAIN} characters",
+            quote(domain)
+        ));
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if let Some((l, errs)) = labels
+        .iter()
+        .map(|l| (l, validate_dns_label(l)))
+        .find(|(_, e)| !e.is_empty())
+    {
+        for e in errs {
+            out.push(format!(
+                "domain {}: validating label {}: {e}",
+                quote(domain),
+                quote(l)
+            ));
+        }
+    }
+    if labels.len() < 2 {
+        out.push(format!(
+            "domain {}: should be a domain with at least two segments separated by dots",
+            quote(domain)
+        ));
+    }
+    if let Some((l, errs)) = rest
+        .split('.')
+        .map(|l| (l, validate_dns_subdomain(l)))
+        .find(|(_, e)| !e.is_empty())
+    {
+        for e in errs {
+            out.push(format!(
+                "path {}: validating component {}: {e}",
+                quote(rest),
+                quote(l)
+            ));
+        }
+    }
+    if value.len() > MAX_TOTAL {
+        out.push(format!("must be no more than {MAX_TOTAL} characters"));
+    }
+    out
 }
 
 #[derive(Default)]
@@ -275,6 +459,19 @@ impl Checker {
                     let dp = format!("{sp}.downward_api.items");
                     for (k, item) in d.items.iter().enumerate() {
                         self.downward_api_file(&format!("{dp}[{k}]"), item, &mut paths);
+                    }
+                }
+                Some(Projection::PodCertificate(pc)) => {
+                    let pp = format!("{sp}.pod_certificate");
+                    self.out.extend(pod_certificate_violations(pc, &pp));
+                    for (name, value) in [
+                        ("credential_bundle_path", &pc.credential_bundle_path),
+                        ("key_path", &pc.key_path),
+                        ("certificate_chain_path", &pc.certificate_chain_path),
+                    ] {
+                        if !value.is_empty() {
+                            self.unique_path(&format!("{pp}.{name}"), value, &mut paths);
+                        }
                     }
                 }
             }
@@ -1294,5 +1491,250 @@ mod tests {
         spec.node_name = "-".into();
         let got = pod_spec_violations(Some(&spec), "spec");
         assert_eq!(fields(&got), ["spec.node_name"]);
+    }
+
+    fn pod_cert() -> PodCertificateProjection {
+        PodCertificateProjection {
+            signer_name: "badge.dev/spiffe".into(),
+            key_type: "ECDSAP256".into(),
+            max_expiration_seconds: None,
+            credential_bundle_path: "credentialbundle.pem".into(),
+            key_path: String::new(),
+            certificate_chain_path: String::new(),
+            user_annotations: Default::default(),
+        }
+    }
+
+    #[test]
+    fn pod_certificate_table() {
+        const F: &str = "pod.spec.volumes[0].projected.sources[1].pod_certificate";
+        type Edit = fn(&mut PodCertificateProjection);
+        // (field suffix, description substring)
+        type Want = Vec<(&'static str, &'static str)>;
+        // (name, edit, expected violations)
+        let cases: Vec<(&str, Edit, Want)> = vec![
+            ("valid bundle", |_| {}, vec![]),
+            (
+                "valid key and chain",
+                |p| {
+                    p.credential_bundle_path.clear();
+                    p.key_path = "tls.key".into();
+                    p.certificate_chain_path = "certs/tls.crt".into();
+                },
+                vec![],
+            ),
+            ("every key type", |p| p.key_type = "ED25519".into(), vec![]),
+            (
+                "bounds inclusive low",
+                |p| p.max_expiration_seconds = Some(3600),
+                vec![],
+            ),
+            (
+                "bounds inclusive high",
+                |p| p.max_expiration_seconds = Some(7_862_400),
+                vec![],
+            ),
+            (
+                "annotations qualified",
+                |p| {
+                    p.user_annotations
+                        .insert("example.com/team".into(), "a".into());
+                },
+                vec![],
+            ),
+            (
+                "signer required",
+                |p| p.signer_name.clear(),
+                vec![(".signer_name", "signer_name is required")],
+            ),
+            (
+                "signer without path",
+                |p| p.signer_name = "badge.dev".into(),
+                vec![(".signer_name", "example.com/signer-name")],
+            ),
+            (
+                "signer two slashes",
+                |p| p.signer_name = "badge.dev/a/b".into(),
+                vec![(".signer_name", "example.com/signer-name")],
+            ),
+            (
+                "signer single-label domain",
+                |p| p.signer_name = "badge/spiffe".into(),
+                vec![(".signer_name", "at least two segments")],
+            ),
+            (
+                "signer bad domain label",
+                |p| p.signer_name = "Badge.dev/spiffe".into(),
+                vec![(".signer_name", "validating label \"Badge\"")],
+            ),
+            (
+                "signer bad path",
+                |p| p.signer_name = "badge.dev/Spiffe_".into(),
+                vec![(".signer_name", "validating component \"Spiffe_\"")],
+            ),
+            (
+                "key type required",
+                |p| p.key_type.clear(),
+                vec![(".key_type", "key_type is required")],
+            ),
+            (
+                "key type unknown",
+                |p| p.key_type = "RSA2048".into(),
+                vec![(".key_type", "Unsupported value: \"RSA2048\"")],
+            ),
+            (
+                "key type case",
+                |p| p.key_type = "ecdsap256".into(),
+                vec![(".key_type", "supported values: \"RSA3072\"")],
+            ),
+            (
+                "expiration too short",
+                |p| p.max_expiration_seconds = Some(3599),
+                vec![(
+                    ".max_expiration_seconds",
+                    "invalid value 3599: must be in the range [3600, 7862400]",
+                )],
+            ),
+            (
+                "expiration too long",
+                |p| p.max_expiration_seconds = Some(7_862_401),
+                vec![(".max_expiration_seconds", "[3600, 7862400]")],
+            ),
+            (
+                "kubernetes.io signer caps at a day",
+                |p| {
+                    p.signer_name = "kubernetes.io/kube-apiserver-client-pod".into();
+                    p.max_expiration_seconds = Some(86_401);
+                },
+                vec![(".max_expiration_seconds", "[3600, 86400]")],
+            ),
+            (
+                "no path at all",
+                |p| p.credential_bundle_path.clear(),
+                vec![("", "must specify one of")],
+            ),
+            (
+                "bundle and key",
+                |p| {
+                    p.key_path = "k".into();
+                    p.certificate_chain_path = "c".into();
+                },
+                vec![("", "may not specify `credential_bundle_path` together")],
+            ),
+            (
+                "key without chain",
+                |p| {
+                    p.credential_bundle_path.clear();
+                    p.key_path = "k".into();
+                },
+                vec![(".certificate_chain_path", "required when key_path")],
+            ),
+            (
+                "chain without key",
+                |p| {
+                    p.credential_bundle_path.clear();
+                    p.certificate_chain_path = "c".into();
+                },
+                vec![(".key_path", "required when certificate_chain_path")],
+            ),
+            (
+                "absolute path",
+                |p| p.credential_bundle_path = "/etc/bundle.pem".into(),
+                vec![(
+                    ".credential_bundle_path",
+                    "invalid value \"/etc/bundle.pem\": must be a relative path",
+                )],
+            ),
+            (
+                "dot-dot element",
+                |p| p.credential_bundle_path = "a/../b".into(),
+                vec![(".credential_bundle_path", "must not contain '..'")],
+            ),
+            (
+                "reserved dot-dot prefix",
+                |p| p.credential_bundle_path = "..data".into(),
+                vec![(".credential_bundle_path", "must not start with '..'")],
+            ),
+            (
+                "key and chain the same file",
+                |p| {
+                    p.credential_bundle_path.clear();
+                    p.key_path = "same".into();
+                    p.certificate_chain_path = "same".into();
+                },
+                vec![(
+                    ".certificate_chain_path",
+                    "conflicting duplicate path \"same\"",
+                )],
+            ),
+            (
+                "annotation key invalid",
+                |p| {
+                    p.user_annotations.insert("bad key".into(), "v".into());
+                },
+                vec![(".user_annotations[\"bad key\"]", "invalid key \"bad key\"")],
+            ),
+        ];
+        for (name, edit, want) in cases {
+            let mut p = pod_cert();
+            edit(&mut p);
+            let got = pod_certificate_violations(&p, F);
+            assert_eq!(got.len(), want.len(), "{name}: {got:?}");
+            for (v, (suffix, text)) in got.iter().zip(&want) {
+                assert_eq!(v.field, format!("{F}{suffix}"), "{name}: {got:?}");
+                assert!(v.description.contains(text), "{name}: {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn pod_certificate_paths_unique_across_sources() {
+        let mut spec = PodSpec::default();
+        spec.volumes.push(Volume {
+            name: "certs".into(),
+            source: Some(volume::Source::Projected(ProjectedVolumeSource {
+                sources: vec![
+                    projection(Projection::ServiceAccountToken(
+                        ServiceAccountTokenProjection {
+                            audience: String::new(),
+                            expiration_seconds: None,
+                            path: "credentialbundle.pem".into(),
+                        },
+                    )),
+                    projection(Projection::PodCertificate(pod_cert())),
+                    projection(Projection::PodCertificate(PodCertificateProjection {
+                        credential_bundle_path: String::new(),
+                        key_path: "tls.key".into(),
+                        certificate_chain_path: "credentialbundle.pem".into(),
+                        ..pod_cert()
+                    })),
+                ],
+                default_mode: None,
+            })),
+        });
+        let got = violations(&spec);
+        assert_eq!(
+            fields(&got),
+            [
+                "pod.spec.volumes[0].projected.sources[1].pod_certificate.credential_bundle_path",
+                "pod.spec.volumes[0].projected.sources[2].pod_certificate.certificate_chain_path",
+            ],
+            "{got:?}"
+        );
+        assert!(
+            got[1]
+                .description
+                .contains("conflicting duplicate path \"credentialbundle.pem\"")
+        );
+        // A valid source passes inside a pod spec.
+        let mut ok = PodSpec::default();
+        ok.volumes.push(Volume {
+            name: "certs".into(),
+            source: Some(volume::Source::Projected(ProjectedVolumeSource {
+                sources: vec![projection(Projection::PodCertificate(pod_cert()))],
+                default_mode: None,
+            })),
+        });
+        assert_eq!(validate_pod_spec(Some(&ok), P), Ok(()));
     }
 }
