@@ -15,8 +15,13 @@
 //!   Watch, or by GetPod every 5 s (which also covers a watch that went quiet) — it
 //!   removes the files it wrote and returns [`Exit::PodDeleted`]; [`Control::Stop`] (SIGTERM) returns
 //!   [`Exit::Stopped`] and leaves the files.
+//!
+//! `podCertificate` projections (a key generated here and a certificate from
+//! `CreatePodCertificate`, as the kubelet does) are handled the same way by
+//! [`pod_certificates`]: same directory rules, refresh control and clean-up.
 
 pub mod node;
+pub mod pod_certificates;
 
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -308,6 +313,22 @@ fn own_uid() -> std::io::Result<u32> {
 /// Writes `dir/rel` atomically: a temporary file (mode 0600) in the same directory,
 /// synced, then renamed over the target.
 pub fn write_atomic(dir: &Path, rel: &Path, data: &[u8]) -> std::io::Result<()> {
+    let (tmp, target) = stage(dir, rel, data)?;
+    rename_staged(&tmp, &target)
+}
+
+/// Renames a file [`stage`]d, removing it if that fails.
+fn rename_staged(tmp: &Path, target: &Path) -> std::io::Result<()> {
+    let r = std::fs::rename(tmp, target);
+    if r.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    r
+}
+
+/// The first half of [`write_atomic`]: `data` in a synced temporary file (0600)
+/// beside `dir/rel`; returns (temporary, target).
+fn stage(dir: &Path, rel: &Path, data: &[u8]) -> std::io::Result<(PathBuf, PathBuf)> {
     use std::io::Write as _;
     let target = dir.join(rel);
     let parent = target.parent().unwrap_or(dir).to_path_buf();
@@ -327,13 +348,13 @@ pub fn write_atomic(dir: &Path, rel: &Path, data: &[u8]) -> std::io::Result<()> 
     let result = (|| {
         let mut f = opts.open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &target)
+        f.sync_all()
     })();
-    if result.is_err() {
+    if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    result
+    Ok((tmp, target))
 }
 
 struct TokenState {
@@ -395,9 +416,42 @@ impl Agent {
     fn write(&mut self, rel: &Path, data: &[u8]) -> anyhow::Result<()> {
         write_atomic(&self.args.dir, rel, data)
             .with_context(|| format!("writing {}", self.args.dir.join(rel).display()))?;
+        self.remember(rel);
+        Ok(())
+    }
+
+    fn remember(&mut self, rel: &Path) {
         if !self.written.iter().any(|w| w == rel) {
             self.written.push(rel.to_path_buf());
         }
+    }
+
+    /// Two files staged first, then renamed in order (`first`, then `second`).
+    fn write_pair(
+        &mut self,
+        first: &Path,
+        first_data: &[u8],
+        second: &Path,
+        second_data: &[u8],
+    ) -> anyhow::Result<()> {
+        let dir = self.args.dir.clone();
+        let shown = |rel: &Path| dir.join(rel).display().to_string();
+        let (t1, p1) =
+            stage(&dir, first, first_data).with_context(|| format!("writing {}", shown(first)))?;
+        let (t2, p2) = match stage(&dir, second, second_data) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_file(&t1);
+                return Err(e).with_context(|| format!("writing {}", shown(second)));
+            }
+        };
+        if let Err(e) = rename_staged(&t1, &p1) {
+            let _ = std::fs::remove_file(&t2);
+            return Err(e).with_context(|| format!("writing {}", shown(first)));
+        }
+        self.remember(first);
+        rename_staged(&t2, &p2).with_context(|| format!("writing {}", shown(second)))?;
+        self.remember(second);
         Ok(())
     }
 
@@ -540,13 +594,15 @@ pub async fn run(
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "default".into());
     let sources = token_sources(&pod);
-    if sources.is_empty() {
-        tracing::warn!(pod = %who, "the pod has no serviceAccountToken projection: writing ca.crt and namespace only");
+    let token_paths: Vec<PathBuf> = sources.iter().map(|s| s.path.clone()).collect();
+    let cert_sources = pod_certificates::certificate_sources(&pod, &token_paths);
+    if sources.is_empty() && cert_sources.is_empty() {
+        tracing::warn!(pod = %who, "the pod has no serviceAccountToken or podCertificate projection: writing ca.crt and namespace only");
     }
     agent.write(Path::new("ca.crt"), &ca)?;
     let ns = agent.args.namespace.clone();
     agent.write(Path::new("namespace"), ns.as_bytes())?;
-    tracing::info!(pod = %who, uid = %agent.uid, service_account = %agent.service_account, tokens = sources.len(), dir = %agent.args.dir.display(), "projecting");
+    tracing::info!(pod = %who, uid = %agent.uid, service_account = %agent.service_account, tokens = sources.len(), certificates = cert_sources.len(), dir = %agent.args.dir.display(), "projecting");
 
     let now = SystemTime::now();
     let mut tokens: Vec<TokenState> = sources
@@ -558,6 +614,11 @@ pub async fn run(
             expires_at: None,
         })
         .collect();
+    let mut certs: Vec<pod_certificates::CertificateState> = cert_sources
+        .into_iter()
+        .map(|s| pod_certificates::CertificateState::new(s, now))
+        .collect();
+    let mut call_as = pod_certificates::CallAs::Itself;
 
     let mut watch = match agent.open_watch().await {
         Ok(w) => Some(w),
@@ -615,9 +676,15 @@ pub async fn run(
                 }
             }
         }
+        if let Some(why) = agent.refresh_certificates(&mut certs, &mut call_as).await? {
+            tracing::info!(pod = %who, "pod {why}: removing the files");
+            agent.remove_files();
+            return Ok(Exit::PodDeleted);
+        }
         let next = tokens
             .iter()
             .map(|t| t.due)
+            .chain(certs.iter().map(|c| c.due))
             .min()
             .unwrap_or_else(|| SystemTime::now() + MAX_REFRESH_AGE);
         let sleep = next.duration_since(SystemTime::now()).unwrap_or_default();
@@ -626,10 +693,13 @@ pub async fn run(
             () = tokio::time::sleep(sleep) => {}
             c = control.recv(), if control_open => match c {
                 Some(Control::Refresh) => {
-                    tracing::info!("refreshing every token now");
+                    tracing::info!("refreshing every token and certificate now");
                     let now = SystemTime::now();
                     for t in &mut tokens {
                         t.due = now;
+                    }
+                    for c in &mut certs {
+                        c.due = now;
                     }
                 }
                 Some(Control::Stop) => {

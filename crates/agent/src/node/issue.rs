@@ -53,12 +53,6 @@ pub fn draw_jitter(max: Duration) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=ms))
 }
 
-fn to_system(t: Option<&prost_types::Timestamp>) -> Option<SystemTime> {
-    let t = t?;
-    let secs = u64::try_from(t.seconds).ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-}
-
 /// The pod as the agent needs it.
 struct PodInfo {
     uid: String,
@@ -142,64 +136,46 @@ async fn uid_of_node(ctx: &Ctx) -> Result<String, tonic::Status> {
     Ok(n.metadata.map(|m| m.uid).unwrap_or_default())
 }
 
-/// A new key and a certificate for it.
+/// A new key and a certificate for it (key generation and the request are shared
+/// with the per-pod agent: [`crate::pod_certificates`]).
 async fn issue(
     ctx: &Ctx,
     w: &Workload,
     pod: &PodInfo,
 ) -> Result<(Svid, SystemTime), tonic::Status> {
-    let internal = |what: &str, e: rcgen::Error| tonic::Status::internal(format!("{what}: {e}"));
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| internal("generating the key", e))?;
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .map_err(|e| internal("CSR parameters", e))?
-        .serialize_request(&key)
-        .map_err(|e| internal("signing the CSR", e))?;
+    let key =
+        crate::pod_certificates::generate_key("ECDSAP256").map_err(tonic::Status::internal)?;
     let sa_uid = uid_of_service_account(ctx, w).await?;
     let node_uid = uid_of_node(ctx).await?;
-    let r =
-        cpb::pod_certificate_service_client::PodCertificateServiceClient::new(ctx.issuer.clone())
-            .create_pod_certificate(cpb::CreatePodCertificateRequest {
-                namespace: w.namespace.clone(),
-                spec: Some(cpb::PodCertificateRequestSpec {
-                    signer_name: "badge.dev/spiffe".into(),
-                    pod_name: w.pod.clone(),
-                    pod_uid: pod.uid.clone(),
-                    service_account_name: w.service_account.clone(),
-                    service_account_uid: sa_uid,
-                    node_name: ctx.settings.node.clone(),
-                    node_uid,
-                    stub_pkcs10_request: csr.der().to_vec(),
-                    ..Default::default()
-                }),
-            })
-            .await?
-            .into_inner();
-    let status = r.status.unwrap_or_default();
-    let chain_der = pem_certificates(&status.certificate_chain);
-    if chain_der.is_empty() {
-        return Err(tonic::Status::internal(
-            "token-issuer answered without a certificate chain",
-        ));
-    }
-    let not_after = to_system(status.not_after.as_ref())
-        .ok_or_else(|| tonic::Status::internal("token-issuer answered without notAfter"))?;
-    let begin = to_system(status.begin_refresh_at.as_ref()).unwrap_or_else(|| {
-        let now = SystemTime::now();
-        now + not_after.duration_since(now).unwrap_or_default() / 2
-    });
+    let issued = crate::pod_certificates::request(
+        ctx.issuer.clone(),
+        &w.namespace,
+        cpb::PodCertificateRequestSpec {
+            signer_name: "badge.dev/spiffe".into(),
+            pod_name: w.pod.clone(),
+            pod_uid: pod.uid.clone(),
+            service_account_name: w.service_account.clone(),
+            service_account_uid: sa_uid,
+            node_name: ctx.settings.node.clone(),
+            node_uid,
+            ..Default::default()
+        },
+        &key,
+        None,
+    )
+    .await?;
     let svid = Svid {
-        spiffe_id: r.spiffe_id,
+        spiffe_id: issued.spiffe_id,
         hint: w.key(),
         pod_uid: pod.uid.clone(),
-        chain_der,
-        chain_pem: status.certificate_chain,
+        chain_der: issued.chain_der,
+        chain_pem: issued.chain_pem,
         key_pkcs8_der: Zeroizing::new(key.serialize_der()),
         key_pem: Zeroizing::new(key.serialize_pem()),
-        not_after,
-        serial: r.serial_number,
+        not_after: issued.not_after,
+        serial: issued.serial,
     };
-    Ok((svid, begin))
+    Ok((svid, issued.begin_refresh_at))
 }
 
 /// The DER of every CERTIFICATE block of `pem`.
