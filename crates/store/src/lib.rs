@@ -588,7 +588,7 @@ impl Store {
             Db::Postgres(primary) => Ok(Tx::Postgres(primary.begin("BEGIN").await?)),
             Db::Sqlite(shared) => {
                 let writer = shared.writer.clone().lock_owned().await;
-                let tx = shared.pool.begin_with("BEGIN IMMEDIATE").await?;
+                let tx = primary::begin_detached(shared.pool.clone(), "BEGIN IMMEDIATE").await?;
                 Ok(Tx::Sqlite(tx, Some(writer)))
             }
         }
@@ -604,9 +604,7 @@ impl Store {
                 .map_err(|e| db_error(e, None)),
             // A deferred transaction in WAL mode reads one snapshot, taken at its
             // first SELECT, until it ends.
-            Db::Sqlite(shared) => shared
-                .pool
-                .begin()
+            Db::Sqlite(shared) => primary::begin_detached(shared.pool.clone(), "BEGIN")
                 .await
                 .map(|tx| Tx::Sqlite(tx, None))
                 .map_err(|e| db_error(e, None)),

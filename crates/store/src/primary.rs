@@ -186,6 +186,27 @@ struct Multi {
     kick: Notify,
 }
 
+/// `pool.begin_with(statement)` in a task of its own, so that the caller's
+/// cancellation (a timeout, a `select!`) cannot cut BEGIN in half.
+///
+/// Why: sqlx 0.9 guards an interrupted BEGIN with a rollback that fires only once
+/// the transaction depth is counted, which happens after BEGIN's answer is read. A
+/// caller dropped in between returns the connection to the pool inside the
+/// transaction BEGIN opened, uncounted, and the connection's next user runs in it:
+/// after a read's `BEGIN … READ ONLY`, a write then fails with "cannot execute
+/// UPDATE in a read-only transaction" (seen under load when the change-feed read's
+/// timeout fired during BEGIN). In its own task BEGIN always completes; when nobody
+/// waits for it any more the transaction is dropped there, counted, and sqlx rolls
+/// it back before the connection is used again.
+pub(crate) async fn begin_detached<DB: sqlx::Database>(
+    pool: sqlx::Pool<DB>,
+    statement: &'static str,
+) -> sqlx::Result<sqlx::Transaction<'static, DB>> {
+    tokio::spawn(async move { pool.begin_with(statement).await })
+        .await
+        .unwrap_or(Err(sqlx::Error::WorkerCrashed))
+}
+
 fn build_pool(opts: PgConnectOptions, max: u32, acquire_timeout: Duration) -> PgPool {
     PgPoolOptions::new()
         .max_connections(max.max(1))
@@ -250,15 +271,18 @@ impl Primary {
     /// the new one: nothing has run yet, so that is safe, and a request that
     /// arrived during a switchover then succeeds instead of waiting out the
     /// acquire timeout on a pool that leads nowhere.
+    ///
+    /// Cancellation-safe: see [`begin_detached`]. Abandoning a begin on the old
+    /// primary's pool (or the caller giving up) leaves it to finish on its own.
     pub(crate) async fn begin(
         &self,
         statement: &'static str,
     ) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
         let mut moved = self.generation.subscribe();
-        let pool = self.pool();
+        let first = begin_detached(self.pool(), statement);
         let r = tokio::select! {
-            r = pool.begin_with(statement) => r,
-            Ok(()) = moved.changed() => self.pool().begin_with(statement).await,
+            r = first => r,
+            Ok(()) = moved.changed() => begin_detached(self.pool(), statement).await,
         };
         self.observe(&r);
         r

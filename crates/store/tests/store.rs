@@ -1769,6 +1769,104 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Forwards to 127.0.0.1:5432; once `hold` is set, the next server answer that
+/// completes a BEGIN is held back 300 ms (and `hold` cleared), so a caller can give
+/// up while BEGIN has run on the server but its answer has not been read.
+async fn begin_delaying_forward(hold: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let hold = hold.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
+                    return;
+                };
+                let (mut client_in, mut client_out) = inbound.into_split();
+                let (mut server_in, mut server_out) = outbound.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_in, &mut server_out).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match server_in.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    // CommandComplete of a BEGIN carries the tag "BEGIN\0".
+                    if buf[..n].windows(6).any(|w| w == b"BEGIN\0")
+                        && hold.swap(false, Ordering::SeqCst)
+                    {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    if client_out.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    port
+}
+
+/// A read whose caller gives up while its `BEGIN … READ ONLY` has run on the
+/// server but the answer is still on its way (a timeout, a `select!`) must not
+/// leave that transaction open on the pooled connection: the connection's next
+/// user, a write, would run inside it and fail with "cannot execute … in a
+/// read-only transaction" (sqlx 0.9's own guard misses this window; seen under
+/// load when the change-feed read's timeout fired during BEGIN).
+#[tokio::test]
+async fn a_read_abandoned_during_begin_leaves_no_transaction_behind() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let db = fresh_database().await;
+    if db.backend() != Backend::Postgres {
+        return;
+    }
+    let _migrated = db.store().await;
+    let hold = Arc::new(AtomicBool::new(false));
+    let port = begin_delaying_forward(hold.clone()).await;
+    // Plain text, so the proxy can see BEGIN's answer.
+    let url = db
+        .url
+        .replacen("127.0.0.1:5432", &format!("127.0.0.1:{port}"), 1);
+    let url = format!(
+        "{url}{}sslmode=disable",
+        if url.contains('?') { '&' } else { '?' }
+    );
+    // One connection, so the write below gets the abandoned read's.
+    let store = Store::connect(
+        &url,
+        StoreOptions {
+            max_connections: 1,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    store.apply(vec![create_ns("a")], t(0)).await.unwrap();
+    hold.store(true, Ordering::SeqCst);
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(150),
+        list_all(&store, Kind::Namespace, None),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the read was to be abandoned mid-BEGIN");
+    assert!(!hold.load(Ordering::SeqCst), "BEGIN's answer was held");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store
+        .apply(vec![create_ns("b")], t(1))
+        .await
+        .expect("a write after an abandoned read");
+    store
+        .get(Kind::Namespace, "", "b")
+        .await
+        .expect("the write is there");
+}
+
 /// The primary crashes; a frozen host (accepts connections, never answers) stays
 /// in the list; the new primary appears 1.2 s later. The store must see it within
 /// one backoff pause (the frozen host's 1 s probe bound must not pace the search),
