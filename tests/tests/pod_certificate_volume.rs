@@ -144,7 +144,7 @@ async fn workload(s: &Stack) {
         .create_pod(pb::CreatePodRequest {
             pod: Some(pod(vec![
                 pod_certificate("tls/credentialbundle.pem", "", "", "ECDSAP256"),
-                pod_certificate("", "split/tls.key", "split/tls.crt", "ECDSAP384"),
+                pod_certificate("", "split/tls.key", "split/tls.crt", "ED25519"),
             ])),
         })
         .await
@@ -328,12 +328,13 @@ async fn agent_writes_rotates_and_removes_pod_certificates() {
     let dates = openssl(&["x509", "-noout", "-startdate", "-enddate"], &leaf_file);
     assert!(dates.contains("notAfter="), "{dates}");
 
-    // Key + chain files: a P-384 key, matching its leaf.
+    // Key + chain files: an Ed25519 key (PKCS#8 v1: OpenSSL 3.0 reads it), matching
+    // its leaf.
     let k = std::fs::read_to_string(&key_file).expect("key");
     let c = std::fs::read_to_string(&chain_file).expect("chain");
     assert_eq!(blocks(&k).len(), 1);
     assert_eq!(blocks(&k)[0].0, "PRIVATE KEY");
-    assert!(openssl(&["pkey", "-noout", "-text"], &key_file).contains("P-384"));
+    assert!(openssl(&["pkey", "-noout", "-text"], &key_file).contains("ED25519"));
     let chain_blocks = blocks(&c);
     assert!(chain_blocks.iter().all(|(l, _)| l == "CERTIFICATE"));
     assert!(key_matches_leaf(&scratch, &k, &chain_blocks[0].1));

@@ -68,6 +68,38 @@ pub fn generate_key(key_type: &str) -> Result<rcgen::KeyPair, String> {
     r.map_err(|e| format!("generating a {key_type} key: {e}"))
 }
 
+/// The key as PKCS#8 PEM (`PRIVATE KEY`). Ed25519 keys are written as PKCS#8 v1
+/// (RFC 8410: the seed only): the v2 form with the public key that the crypto
+/// backend exports is not read by OpenSSL 3.0 ("unsupported").
+pub fn key_pem(key: &rcgen::KeyPair) -> Zeroizing<String> {
+    use base64::Engine as _;
+    const V2_PREFIX: [u8; 14] = [
+        0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    const V1_HEADER: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let der = Zeroizing::new(key.serialize_der());
+    let seed = der
+        .get(2..2 + V2_PREFIX.len())
+        .filter(|p| *p == V2_PREFIX)
+        .and_then(|_| der.get(2 + V2_PREFIX.len()..2 + V2_PREFIX.len() + 32));
+    let Some(seed) = seed else {
+        return Zeroizing::new(key.serialize_pem());
+    };
+    let mut v1 = Zeroizing::new(V1_HEADER.to_vec());
+    v1.extend_from_slice(seed);
+    let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(v1.as_slice()));
+    let mut out = Zeroizing::new(String::from("-----BEGIN PRIVATE KEY-----\n"));
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END PRIVATE KEY-----\n");
+    out
+}
+
 /// What `CreatePodCertificate` returned.
 pub struct Issued {
     /// Leaf first (DER).
@@ -364,7 +396,7 @@ impl Agent {
         let ns = self.args.namespace.clone();
         if *call_as == CallAs::Itself {
             match request(self.issuer.clone(), &ns, spec.clone(), &key, None).await {
-                Ok(i) => return Ok((Zeroizing::new(key.serialize_pem()), i)),
+                Ok(i) => return Ok((key_pem(&key), i)),
                 Err(st) if st.code() == Code::PermissionDenied => {
                     tracing::info!(
                         "CreatePodCertificate refused the agent's own credentials ({}); calling as the pod with a pod-bound token from now on",
@@ -377,7 +409,7 @@ impl Agent {
         }
         let token = self.pod_token().await?;
         let issued = request(self.issuer.clone(), &ns, spec, &key, Some(token.as_str())).await?;
-        Ok((Zeroizing::new(key.serialize_pem()), issued))
+        Ok((key_pem(&key), issued))
     }
 
     /// Writes the credentials of `s` (see the module documentation for the order).
