@@ -989,3 +989,73 @@ async fn create_certificate_and_get_trust_bundle() {
         "{e}"
     );
 }
+
+/// A pod with Kubernetes' `podCertificate` projected sources: applied, unchanged on
+/// re-apply, rendered back by `get -o yaml`; identity's refusal names the field.
+#[tokio::test]
+async fn apply_and_get_a_pod_certificate_source() {
+    let s = stack().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let objects = "apiVersion: v1
+kind: Namespace
+metadata: {name: certs}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web, namespace: certs}
+";
+    let pod = "apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: certs}
+spec:
+  serviceAccountName: web
+  containers: [{name: app, image: example/web:1}]
+  volumes:
+  - name: tls
+    projected:
+      sources:
+      - podCertificate:
+          signerName: badge.dev/spiffe
+          keyType: ECDSAP256
+          maxExpirationSeconds: 86400
+          credentialBundlePath: credentialbundle.pem
+          userAnnotations: {example.com/team: web}
+      - podCertificate:
+          signerName: badge.dev/spiffe
+          keyType: RSA3072
+          keyPath: tls.key
+          certificateChainPath: tls.crt
+";
+    let o = write(dir.path(), "objects.yaml", objects);
+    ok(&s, &["apply", "-f", &o]).await;
+    let p = write(dir.path(), "pod.yaml", pod);
+    assert_eq!(ok(&s, &["apply", "-f", &p]).await, "pod/web created\n");
+    assert_eq!(ok(&s, &["apply", "-f", &p]).await, "pod/web unchanged\n");
+    let yaml = ok(&s, &["get", "pod", "web", "-n", "certs", "-o", "yaml"]).await;
+    for want in [
+        "podCertificate:",
+        "signerName: badge.dev/spiffe",
+        "keyType: ECDSAP256",
+        "maxExpirationSeconds: 86400",
+        "credentialBundlePath: credentialbundle.pem",
+        "example.com/team: web",
+        "keyType: RSA3072",
+        "keyPath: tls.key",
+        "certificateChainPath: tls.crt",
+    ] {
+        assert!(yaml.contains(want), "{want:?} in {yaml}");
+    }
+
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &pod.replace("name: web, namespace", "name: web2, namespace")
+            .replace("keyType: RSA3072", "keyType: RSA1024"),
+    );
+    let e = err(&s, &["apply", "-f", &bad]).await;
+    assert!(
+        e.contains("spec.volumes[0].projected.sources[1].pod_certificate.key_type")
+            && e.contains("\"RSA1024\""),
+        "{e}"
+    );
+}
