@@ -258,19 +258,6 @@ impl IstioPool {
         })
     }
 
-    /// The encoded size of one request message (for an echo of the same size).
-    pub fn request_bytes(&self) -> usize {
-        use prost::Message as _;
-        self.entries.first().map_or(0, |e| {
-            IstioCertificateRequest {
-                csr: e.csr.clone(),
-                validity_duration: self.validity_seconds,
-                metadata: None,
-            }
-            .encoded_len()
-        })
-    }
-
     /// One CreateCertificate with the next pooled CSR; the answer must be a chain
     /// of at least two certificates (the leaf and, last, the root).
     pub async fn call(&self, channel: Channel) -> Result<(), Status> {
@@ -593,7 +580,6 @@ mod tests {
         assert!(!shown.contains(&token), "{shown}");
         let v = badge_ca::csr::parse_pem("csr", &pool.entries[1].csr).expect("csr");
         assert_eq!(v.uri_sans, vec!["spiffe://td/ns/shop/sa/web".to_string()]);
-        assert!(pool.request_bytes() > 200);
         let pod = PodPool::build(&PodSpec {
             namespace: "shop".into(),
             pod: "web-0".into(),

@@ -321,7 +321,8 @@ pub enum ScenarioArgs {
         /// Subject key type: ECDSAP256, ECDSAP384, ECDSAP521, ED25519, RSA3072, RSA4096.
         #[arg(long, default_value = "ECDSAP256", value_parser = key_type)]
         key_type: KeyType,
-        /// CSRs made up front (one key each).
+        /// CSRs made up front (one key each, generated on every core; RSA keys take
+        /// a while each: keep RSA pools small).
         #[arg(long, default_value_t = 64)]
         pool: usize,
         /// `validity_duration`; 0: the server's default lifetime.
@@ -362,7 +363,8 @@ pub enum ScenarioArgs {
         /// Subject key type: ECDSAP256, ECDSAP384, ECDSAP521, ED25519, RSA3072, RSA4096.
         #[arg(long, default_value = "ECDSAP256", value_parser = key_type)]
         key_type: KeyType,
-        /// Stub CSRs made up front (one key each).
+        /// Stub CSRs made up front (one key each, generated on every core; RSA keys
+        /// take a while each: keep RSA pools small).
         #[arg(long, default_value_t = 64)]
         pool: usize,
     },
