@@ -161,9 +161,27 @@ impl Drop for Agent {
 impl Env {
     /// Starts a node agent whose only entry maps `uid` to shop/`pod`.
     fn agent(&self, name: &str, uid: u32, pod: &str, sa: &str) -> Agent {
+        self.agent_with(name, &[format!("unix:uid:{uid}")], pod, sa, "")
+    }
+
+    /// Starts a node agent whose only entry maps `selectors` to shop/`pod`; `extra`
+    /// is more of the configuration (YAML lines).
+    fn agent_with(
+        &self,
+        name: &str,
+        selectors: &[String],
+        pod: &str,
+        sa: &str,
+        extra: &str,
+    ) -> Agent {
         let socket = self.dir.path().join(format!("{name}/agent.sock"));
+        let selectors = selectors
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let yaml = format!(
-            "node: node-a\nsocket: {}\npod_poll_ms: 1000\nbundle_poll_ms: 200\nrefresh_jitter_ms: 0\nworkloads:\n- selectors: [\"unix:uid:{uid}\"]\n  namespace: shop\n  pod: {pod}\n  service_account: {sa}\n",
+            "node: node-a\nsocket: {}\npod_poll_ms: 1000\nbundle_poll_ms: 200\nrefresh_jitter_ms: 0\n{extra}workloads:\n- selectors: [{selectors}]\n  namespace: shop\n  pod: {pod}\n  service_account: {sa}\n",
             socket.display()
         );
         let config: NodeConfig = serde_yaml::from_str(&yaml).expect("config");
@@ -239,6 +257,11 @@ impl Agent {
 
     /// A raw gRPC channel over the socket.
     async fn channel(&self) -> Channel {
+        self.try_channel().await.expect("channel")
+    }
+
+    /// A raw gRPC channel over the socket, or why none could be opened.
+    async fn try_channel(&self) -> Result<Channel, tonic::transport::Error> {
         self.wait_for_socket().await;
         let path = self.socket.clone();
         tonic::transport::Endpoint::from_static("http://agent.invalid")
@@ -251,7 +274,6 @@ impl Agent {
                 }
             }))
             .await
-            .expect("channel")
     }
 }
 
@@ -1077,4 +1099,180 @@ async fn mint_jwt_svid_is_for_the_pods_own_node() {
         Code::PermissionDenied,
         "jwtsvids",
     );
+}
+
+/// A Workload API request with its security header.
+fn workload_request<T>(m: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    r.metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().expect("value"));
+    r
+}
+
+fn assert_invalid(err: &tonic::Status, field: &str) {
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message().starts_with(field),
+        "{} does not name {field}",
+        err.message()
+    );
+}
+
+/// What an attested caller can make the agent hold is bounded, each bound checked
+/// with a real client on the socket: request fields (INVALID_ARGUMENT naming the
+/// field), message size, and connections (over the cap: refused; a slot is given
+/// back when a connection closes).
+#[tokio::test]
+async fn an_attested_caller_is_bounded() {
+    use badge_proto::spiffe_workload as w;
+    let e = env().await;
+    let web = e.agent_with(
+        "web",
+        &[format!("unix:uid:{}", my_uid())],
+        "web-0",
+        "web",
+        "max_connections: 2\n",
+    );
+    let chan = web.channel().await;
+    let api = w::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(chan.clone());
+    // The identity first, so that every refusal below is about the request.
+    let mut stream = api
+        .clone()
+        .fetch_x509svid(workload_request(w::X509svidRequest {}))
+        .await
+        .expect("stream")
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an SVID in time")
+        .expect("ok")
+        .expect("a message");
+
+    let jwt = |audience: Vec<String>, spiffe_id: String| {
+        let mut api = api.clone();
+        async move {
+            api.fetch_jwtsvid(workload_request(w::JwtsvidRequest {
+                audience,
+                spiffe_id,
+            }))
+            .await
+            .expect_err("refused")
+        }
+    };
+    let many: Vec<String> = (0..17).map(|i| format!("aud-{i}")).collect();
+    assert_invalid(&jwt(many, String::new()).await, "audience: at most 16");
+    assert_invalid(
+        &jwt(vec!["ok".into(), "a".repeat(257)], String::new()).await,
+        "audience[1]: longer than 256",
+    );
+    assert_invalid(
+        &jwt(
+            vec!["ok".into()],
+            format!("spiffe://x/{}", "a".repeat(2048)),
+        )
+        .await,
+        "spiffe_id: longer than 2048",
+    );
+    let validate = |audience: String, svid: String| {
+        let mut api = api.clone();
+        async move {
+            api.validate_jwtsvid(workload_request(w::ValidateJwtsvidRequest {
+                audience,
+                svid,
+            }))
+            .await
+            .expect_err("refused")
+        }
+    };
+    assert_invalid(
+        &validate("a".repeat(257), "x.y.z".into()).await,
+        "audience: longer than 256",
+    );
+    assert_invalid(
+        &validate("orders".into(), "a".repeat(8193)).await,
+        "svid: longer than 8192",
+    );
+    // Past the decoding limit the message is not even read.
+    let err = validate("orders".into(), "a".repeat(100 * 1024)).await;
+    assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
+    assert!(err.message().contains("65536"), "{}", err.message());
+
+    let mut sds = SecretDiscoveryServiceClient::new(chan.clone());
+    let names: Vec<String> = (0..65).map(|i| format!("n{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let err = sds
+        .fetch_secrets(sds_request(&refs, "", ""))
+        .await
+        .expect_err("too many names");
+    assert_invalid(&err, "resource_names: at most 64");
+    let long = "a".repeat(2049);
+    let err = sds
+        .fetch_secrets(sds_request(&["default", &long], "", ""))
+        .await
+        .expect_err("too long a name");
+    assert_invalid(&err, "resource_names[1]: longer than 2048");
+    // On a stream: the stream ends with the same status.
+    let (tx, rx) = tokio::sync::mpsc::channel::<DiscoveryRequest>(2);
+    let mut responses = sds
+        .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    tx.send(sds_request(&refs, "", "")).await.expect("send");
+    let end = tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("an answer in time")
+        .expect_err("refused");
+    assert_invalid(&end, "resource_names: at most 64");
+
+    // Connections: `chan` holds one of two slots; a second connection is served, a
+    // third refused (closed at accept: the HTTP/2 handshake or the call fails).
+    let second = web.channel().await;
+    tonic_health::pb::health_client::HealthClient::new(second.clone())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("the second connection is served");
+    let third = match web.try_channel().await {
+        Err(_) => None,
+        Ok(c) => Some(
+            tonic_health::pb::health_client::HealthClient::new(c)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .expect_err("the third connection is refused"),
+        ),
+    };
+    // Closed by the agent: tonic's client reports it as a transport error.
+    if let Some(s) = third {
+        assert!(
+            matches!(s.code(), Code::Unavailable | Code::Unknown),
+            "{s:?}"
+        );
+        assert!(s.message().contains("transport error"), "{s:?}");
+    }
+    // Closing one gives its slot back.
+    drop(second);
+    let t = Instant::now();
+    loop {
+        let served = match web.try_channel().await {
+            Ok(c) => tonic_health::pb::health_client::HealthClient::new(c)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if served {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the slot of a closed connection was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first connection was never disturbed.
+    drop(stream);
+    tonic_health::pb::health_client::HealthClient::new(chan)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("the first connection still served");
 }

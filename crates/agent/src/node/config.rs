@@ -6,6 +6,9 @@
 //! socket: badge-data/agent.sock     # Workload API + Envoy SDS (default)
 //! socket_mode: "0666"               # default; attestation, not file modes, decides who gets what
 //! socket_dir_mode: "0755"           # mode of the socket's directory when the agent creates it
+//! max_connections: 1024             # connections held at once; more are refused
+//! max_connections_per_uid: 128      # the same per caller uid
+//! max_streams_per_connection: 64    # HTTP/2 streams per connection
 //! workloads:
 //!   - selectors: ["unix:uid:1000"]
 //!     namespace: shop
@@ -42,6 +45,15 @@ fn default_jitter() -> u64 {
 fn default_jwt_ttl() -> i64 {
     300
 }
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_connections_per_uid() -> usize {
+    128
+}
+fn default_max_streams() -> u32 {
+    64
+}
 
 /// The node agent's configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +82,15 @@ pub struct NodeConfig {
     /// Lifetime of the JWT-SVIDs asked for (seconds, [60, 3600]).
     #[serde(default = "default_jwt_ttl")]
     pub jwt_svid_ttl_seconds: i64,
+    /// Connections held at once on the socket; more are refused (closed at accept).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections held at once by callers of one uid; more are refused.
+    #[serde(default = "default_max_connections_per_uid")]
+    pub max_connections_per_uid: usize,
+    /// HTTP/2 streams open at once on one connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    #[serde(default = "default_max_streams")]
+    pub max_streams_per_connection: u32,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
@@ -114,6 +135,9 @@ pub struct Settings {
     pub bundle_poll: Duration,
     pub refresh_jitter: Duration,
     pub jwt_svid_ttl_seconds: i64,
+    pub max_connections: usize,
+    pub max_connections_per_uid: usize,
+    pub max_streams_per_connection: u32,
 }
 
 fn mode(field: &str, s: &str) -> Result<u32, String> {
@@ -172,6 +196,25 @@ impl NodeConfig {
         ] {
             if v < 10 {
                 errors.push(format!("{field}: {v} is below 10 ms"));
+            }
+        }
+        // Zero would refuse everyone; the upper bounds keep a typo from lifting the
+        // bound the setting exists for (each connection holds a descriptor).
+        for (field, v, max) in [
+            ("max_connections", self.max_connections, 65_536),
+            (
+                "max_connections_per_uid",
+                self.max_connections_per_uid,
+                65_536,
+            ),
+            (
+                "max_streams_per_connection",
+                self.max_streams_per_connection as usize,
+                1024,
+            ),
+        ] {
+            if !(1..=max).contains(&v) {
+                errors.push(format!("{field}: {v} is not in [1, {max}]"));
             }
         }
         let mut workloads = Vec::new();
@@ -235,6 +278,9 @@ impl NodeConfig {
             bundle_poll: Duration::from_millis(self.bundle_poll_ms),
             refresh_jitter: Duration::from_millis(self.refresh_jitter_ms),
             jwt_svid_ttl_seconds: self.jwt_svid_ttl_seconds,
+            max_connections: self.max_connections,
+            max_connections_per_uid: self.max_connections_per_uid,
+            max_streams_per_connection: self.max_streams_per_connection,
         })
     }
 }
@@ -257,12 +303,20 @@ mod tests {
             [Selector::Uid(1000), Selector::Gid(10)]
         );
         assert_eq!(s.bundle_poll, Duration::from_secs(10));
+        assert_eq!(
+            (
+                s.max_connections,
+                s.max_connections_per_uid,
+                s.max_streams_per_connection
+            ),
+            (1024, 128, 64)
+        );
     }
 
     #[test]
     fn every_bad_field_is_named() {
         let c: NodeConfig = serde_yaml::from_str(
-            "node: Node_A\nsocket_mode: \"999\"\njwt_svid_ttl_seconds: 5\nworkloads:\n- selectors: []\n  namespace: shop\n  pod: web-0\n  service_account: web\n- selectors: [\"unix:uid:x\"]\n  namespace: shop\n  pod: web-0\n  service_account: Web\n",
+            "node: Node_A\nsocket_mode: \"999\"\njwt_svid_ttl_seconds: 5\nmax_connections: 0\nmax_streams_per_connection: 5000\nworkloads:\n- selectors: []\n  namespace: shop\n  pod: web-0\n  service_account: web\n- selectors: [\"unix:uid:x\"]\n  namespace: shop\n  pod: web-0\n  service_account: Web\n",
         )
         .expect("yaml");
         let e = c.settings().expect_err("invalid");
@@ -270,6 +324,8 @@ mod tests {
             "node:",
             "socket_mode:",
             "jwt_svid_ttl_seconds:",
+            "max_connections: 0 is not in [1, 65536]",
+            "max_streams_per_connection: 5000 is not in [1, 1024]",
             "workloads[0].selectors:",
             "workloads[1].selectors[0]:",
             "workloads[1].service_account:",

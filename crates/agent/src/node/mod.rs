@@ -13,6 +13,7 @@
 //! Callers are attested by their Unix peer credentials ([`selector`]).
 
 pub mod config;
+pub mod conn;
 pub mod issue;
 pub mod jwt;
 pub mod metrics;
@@ -31,6 +32,22 @@ use tokio::net::UnixListener;
 use tokio::sync::{Notify, watch};
 
 pub use config::{NodeConfig, Settings};
+
+/// Largest request message decoded (bytes). Workload API and SDS requests are a few
+/// hundred bytes; tonic's default (4 MiB) would let every stream of every caller
+/// make the agent buffer 4 MiB. Larger messages end the call with `OUT_OF_RANGE`.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest HTTP/2 header block accepted (bytes): requests carry one header of ours.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// HTTP/2 pings on idle connections, and how long an answer may take before the
+/// connection is closed: a peer that stopped reading (its streams' messages queued
+/// in the agent) is dropped rather than held.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Bound on a unary call (FetchJWTSVID, ValidateJWTSVID: the waits for the identity
+/// and token-issuer inside are shorter). Streams are not cut by it: tonic's
+/// timeout covers the handler until its response starts.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `badge-agent node` (also `badge agent node`): the connection settings are the
 /// agent's usual ones (badgectl's: flags, `BADGE_*`, `badge-data/badge.env`).
@@ -239,13 +256,25 @@ pub async fn run(
     let mut stopped = stop.clone();
     // Not a graceful drain: Workload API and SDS streams never end on their own, so
     // stopping drops every connection (clients reconnect to the next agent).
+    let caps = conn::Caps {
+        max_connections: ctx.settings.max_connections,
+        max_connections_per_uid: ctx.settings.max_connections_per_uid,
+    };
+    // What one connection may hold (see docs/certificates.md, "Limits"): streams,
+    // header and message sizes, and no idle peer kept past a missed keepalive.
     let server = tonic::transport::Server::builder()
-        .add_service(health_svc)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(badge_proto::spiffe_workload::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(api))
-        .add_service(envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(sds))
-        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));
+        .max_concurrent_streams(Some(ctx.settings.max_streams_per_connection))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_pending_accept_reset_streams(Some(32))
+        .timeout(CALL_TIMEOUT)
+        .add_service(health_svc.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(reflection_v1.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(reflection_v1alpha.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(badge_proto::spiffe_workload::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(sds).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .serve_with_incoming(conn::incoming(listener, caps));
     let served = tokio::select! {
         r = server => r,
         _ = stopped.wait_for(|s| *s) => Ok(()),

@@ -44,6 +44,40 @@ pub const SECRET_TYPE: &str =
 pub const DEFAULT_NAME: &str = "default";
 pub const ROOT_NAME: &str = "ROOTCA";
 pub const ALL_NAME: &str = "ALL";
+/// Names in one subscription (Envoy names one or two per stream; SPIRE's and
+/// Istio's agents serve a handful). Each name is held for the stream's life and
+/// compared on every push, so a hostile caller's list is bounded.
+pub const MAX_RESOURCE_NAMES: usize = 64;
+/// Bytes of one resource name (a SPIFFE ID at most).
+pub const MAX_RESOURCE_NAME_LEN: usize = super::workload_api::MAX_SPIFFE_ID_LEN;
+/// Bytes of the Envoy node id kept for logs.
+const MAX_NODE_ID_LOGGED: usize = 256;
+
+/// Checks a request's `resource_names`.
+pub fn check_names(names: &[String]) -> Result<(), Status> {
+    if names.len() > MAX_RESOURCE_NAMES {
+        return Err(Status::invalid_argument(format!(
+            "resource_names: at most {MAX_RESOURCE_NAMES} names (got {})",
+            names.len()
+        )));
+    }
+    if let Some((i, n)) = names
+        .iter()
+        .enumerate()
+        .find(|(_, n)| n.len() > MAX_RESOURCE_NAME_LEN)
+    {
+        return Err(Status::invalid_argument(format!(
+            "resource_names[{i}]: longer than {MAX_RESOURCE_NAME_LEN} bytes ({})",
+            n.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The node id as logged: the caller chooses it, so it is cut short.
+fn node_id(id: &str) -> String {
+    id.chars().take(MAX_NODE_ID_LOGGED).collect()
+}
 
 type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -230,7 +264,11 @@ impl SecretDiscoveryService for Sds {
                     m = inbound.message() => match m {
                         Ok(Some(r)) => {
                             if let Some(n) = &r.node && node.is_empty() {
-                                node = n.id.clone();
+                                node = node_id(&n.id);
+                            }
+                            if let Err(s) = check_names(&r.resource_names) {
+                                let _ = tx.send(Err(s)).await;
+                                return;
                             }
                             if !r.type_url.is_empty() && r.type_url != SECRET_TYPE {
                                 let _ = tx.send(Err(Status::invalid_argument(format!(
@@ -294,6 +332,7 @@ impl SecretDiscoveryService for Sds {
     ) -> Result<Response<DiscoveryResponse>, Status> {
         let idx = attest(&self.shared, &req, "sds")?;
         let r = req.into_inner();
+        check_names(&r.resource_names)?;
         if !r.type_url.is_empty() && r.type_url != SECRET_TYPE {
             return Err(Status::invalid_argument(format!(
                 "type_url: {:?} is not served here (only {SECRET_TYPE})",

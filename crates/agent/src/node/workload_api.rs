@@ -31,6 +31,49 @@ use super::state::{Shared, Snapshot, Svid, View};
 /// The security header every Workload API request must carry.
 pub const HEADER: &str = "workload.spiffe.io";
 
+// Bounds on request fields. The requests of this API are tiny; a caller that
+// matched a selector may still be hostile, and every audience and token it sends
+// is held, hashed into cache keys, forwarded to token-issuer (audiences) and
+// parsed (tokens), so each is bounded well above any real use and refused with
+// INVALID_ARGUMENT naming the field.
+/// Audiences in one `FetchJWTSVID`.
+pub const MAX_AUDIENCES: usize = 16;
+/// Bytes of one audience.
+pub const MAX_AUDIENCE_LEN: usize = 256;
+/// Bytes of a SPIFFE ID (the SPIFFE specification's URI limit).
+pub const MAX_SPIFFE_ID_LEN: usize = 2048;
+/// Bytes of the token given to `ValidateJWTSVID` (Badge's are about 1 KiB).
+pub const MAX_JWT_LEN: usize = 8 * 1024;
+/// Minted JWT-SVIDs kept for reuse: distinct audiences each add an entry, so a
+/// caller cycling through audiences must not grow the cache without bound (past
+/// it, tokens are minted but not kept).
+pub const MAX_JWT_CACHE: usize = 4096;
+
+/// Checks `audience` of a JWT-SVID request: 1 to [`MAX_AUDIENCES`] non-empty
+/// values of at most [`MAX_AUDIENCE_LEN`] bytes.
+pub fn check_audiences(audience: &[String]) -> Result<(), Status> {
+    if audience.is_empty() || audience.iter().any(String::is_empty) {
+        return Err(Status::invalid_argument("audience must be specified"));
+    }
+    if audience.len() > MAX_AUDIENCES {
+        return Err(Status::invalid_argument(format!(
+            "audience: at most {MAX_AUDIENCES} audiences (got {})",
+            audience.len()
+        )));
+    }
+    if let Some((i, a)) = audience
+        .iter()
+        .enumerate()
+        .find(|(_, a)| a.len() > MAX_AUDIENCE_LEN)
+    {
+        return Err(Status::invalid_argument(format!(
+            "audience[{i}]: longer than {MAX_AUDIENCE_LEN} bytes ({})",
+            a.len()
+        )));
+    }
+    Ok(())
+}
+
 type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The caller's credentials, read by tokio from the accepted socket
@@ -38,8 +81,8 @@ type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 pub fn peer<T>(req: &Request<T>) -> Result<Peer, Status> {
     let cred = req
         .extensions()
-        .get::<tonic::transport::server::UdsConnectInfo>()
-        .and_then(|i| i.peer_cred)
+        .get::<super::conn::ConnInfo>()
+        .and_then(|i| i.uds.peer_cred)
         .ok_or_else(|| {
             Status::permission_denied(
                 "the caller's peer credentials are unavailable: no identity can be attested",
@@ -215,7 +258,9 @@ impl WorkloadApi {
             .unwrap_or(now);
         if let Ok(mut c) = self.jwt_cache.lock() {
             c.retain(|_, (_, _, e)| *e > now);
-            c.insert(key, (r.svid.clone(), now, exp));
+            if c.len() < MAX_JWT_CACHE {
+                c.insert(key, (r.svid.clone(), now, exp));
+            }
         }
         Ok(r.svid)
     }
@@ -341,8 +386,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         check_header(&req)?;
         let idx = attest(&self.shared, &req, "workload_jwt")?;
         let r = req.into_inner();
-        if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument("audience must be specified"));
+        check_audiences(&r.audience)?;
+        if r.spiffe_id.len() > MAX_SPIFFE_ID_LEN {
+            return Err(Status::invalid_argument(format!(
+                "spiffe_id: longer than {MAX_SPIFFE_ID_LEN} bytes"
+            )));
         }
         let (svids, _) = ready(&self.shared, &idx).await?;
         let chosen: Vec<&Arc<Svid>> = if r.spiffe_id.is_empty() {
@@ -405,8 +453,21 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if r.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
         }
+        if r.audience.len() > MAX_AUDIENCE_LEN {
+            return Err(Status::invalid_argument(format!(
+                "audience: longer than {MAX_AUDIENCE_LEN} bytes ({})",
+                r.audience.len()
+            )));
+        }
         if r.svid.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
+        }
+        // Checked before any parsing: the token is never decoded past this size.
+        if r.svid.len() > MAX_JWT_LEN {
+            return Err(Status::invalid_argument(format!(
+                "svid: longer than {MAX_JWT_LEN} bytes ({})",
+                r.svid.len()
+            )));
         }
         let (_, bundle) = ready(&self.shared, &idx).await?;
         let v = jwt::validate(&r.svid, &r.audience, &bundle)
