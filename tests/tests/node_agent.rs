@@ -1276,3 +1276,136 @@ async fn an_attested_caller_is_bounded() {
         .await
         .expect("the first connection still served");
 }
+
+/// This process's supplementary groups, as /proc says.
+fn my_groups() -> Vec<u32> {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn refused_by_attestation(e: &impl std::fmt::Debug) {
+    let shown = format!("{e:?}");
+    assert!(
+        // The spiffe crate reports PERMISSION_DENIED as NoIdentityIssued.
+        ["PermissionDenied", "no identity issued", "NoIdentityIssued"]
+            .iter()
+            .any(|m| shown.contains(m)),
+        "{shown}"
+    );
+}
+
+/// `unix:supplementary_gid:<n>`: read from /proc/<pid>/status as the connection is
+/// accepted. This process lacks the group: refused. A process that has it —
+/// grpcurl started by `setpriv --groups` (root only) — gets the identity; when this
+/// process has supplementary groups of its own, one of them is matched in-process.
+#[tokio::test]
+async fn supplementary_gid_selector() {
+    let e = env().await;
+    let td = e.trust_domain();
+    let mine = my_groups();
+    let g = (4242u32..).find(|g| !mine.contains(g)).expect("a free gid");
+    let with_g = e.agent_with(
+        "with-g",
+        &[
+            format!("unix:uid:{}", my_uid()),
+            format!("unix:supplementary_gid:{g}"),
+        ],
+        "web-0",
+        "web",
+        "",
+    );
+    let refused = with_g
+        .client()
+        .await
+        .fetch_x509_context()
+        .await
+        .expect_err("not in the group: refused");
+    refused_by_attestation(&refused);
+
+    if let Some(own) = mine.first() {
+        let by_own = e.agent_with(
+            "by-own",
+            &[format!("unix:supplementary_gid:{own}")],
+            "web-0",
+            "web",
+            "",
+        );
+        let ctx = by_own
+            .client()
+            .await
+            .fetch_x509_context()
+            .await
+            .expect("matched by its own supplementary group");
+        assert_eq!(
+            ctx.default_svid().expect("svid").spiffe_id().to_string(),
+            format!("spiffe://{td}/ns/shop/sa/web")
+        );
+    }
+
+    let tools = ["setpriv", "grpcurl"].iter().all(|t| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if my_uid() != 0 || !tools {
+        println!(
+            "supplementary_gid: no root or no setpriv/grpcurl, the matching process is not run"
+        );
+        return;
+    }
+    with_g.wait_for_socket().await;
+    let socket = with_g.socket.display().to_string();
+    let run = move |groups: Option<u32>| {
+        let socket = socket.clone();
+        // Blocking: off the runtime, which serves the agent meanwhile.
+        tokio::task::spawn_blocking(move || {
+            let grpcurl = [
+                "grpcurl",
+                "-plaintext",
+                "-unix",
+                "-authority",
+                "localhost",
+                "-H",
+                "workload.spiffe.io: true",
+                "-max-time",
+                "5",
+                &socket,
+                "SpiffeWorkloadAPI/FetchX509SVID",
+            ];
+            let mut cmd = match groups {
+                Some(g) => {
+                    let mut c = std::process::Command::new("setpriv");
+                    c.args(["--groups", &g.to_string(), "--"]).args(grpcurl);
+                    c
+                }
+                None => {
+                    let mut c = std::process::Command::new(grpcurl[0]);
+                    c.args(&grpcurl[1..]);
+                    c
+                }
+            };
+            let out = cmd.output().expect("grpcurl runs");
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let with_group = run(Some(g)).await.expect("joined");
+    assert!(
+        with_group.contains(&format!("spiffe://{td}/ns/shop/sa/web")),
+        "in group {g}: {with_group}"
+    );
+    let without = run(None).await.expect("joined");
+    assert!(without.contains("PermissionDenied"), "without: {without}");
+}

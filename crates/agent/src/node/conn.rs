@@ -41,6 +41,10 @@ use super::metrics;
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub uds: UdsConnectInfo,
+    /// The caller's supplementary groups, read from `/proc` as the connection was
+    /// accepted ([`super::selector::read_groups`]); `None` when not read (no
+    /// `unix:supplementary_gid` selector configured) or not readable.
+    pub groups: Option<Arc<[u32]>>,
 }
 
 /// Connections held per uid (the per-uid cap).
@@ -143,6 +147,8 @@ impl AsyncWrite for Conn {
 pub struct Caps {
     pub max_connections: usize,
     pub max_connections_per_uid: usize,
+    /// Whether to read callers' supplementary groups (only when a selector needs them).
+    pub read_groups: bool,
 }
 
 /// The accepted connections of `listener`, each given its slots (over a cap: closed
@@ -166,12 +172,21 @@ pub fn incoming(listener: UnixListener, caps: Caps) -> impl Stream<Item = io::Re
             None => Some(None),
         };
         match (slot, uid_slot) {
-            (Some(slot), Some(uid_slot)) => Some(Ok(Conn {
+            (Some(slot), Some(uid_slot)) => {
+                // Read now, while the caller's end is open and before anything is
+                // served: the shortest window for its pid to be reused (see
+                // selector.rs). A small procfs read; fails closed.
+                let groups = match (caps.read_groups, uds.peer_cred) {
+                    (true, Some(c)) => super::selector::read_groups(c.pid(), c.uid(), c.gid()),
+                    _ => None,
+                };
+                Some(Ok(Conn {
                 io,
-                info: ConnInfo { uds },
+                info: ConnInfo { uds, groups },
                 _slot: slot,
                 _uid_slot: uid_slot,
-            })),
+            }))
+            }
             (slot, _) => {
                 let which = if slot.is_none() {
                     "max_connections"

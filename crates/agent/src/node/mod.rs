@@ -259,6 +259,11 @@ pub async fn run(
     let caps = conn::Caps {
         max_connections: ctx.settings.max_connections,
         max_connections_per_uid: ctx.settings.max_connections_per_uid,
+        read_groups: ctx.settings.workloads.iter().any(|w| {
+            w.selectors
+                .iter()
+                .any(|s| matches!(s, selector::Selector::SupplementaryGid(_)))
+        }),
     };
     // What one connection may hold (see docs/certificates.md, "Limits"): streams,
     // header and message sizes, and no idle peer kept past a missed keepalive.

@@ -79,19 +79,17 @@ type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 /// The caller's credentials, read by tokio from the accepted socket
 /// (`SO_PEERCRED`) and handed to the request by tonic.
 pub fn peer<T>(req: &Request<T>) -> Result<Peer, Status> {
-    let cred = req
-        .extensions()
-        .get::<super::conn::ConnInfo>()
-        .and_then(|i| i.uds.peer_cred)
-        .ok_or_else(|| {
-            Status::permission_denied(
-                "the caller's peer credentials are unavailable: no identity can be attested",
-            )
-        })?;
+    let info = req.extensions().get::<super::conn::ConnInfo>();
+    let cred = info.and_then(|i| i.uds.peer_cred).ok_or_else(|| {
+        Status::permission_denied(
+            "the caller's peer credentials are unavailable: no identity can be attested",
+        )
+    })?;
     Ok(Peer {
         uid: cred.uid(),
         gid: cred.gid(),
         pid: cred.pid(),
+        groups: info.and_then(|i| i.groups.clone()),
     })
 }
 
@@ -105,7 +103,7 @@ pub fn attest<T>(
     let idx = shared.entitled(&p);
     if idx.is_empty() {
         metrics::denied(api);
-        tracing::info!(uid = p.uid, gid = p.gid, pid = ?p.pid, api, "caller matches no workload selector: refused");
+        tracing::info!(uid = p.uid, gid = p.gid, pid = ?p.pid, groups = ?p.groups, api, "caller matches no workload selector: refused");
         return Err(Status::permission_denied(format!(
             "no identity issued: the caller (uid {}, gid {}) matches no workload selector of this agent",
             p.uid, p.gid
