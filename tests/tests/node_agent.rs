@@ -1409,3 +1409,122 @@ async fn supplementary_gid_selector() {
     let without = run(None).await.expect("joined");
     assert!(without.contains("PermissionDenied"), "without: {without}");
 }
+
+/// The roots inside a validation context served with Envoy's SPIFFE validator:
+/// (trust domain, bundle PEM), decoded as Envoy decodes the typed config.
+fn spiffe_validator_of(s: &Secret) -> (String, String) {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SpiffeCertValidatorConfig;
+    let Some(secret::Type::ValidationContext(v)) = &s.r#type else {
+        panic!("{}: not a validation context", s.name)
+    };
+    let c = v
+        .custom_validator_config
+        .as_ref()
+        .unwrap_or_else(|| panic!("{}: no custom validator", s.name));
+    assert_eq!(c.name, "envoy.tls.cert_validator.spiffe");
+    let any = c.typed_config.as_ref().expect("typed_config");
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig"
+    );
+    let cfg = SpiffeCertValidatorConfig::decode(any.value.as_slice()).expect("decodes");
+    assert_eq!(cfg.trust_domains.len(), 1, "{cfg:?}");
+    let td = &cfg.trust_domains[0];
+    (td.name.clone(), inline(&td.trust_bundle))
+}
+
+/// DER of every certificate in `pem`, each parsed.
+fn pem_roots(pem: &str) -> Vec<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject as _;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.expect("a PEM certificate").to_vec())
+        .collect()
+}
+
+/// SDS with Envoy's SPIFFE certificate validator: `ALL` (and, with
+/// `sds_spiffe_validator: true`, `spiffe://<td>`) carry a
+/// `SPIFFECertValidatorConfig` for the trust domain whose bundle is the CA's
+/// roots; `ROOTCA` stays `trusted_ca`; a CA rotation pushes the new bundle.
+#[tokio::test]
+async fn envoy_sds_spiffe_validator() {
+    let e = env().await;
+    let td = e.trust_domain();
+    let td_id = format!("spiffe://{td}");
+    let web = e.agent_with(
+        "web",
+        &[format!("unix:uid:{}", my_uid())],
+        "web-0",
+        "web",
+        "sds_spiffe_validator: true\n",
+    );
+    let ca = || {
+        badge_proto::certificates::certificate_authority_service_client::CertificateAuthorityServiceClient::new(
+            e.issuer.channel(&e.identity, &e.identity.pki.admin),
+        )
+    };
+    let mut sds = SecretDiscoveryServiceClient::new(web.channel().await);
+    let (tx, rx) = tokio::sync::mpsc::channel::<DiscoveryRequest>(8);
+    let mut responses = sds
+        .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let names = ["ALL", td_id.as_str(), "ROOTCA"];
+    tx.send(sds_request(&names, "", "")).await.expect("send");
+    let r1 = next(&mut responses).await;
+    let s1 = secrets(&r1);
+    let by = |s: &[Secret], n: &str| {
+        s.iter()
+            .find(|x| x.name == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} missing"))
+    };
+    let expected = pem_roots(
+        &ca()
+            .get_trust_bundle(badge_proto::certificates::GetTrustBundleRequest {})
+            .await
+            .expect("bundle")
+            .into_inner()
+            .roots_pem,
+    );
+    assert!(!expected.is_empty());
+    for n in ["ALL", td_id.as_str()] {
+        let (name, pem) = spiffe_validator_of(&by(&s1, n));
+        assert_eq!(name, td, "{n}: the bare trust domain name");
+        assert_eq!(pem_roots(&pem), expected, "{n}: the CA's roots");
+    }
+    match &by(&s1, "ROOTCA").r#type {
+        Some(secret::Type::ValidationContext(v)) => {
+            assert!(v.custom_validator_config.is_none());
+            assert_eq!(pem_roots(&inline(&v.trusted_ca)), expected);
+        }
+        other => panic!("ROOTCA: {other:?}"),
+    }
+    tx.send(sds_request(&names, &r1.version_info, &r1.nonce))
+        .await
+        .expect("ack");
+
+    // A CA rotation: the new root reaches the validator's bundle on the stream.
+    ca().rotate_certificate_authority(
+        badge_proto::certificates::RotateCertificateAuthorityRequest {},
+    )
+    .await
+    .expect("rotate the CA");
+    let r2 = next(&mut responses).await;
+    assert_ne!(r2.version_info, r1.version_info);
+    let s2 = secrets(&r2);
+    let rotated = pem_roots(
+        &ca()
+            .get_trust_bundle(badge_proto::certificates::GetTrustBundleRequest {})
+            .await
+            .expect("bundle")
+            .into_inner()
+            .roots_pem,
+    );
+    assert_eq!(rotated.len(), expected.len() + 1, "old and new roots");
+    for n in ["ALL", td_id.as_str()] {
+        let (name, pem) = spiffe_validator_of(&by(&s2, n));
+        assert_eq!(name, td);
+        assert_eq!(pem_roots(&pem), rotated, "{n}: the new bundle");
+    }
+}

@@ -9,6 +9,7 @@
 //! max_connections: 1024             # connections held at once; more are refused
 //! max_connections_per_uid: 128      # the same per caller uid
 //! max_streams_per_connection: 64    # HTTP/2 streams per connection
+//! sds_spiffe_validator: false       # SDS `spiffe://<td>` as Envoy's SPIFFE validator (`ALL` always is)
 //! workloads:
 //!   - selectors: ["unix:uid:1000"]
 //!     namespace: shop
@@ -91,6 +92,10 @@ pub struct NodeConfig {
     /// HTTP/2 streams open at once on one connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     #[serde(default = "default_max_streams")]
     pub max_streams_per_connection: u32,
+    /// Serve the SDS name `spiffe://<td>` with Envoy's SPIFFE certificate validator
+    /// (as SPIRE does for Envoy ≥ 1.18) rather than as `trusted_ca`; `ALL` always is.
+    #[serde(default)]
+    pub sds_spiffe_validator: bool,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
@@ -138,6 +143,7 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_connections_per_uid: usize,
     pub max_streams_per_connection: u32,
+    pub sds_spiffe_validator: bool,
 }
 
 fn mode(field: &str, s: &str) -> Result<u32, String> {
@@ -281,6 +287,7 @@ impl NodeConfig {
             max_connections: self.max_connections,
             max_connections_per_uid: self.max_connections_per_uid,
             max_streams_per_connection: self.max_streams_per_connection,
+            sds_spiffe_validator: self.sds_spiffe_validator,
         })
     }
 }

@@ -251,6 +251,7 @@ pub async fn run(
     };
     let sds = sds::Sds {
         shared: shared.clone(),
+        spiffe_validator: ctx.settings.sds_spiffe_validator,
     };
     tracing::info!(socket = %socket.display(), node = %ctx.settings.node, workloads = ctx.settings.workloads.len(), "node agent serving the Workload API and Envoy SDS");
     let mut stopped = stop.clone();

@@ -7,7 +7,16 @@
 //! |---|---|
 //! | `default` | `tls_certificate` of the caller's first (default) identity |
 //! | the SPIFFE ID, e.g. `spiffe://td/ns/shop/sa/web` | `tls_certificate` of that identity |
-//! | `ROOTCA`, `spiffe://<td>`, `ALL` | `validation_context` with the trust domain's roots |
+//! | `ROOTCA`, `spiffe://<td>` | `validation_context` with the trust domain's roots as `trusted_ca` |
+//! | `ALL` (and `spiffe://<td>` with `sds_spiffe_validator: true`) | `validation_context` using Envoy's SPIFFE certificate validator |
+//!
+//! The SPIFFE validator (`custom_validator_config` named
+//! `envoy.tls.cert_validator.spiffe`, typed `SPIFFECertValidatorConfig`) is what
+//! SPIRE's agent serves to Envoy ≥ 1.18: a bundle per trust domain, chosen by the
+//! peer's SPIFFE ID, rather than one pooled `trusted_ca`. SPIRE serves it for every
+//! validation name to new Envoys; here `ALL` (SPIRE's name for "every trust
+//! domain") always has it and `spiffe://<td>` has it when configured, while
+//! `ROOTCA` stays `trusted_ca` (Istio's name, used with Envoy's default validator).
 //!
 //! An empty subscription means all of them. A name the caller is not entitled to is
 //! `INVALID_ARGUMENT` (SPIRE's text). Certificates and keys are PEM, inline.
@@ -18,9 +27,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, TypedExtensionConfig, data_source::Specifier,
+};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, Secret, TlsCertificate, secret,
+    CertificateValidationContext, Secret, SpiffeCertValidatorConfig, TlsCertificate, secret,
+    spiffe_cert_validator_config,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -44,6 +56,10 @@ pub const SECRET_TYPE: &str =
 pub const DEFAULT_NAME: &str = "default";
 pub const ROOT_NAME: &str = "ROOTCA";
 pub const ALL_NAME: &str = "ALL";
+/// Envoy's SPIFFE certificate validator, and the type of its configuration.
+pub const SPIFFE_VALIDATOR: &str = "envoy.tls.cert_validator.spiffe";
+pub const SPIFFE_VALIDATOR_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig";
 /// Names in one subscription (Envoy names one or two per stream; SPIRE's and
 /// Istio's agents serve a handful). Each name is held for the stream's life and
 /// compared on every push, so a hostile caller's list is bounded.
@@ -121,13 +137,45 @@ fn validation_secret(name: &str, roots_pem: &str) -> Secret {
     }
 }
 
+/// A validation context for Envoy's SPIFFE validator: the trust domain's roots as
+/// its bundle (PEM). Only the agent's own trust domain: Badge has no federation.
+fn spiffe_validation_secret(name: &str, trust_domain: &str, roots_pem: &str) -> Secret {
+    let config = SpiffeCertValidatorConfig {
+        trust_domains: vec![spiffe_cert_validator_config::TrustDomain {
+            // Envoy wants the bare name here, not `spiffe://…`.
+            name: trust_domain.into(),
+            trust_bundle: inline(roots_pem.as_bytes()),
+            // No per-listener trust-domain selection: one trust domain for all.
+            ..Default::default()
+        }],
+        trust_bundles: None,
+    };
+    Secret {
+        name: name.into(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                custom_validator_config: Some(TypedExtensionConfig {
+                    name: SPIFFE_VALIDATOR.into(),
+                    typed_config: Some(Any {
+                        type_url: SPIFFE_VALIDATOR_TYPE.into(),
+                        value: config.encode_to_vec(),
+                    }),
+                }),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
 /// The secrets `names` (empty: all) stand for, for a caller entitled to entries
-/// `idx` of `workloads`.
+/// `idx` of `workloads`; `spiffe_validator`: `spiffe://<td>` is served with the
+/// SPIFFE validator rather than `trusted_ca`.
 pub fn resolve(
     snap: &Snapshot,
     idx: &[usize],
     workloads: &[Workload],
     names: &[String],
+    spiffe_validator: bool,
 ) -> Resolved {
     let (svids, bundle) = match snap.view(idx) {
         View::Pending => return Resolved::Pending,
@@ -175,7 +223,13 @@ pub fn resolve(
             svids
                 .first()
                 .map(|s| tls_secret(n, &s.chain_pem, &s.key_pem))
-        } else if n == ROOT_NAME || n == ALL_NAME || *n == td {
+        } else if n == ALL_NAME || (*n == td && spiffe_validator) {
+            Some(spiffe_validation_secret(
+                n,
+                &bundle.trust_domain,
+                &bundle.roots_pem,
+            ))
+        } else if n == ROOT_NAME || *n == td {
             Some(validation_secret(n, &bundle.roots_pem))
         } else {
             svids
@@ -231,6 +285,8 @@ fn gone() -> Status {
 #[derive(Clone)]
 pub struct Sds {
     pub shared: Arc<Shared>,
+    /// `sds_spiffe_validator`: `spiffe://<td>` with the SPIFFE validator.
+    pub spiffe_validator: bool,
 }
 
 #[tonic::async_trait]
@@ -254,6 +310,7 @@ impl SecretDiscoveryService for Sds {
         let idx = attest(&self.shared, &req, "sds")?;
         let mut inbound = req.into_inner();
         let shared = self.shared.clone();
+        let spiffe_validator = self.spiffe_validator;
         let (tx, rx) = mpsc::channel::<Result<DiscoveryResponse, Status>>(4);
         tokio::spawn(async move {
             let mut st = xds::Stream::default();
@@ -297,7 +354,7 @@ impl SecretDiscoveryService for Sds {
                     () = tx.closed() => return,
                 }
                 let snap = sub.borrow_and_update().clone();
-                match resolve(&snap, &idx, &shared.workloads, st.names()) {
+                match resolve(&snap, &idx, &shared.workloads, st.names(), spiffe_validator) {
                     Resolved::Pending => {}
                     Resolved::Gone => {
                         let _ = tx.send(Err(gone())).await;
@@ -344,6 +401,7 @@ impl SecretDiscoveryService for Sds {
             &idx,
             &self.shared.workloads,
             &r.resource_names,
+            self.spiffe_validator,
         ) {
             Resolved::Pending => Err(Status::unavailable(
                 "the caller's identity is still being issued; retry",
@@ -431,7 +489,7 @@ mod tests {
         let snap = snapshot(vec![svid("web"), svid("db")]);
         let s = |v: &[&str]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         // The caller is entry 0 (web) only.
-        let r = resolve(&snap, &[0], &ws, &s(&["default", "ROOTCA"]));
+        let r = resolve(&snap, &[0], &ws, &s(&["default", "ROOTCA"]), false);
         assert_eq!(names(&r), ["ROOTCA", "default"]);
         match decoded(&r, "default").r#type {
             Some(secret::Type::TlsCertificate(t)) => {
@@ -448,13 +506,14 @@ mod tests {
             &[0],
             &ws,
             &s(&["spiffe://td/ns/shop/sa/web", "spiffe://td", "ALL"]),
+            false,
         );
         assert_eq!(
             names(&r),
             ["ALL", "spiffe://td", "spiffe://td/ns/shop/sa/web"]
         );
         // Everything when nothing is named.
-        let r = resolve(&snap, &[0], &ws, &[]);
+        let r = resolve(&snap, &[0], &ws, &[], false);
         assert_eq!(
             names(&r),
             [
@@ -465,12 +524,12 @@ mod tests {
             ]
         );
         // Another workload's identity: refused by name.
-        match resolve(&snap, &[0], &ws, &s(&["spiffe://td/ns/shop/sa/db"])) {
+        match resolve(&snap, &[0], &ws, &s(&["spiffe://td/ns/shop/sa/db"]), false) {
             Resolved::Denied(m) => assert!(m.contains("sa/db"), "{m}"),
             other => panic!("{other:?}"),
         }
         // Entitled to both: db's by its ID, the default is the first entry's.
-        let r = resolve(&snap, &[1, 0], &ws, &s(&["default"]));
+        let r = resolve(&snap, &[1, 0], &ws, &s(&["default"]), false);
         match decoded(&r, "default").r#type {
             Some(secret::Type::TlsCertificate(t)) => {
                 let Some(Specifier::InlineBytes(b)) = t.private_key.and_then(|d| d.specifier)
@@ -483,15 +542,70 @@ mod tests {
         }
     }
 
+    /// The kind of validation context a name resolves to: `trusted_ca` PEM, or the
+    /// SPIFFE validator's (trust domain, bundle PEM).
+    fn validation(r: &Resolved, name: &str) -> Result<String, (String, String)> {
+        let Some(secret::Type::ValidationContext(v)) = decoded(r, name).r#type else {
+            panic!("{name}: not a validation context")
+        };
+        let pem = |d: Option<DataSource>| match d.and_then(|d| d.specifier) {
+            Some(Specifier::InlineBytes(b)) => String::from_utf8(b).expect("utf8"),
+            other => panic!("{other:?}"),
+        };
+        match v.custom_validator_config {
+            None => Ok(pem(v.trusted_ca)),
+            Some(c) => {
+                assert_eq!(c.name, SPIFFE_VALIDATOR);
+                assert!(v.trusted_ca.is_none(), "the validator alone");
+                let any = c.typed_config.expect("typed config");
+                assert_eq!(any.type_url, SPIFFE_VALIDATOR_TYPE);
+                let cfg = SpiffeCertValidatorConfig::decode(any.value.as_slice()).expect("config");
+                assert!(cfg.trust_bundles.is_none());
+                let [td] = cfg.trust_domains.as_slice() else {
+                    panic!("one trust domain: {cfg:?}")
+                };
+                Err((td.name.clone(), pem(td.trust_bundle.clone())))
+            }
+        }
+    }
+
+    #[test]
+    fn all_is_the_spiffe_validator_and_the_trust_domain_when_asked() {
+        let ws = [workload("shop", "web-0", "web")];
+        let snap = snapshot(vec![svid("web")]);
+        let names: Vec<String> = ["ALL", "ROOTCA", "spiffe://td"]
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        // The type URL is the message's own, as envoy-types names it.
+        assert_eq!(
+            SPIFFE_VALIDATOR_TYPE,
+            <SpiffeCertValidatorConfig as prost::Name>::type_url()
+        );
+        let plain = resolve(&snap, &[0], &ws, &names, false);
+        assert_eq!(
+            validation(&plain, "ALL"),
+            Err(("td".into(), "roots".into()))
+        );
+        assert_eq!(validation(&plain, "ROOTCA"), Ok("roots".into()));
+        assert_eq!(validation(&plain, "spiffe://td"), Ok("roots".into()));
+        let spiffe = resolve(&snap, &[0], &ws, &names, true);
+        assert_eq!(
+            validation(&spiffe, "spiffe://td"),
+            Err(("td".into(), "roots".into()))
+        );
+        assert_eq!(validation(&spiffe, "ROOTCA"), Ok("roots".into()));
+    }
+
     #[test]
     fn pending_and_gone() {
         let ws = [workload("shop", "web-0", "web")];
         assert!(matches!(
-            resolve(&snapshot(vec![Slot::Pending]), &[0], &ws, &[]),
+            resolve(&snapshot(vec![Slot::Pending]), &[0], &ws, &[], false),
             Resolved::Pending
         ));
         assert!(matches!(
-            resolve(&snapshot(vec![Slot::Gone]), &[0], &ws, &[]),
+            resolve(&snapshot(vec![Slot::Gone]), &[0], &ws, &[], false),
             Resolved::Gone
         ));
         let no_bundle = Snapshot {
@@ -499,7 +613,7 @@ mod tests {
             slots: vec![svid("web")],
         };
         assert!(matches!(
-            resolve(&no_bundle, &[0], &ws, &[]),
+            resolve(&no_bundle, &[0], &ws, &[], false),
             Resolved::Pending
         ));
     }
