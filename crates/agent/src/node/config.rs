@@ -9,6 +9,7 @@
 //! max_connections: 1024             # connections held at once; more are refused
 //! max_connections_per_uid: 128      # the same per caller uid
 //! max_streams_per_connection: 64    # HTTP/2 streams per connection
+//! max_concurrent_issues: 16         # certificate requests in flight at once
 //! sds_spiffe_validator: false       # SDS `spiffe://<td>` as Envoy's SPIFFE validator (`ALL` always is)
 //! workloads:
 //!   - selectors: ["unix:uid:1000"]
@@ -55,6 +56,9 @@ fn default_max_connections_per_uid() -> usize {
 fn default_max_streams() -> u32 {
     64
 }
+fn default_max_issues() -> usize {
+    16
+}
 
 /// The node agent's configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +96,9 @@ pub struct NodeConfig {
     /// HTTP/2 streams open at once on one connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     #[serde(default = "default_max_streams")]
     pub max_streams_per_connection: u32,
+    /// Certificate requests in flight at once (each workload's issuance and renewal).
+    #[serde(default = "default_max_issues")]
+    pub max_concurrent_issues: usize,
     /// Serve the SDS name `spiffe://<td>` with Envoy's SPIFFE certificate validator
     /// (as SPIRE does for Envoy ≥ 1.18) rather than as `trusted_ca`; `ALL` always is.
     #[serde(default)]
@@ -144,6 +151,7 @@ pub struct Settings {
     pub max_connections_per_uid: usize,
     pub max_streams_per_connection: u32,
     pub sds_spiffe_validator: bool,
+    pub max_concurrent_issues: usize,
 }
 
 fn mode(field: &str, s: &str) -> Result<u32, String> {
@@ -218,6 +226,7 @@ impl NodeConfig {
                 self.max_streams_per_connection as usize,
                 1024,
             ),
+            ("max_concurrent_issues", self.max_concurrent_issues, 1024),
         ] {
             if !(1..=max).contains(&v) {
                 errors.push(format!("{field}: {v} is not in [1, {max}]"));
@@ -288,6 +297,7 @@ impl NodeConfig {
             max_connections_per_uid: self.max_connections_per_uid,
             max_streams_per_connection: self.max_streams_per_connection,
             sds_spiffe_validator: self.sds_spiffe_validator,
+            max_concurrent_issues: self.max_concurrent_issues,
         })
     }
 }

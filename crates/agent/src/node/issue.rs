@@ -31,6 +31,11 @@ pub struct Ctx {
     pub refresh: watch::Receiver<u64>,
     /// One per workload: a Watch event named its pod.
     pub pod_events: Vec<Arc<Notify>>,
+    /// Issuances in flight at once (`max_concurrent_issues`): at start every pod
+    /// needs a certificate at the same moment, and a node's thousand requests at
+    /// once would only queue in token-issuer past its store's acquire bound (and
+    /// fail); the agent queues them itself instead.
+    pub issue_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// When to renew: the server's `beginRefreshAt` plus up to `jitter`, but never past
@@ -143,6 +148,11 @@ async fn issue(
     w: &Workload,
     pod: &PodInfo,
 ) -> Result<(Svid, SystemTime), tonic::Status> {
+    let _slot = ctx
+        .issue_slots
+        .acquire()
+        .await
+        .map_err(|_| tonic::Status::unavailable("the agent is stopping"))?;
     let key =
         crate::pod_certificates::generate_key("ECDSAP256").map_err(tonic::Status::internal)?;
     let sa_uid = uid_of_service_account(ctx, w).await?;
@@ -200,76 +210,86 @@ pub async fn run_workload(ctx: Arc<Ctx>, i: usize, mut stop: watch::Receiver<boo
     let mut due = SystemTime::now();
     let mut backoff = BACKOFF_START;
     let mut gone_logged = false;
+    // Set by a SIGHUP: the renewal waits for its drawn time before anything is asked.
+    let mut deferred = false;
     loop {
         let mut wait = ctx.settings.pod_poll;
-        match lookup(&ctx, &w).await {
-            Lookup::Gone(why) => {
-                if current.take().is_some() || !gone_logged {
-                    tracing::info!(pod = %who, "pod {why}: no identity is served for it (streams of its callers end)");
-                    metrics::get().removed.add(1, &[]);
-                }
-                gone_logged = true;
-                ctx.shared.set_slot(i, Slot::Gone);
-            }
-            Lookup::Error(s) => {
-                tracing::warn!(pod = %who, "reading the pod failed, retrying in {backoff:?}: {}: {}", s.code(), s.message());
-                metrics::failure("pod_lookup");
-                wait = backoff;
-                backoff = next_backoff(backoff);
-            }
-            Lookup::Alive(pod) => {
-                if let Some(why) = mismatch(&ctx, &w, &pod) {
+        if std::mem::take(&mut deferred) {
+            wait = wait.min(due.duration_since(SystemTime::now()).unwrap_or_default());
+        } else {
+            match lookup(&ctx, &w).await {
+                Lookup::Gone(why) => {
                     if current.take().is_some() || !gone_logged {
-                        tracing::error!(pod = %who, "pod {why}: no identity is served for it");
+                        tracing::info!(pod = %who, "pod {why}: no identity is served for it (streams of its callers end)");
+                        metrics::get().removed.add(1, &[]);
                     }
                     gone_logged = true;
                     ctx.shared.set_slot(i, Slot::Gone);
-                } else {
-                    gone_logged = false;
-                    if current.as_ref().is_some_and(|c| c.pod_uid != pod.uid) {
-                        tracing::info!(pod = %who, uid = %pod.uid, "pod re-created: the old identity is removed");
-                        current = None;
-                        metrics::get().removed.add(1, &[]);
+                }
+                Lookup::Error(s) => {
+                    tracing::warn!(pod = %who, "reading the pod failed, retrying in {backoff:?}: {}: {}", s.code(), s.message());
+                    metrics::failure("pod_lookup");
+                    wait = backoff;
+                    backoff = next_backoff(backoff);
+                }
+                Lookup::Alive(pod) => {
+                    if let Some(why) = mismatch(&ctx, &w, &pod) {
+                        if current.take().is_some() || !gone_logged {
+                            tracing::error!(pod = %who, "pod {why}: no identity is served for it");
+                        }
+                        gone_logged = true;
                         ctx.shared.set_slot(i, Slot::Gone);
-                    }
-                    let now = SystemTime::now();
-                    if current.is_none() || now >= due {
-                        match issue(&ctx, &w, &pod).await {
-                            Ok((svid, begin)) => {
-                                let rotated = current.is_some();
-                                due = refresh_due(
-                                    begin,
-                                    svid.not_after,
-                                    draw_jitter(ctx.settings.refresh_jitter),
-                                );
-                                tracing::info!(pod = %who, spiffe_id = %svid.spiffe_id, serial = %svid.serial, refresh_in = ?due.duration_since(SystemTime::now()).unwrap_or_default(), "{}", if rotated { "X.509-SVID rotated" } else { "X.509-SVID issued" });
-                                let svid = Arc::new(svid);
-                                current = Some(svid.clone());
-                                ctx.shared.set_slot(i, Slot::Ready(svid));
-                                if rotated {
-                                    metrics::get().rotations.add(1, &[]);
-                                }
-                                backoff = BACKOFF_START;
-                            }
-                            Err(s) => {
-                                metrics::failure("issue");
-                                let valid = current
-                                    .as_ref()
-                                    .is_some_and(|c| c.not_after > SystemTime::now());
-                                if valid {
-                                    tracing::warn!(pod = %who, "renewing the X.509-SVID failed, keeping the current one, retrying in {backoff:?}: {}: {}", s.code(), s.message());
-                                } else {
-                                    tracing::error!(pod = %who, "requesting the X.509-SVID failed, retrying in {backoff:?}: {}: {}", s.code(), s.message());
-                                    if current.take().is_some() {
-                                        ctx.shared.set_slot(i, Slot::Pending);
+                    } else {
+                        gone_logged = false;
+                        if current.as_ref().is_some_and(|c| c.pod_uid != pod.uid) {
+                            tracing::info!(pod = %who, uid = %pod.uid, "pod re-created: the old identity is removed");
+                            current = None;
+                            metrics::get().removed.add(1, &[]);
+                            ctx.shared.set_slot(i, Slot::Gone);
+                        }
+                        let now = SystemTime::now();
+                        if current.is_none() || now >= due {
+                            match issue(&ctx, &w, &pod).await {
+                                Ok((svid, begin)) => {
+                                    let rotated = current.is_some();
+                                    due = refresh_due(
+                                        begin,
+                                        svid.not_after,
+                                        draw_jitter(ctx.settings.refresh_jitter),
+                                    );
+                                    let refresh_at_unix_ms = due
+                                        .duration_since(SystemTime::UNIX_EPOCH)
+                                        .map(|d| d.as_millis())
+                                        .unwrap_or_default();
+                                    tracing::info!(pod = %who, spiffe_id = %svid.spiffe_id, serial = %svid.serial, refresh_in = ?due.duration_since(SystemTime::now()).unwrap_or_default(), refresh_at_unix_ms, "{}", if rotated { "X.509-SVID rotated" } else { "X.509-SVID issued" });
+                                    let svid = Arc::new(svid);
+                                    current = Some(svid.clone());
+                                    ctx.shared.set_slot(i, Slot::Ready(svid));
+                                    if rotated {
+                                        metrics::get().rotations.add(1, &[]);
                                     }
+                                    backoff = BACKOFF_START;
                                 }
-                                due = SystemTime::now() + backoff;
-                                backoff = next_backoff(backoff);
+                                Err(s) => {
+                                    metrics::failure("issue");
+                                    let valid = current
+                                        .as_ref()
+                                        .is_some_and(|c| c.not_after > SystemTime::now());
+                                    if valid {
+                                        tracing::warn!(pod = %who, "renewing the X.509-SVID failed, keeping the current one, retrying in {backoff:?}: {}: {}", s.code(), s.message());
+                                    } else {
+                                        tracing::error!(pod = %who, "requesting the X.509-SVID failed, retrying in {backoff:?}: {}: {}", s.code(), s.message());
+                                        if current.take().is_some() {
+                                            ctx.shared.set_slot(i, Slot::Pending);
+                                        }
+                                    }
+                                    due = SystemTime::now() + backoff;
+                                    backoff = next_backoff(backoff);
+                                }
                             }
                         }
+                        wait = wait.min(due.duration_since(SystemTime::now()).unwrap_or_default());
                     }
-                    wait = wait.min(due.duration_since(SystemTime::now()).unwrap_or_default());
                 }
             }
         }
@@ -278,7 +298,12 @@ pub async fn run_workload(ctx: Arc<Ctx>, i: usize, mut stop: watch::Receiver<boo
             () = events.notified() => {}
             r = refresh.changed() => {
                 if r.is_err() { return; }
-                due = SystemTime::now();
+                // SIGHUP renews every SVID, each at a time drawn uniformly in
+                // [now, now + refresh_jitter]: renewing a thousand pods at the same
+                // instant is the thundering herd the jitter exists to prevent (the
+                // pod is read then too, not now). With no jitter: now.
+                due = SystemTime::now() + draw_jitter(ctx.settings.refresh_jitter);
+                deferred = current.is_some();
             }
             _ = stop.wait_for(|s| *s) => return,
         }
@@ -456,5 +481,23 @@ mod tests {
         }
         let busiest = per_second.values().max().copied().unwrap_or(0);
         assert!(busiest < 200, "{busiest} renewals in one second");
+    }
+
+    /// A SIGHUP's renewals of 1,000 pods, drawn over a 20 s jitter: spread over the
+    /// window, no second with more than a small multiple of the mean (50/s).
+    #[test]
+    fn a_forced_renewal_is_spread_over_the_jitter() {
+        let jitter = Duration::from_secs(20);
+        let mut per_second = [0u32; 21];
+        for _ in 0..1000 {
+            let d = draw_jitter(jitter);
+            per_second[usize::try_from(d.as_secs()).expect("small")] += 1;
+        }
+        let busiest = per_second.iter().max().copied().unwrap_or(0);
+        assert!(busiest <= 100, "{busiest} in one second: {per_second:?}");
+        assert!(
+            per_second[..20].iter().all(|n| *n > 0),
+            "every second of the window is used: {per_second:?}"
+        );
     }
 }

@@ -74,7 +74,9 @@ impl NodeHandle {
         }
     }
 
-    /// Renews every SVID and refetches the bundle now (SIGHUP).
+    /// Renews every SVID — each at a random time within `refresh_jitter_ms`, so
+    /// that a node's pods do not renew at once — and refetches the bundle now
+    /// (SIGHUP).
     pub fn refresh(&self) {
         self.refresh.send_modify(|g| *g += 1);
     }
@@ -148,7 +150,7 @@ pub async fn run_with_signals(conn: &ConnectionArgs, opts: &NodeOptions) -> anyh
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = hup.recv() => { tracing::info!("SIGHUP: renewing every SVID now"); h.refresh() }
+                    _ = hup.recv() => { tracing::info!("SIGHUP: renewing every SVID, spread over refresh_jitter_ms"); h.refresh() }
                     _ = term.recv() => { h.stop(); return; }
                     _ = tokio::signal::ctrl_c() => { h.stop(); return; }
                 }
@@ -182,6 +184,7 @@ pub async fn run(
             .map(|_| Arc::new(Notify::new()))
             .collect(),
         refresh: handle.refresh.subscribe(),
+        issue_slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_issues)),
         shared: shared.clone(),
         identity: conn.identity()?,
         issuer: conn.issuer()?,
