@@ -3,6 +3,7 @@
 //! and reads no database: a binding change takes effect as soon as the feed
 //! delivers it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -83,20 +84,24 @@ impl Snapshot {
 }
 
 impl Policy for Snapshot {
-    fn cluster_role(&self, name: &str) -> Option<Role> {
-        self.cluster_roles.get(name).cloned()
+    fn cluster_role(&self, name: &str) -> Option<Cow<'_, Role>> {
+        self.cluster_roles.get(name).map(Cow::Borrowed)
     }
 
-    fn role(&self, ns: &str, name: &str) -> Option<Role> {
-        self.roles.get(&(ns.to_owned(), name.to_owned())).cloned()
+    fn role(&self, ns: &str, name: &str) -> Option<Cow<'_, Role>> {
+        self.roles
+            .get(&(ns.to_owned(), name.to_owned()))
+            .map(Cow::Borrowed)
     }
 
-    fn cluster_role_bindings(&self) -> Vec<Binding> {
-        self.cluster_role_bindings.clone()
+    fn cluster_role_bindings(&self) -> Cow<'_, [Binding]> {
+        Cow::Borrowed(&self.cluster_role_bindings)
     }
 
-    fn role_bindings(&self, ns: &str) -> Vec<Binding> {
-        self.role_bindings.get(ns).cloned().unwrap_or_default()
+    fn role_bindings(&self, ns: &str) -> Cow<'_, [Binding]> {
+        self.role_bindings
+            .get(ns)
+            .map_or(Cow::Borrowed(&[]), |b| Cow::Borrowed(b))
     }
 }
 

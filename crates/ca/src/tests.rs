@@ -867,6 +867,14 @@ fn generated_ca_shape() {
         unix(at) + defaults::CA_VALIDITY.as_secs() as i64
     );
     assert_eq!(ca.chain_with_root().len(), 2);
+    // The PEM encoded once is the chain's, in order; the chain alone has no root.
+    let pems: Vec<String> = ca
+        .chain_with_root()
+        .iter()
+        .map(crate::pem::certificate)
+        .collect();
+    assert_eq!(ca.chain_with_root_pem(), pems.as_slice());
+    assert_eq!(ca.chain_pem(), &pems[..1]);
     // The key round-trips through stored parts (what the keyring will seal and unseal),
     // and a mixed-up record is refused.
     let again = SigningCa::from_parts(

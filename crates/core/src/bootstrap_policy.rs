@@ -266,22 +266,27 @@ pub fn cluster_role_bindings() -> Vec<Binding> {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::*;
     use crate::rbac::{Attributes, Policy, UserInfo, authorize, validate_binding, validate_role};
 
     struct Defaults;
     impl Policy for Defaults {
-        fn cluster_role(&self, name: &str) -> Option<Role> {
-            cluster_roles().into_iter().find(|r| r.name == name)
+        fn cluster_role(&self, name: &str) -> Option<Cow<'_, Role>> {
+            cluster_roles()
+                .into_iter()
+                .find(|r| r.name == name)
+                .map(Cow::Owned)
         }
-        fn role(&self, _: &str, _: &str) -> Option<Role> {
+        fn role(&self, _: &str, _: &str) -> Option<Cow<'_, Role>> {
             None
         }
-        fn cluster_role_bindings(&self) -> Vec<Binding> {
-            cluster_role_bindings()
+        fn cluster_role_bindings(&self) -> Cow<'_, [Binding]> {
+            cluster_role_bindings().into()
         }
-        fn role_bindings(&self, _: &str) -> Vec<Binding> {
-            Vec::new()
+        fn role_bindings(&self, _: &str) -> Cow<'_, [Binding]> {
+            Cow::Borrowed(&[])
         }
     }
 
@@ -630,20 +635,23 @@ mod tests {
     fn view_in_a_namespace_reads_that_namespace_only() {
         struct Bound;
         impl Policy for Bound {
-            fn cluster_role(&self, name: &str) -> Option<Role> {
-                cluster_roles().into_iter().find(|r| r.name == name)
+            fn cluster_role(&self, name: &str) -> Option<Cow<'_, Role>> {
+                cluster_roles()
+                    .into_iter()
+                    .find(|r| r.name == name)
+                    .map(Cow::Owned)
             }
-            fn role(&self, _: &str, _: &str) -> Option<Role> {
+            fn role(&self, _: &str, _: &str) -> Option<Cow<'_, Role>> {
                 None
             }
-            fn cluster_role_bindings(&self) -> Vec<Binding> {
-                cluster_role_bindings()
+            fn cluster_role_bindings(&self) -> Cow<'_, [Binding]> {
+                cluster_role_bindings().into()
             }
-            fn role_bindings(&self, ns: &str) -> Vec<Binding> {
+            fn role_bindings(&self, ns: &str) -> Cow<'_, [Binding]> {
                 if ns != "ns-a" {
-                    return Vec::new();
+                    return Cow::Borrowed(&[]);
                 }
-                vec![Binding {
+                Cow::Owned(vec![Binding {
                     namespace: "ns-a".into(),
                     name: "vera-view".into(),
                     role_ref: RoleRef {
@@ -652,7 +660,7 @@ mod tests {
                         name: "view".into(),
                     },
                     subjects: vec![subject(KIND_USER, "vera")],
-                }]
+                }])
             }
         }
         let vera = user("vera", &[AUTHENTICATED]);

@@ -201,12 +201,7 @@ impl IstioCa {
         // Istio's cert_chain: leaf, intermediates, root last (istio-agent refuses a
         // one-entry chain and takes the last entry as the root).
         let mut chain = vec![issued.pem()];
-        chain.extend(
-            signer
-                .chain_with_root()
-                .iter()
-                .map(badge_ca::pem::certificate),
-        );
+        chain.extend(signer.chain_with_root_pem().iter().cloned());
         // One audit event per certificate — never the key or the CSR.
         tracing::info!(
             target: "audit",

@@ -288,7 +288,9 @@ impl PodCertificates {
         // certificateChain: the leaf, then what TLS presents (no root), as
         // Kubernetes documents for signers.
         let mut chain = issued.pem();
-        chain.push_str(&badge_ca::pem::certificates(&signer.chain()));
+        for pem in signer.chain_pem() {
+            chain.push_str(pem);
+        }
         tracing::info!(
             target: "audit",
             event = "certificate.issued",
