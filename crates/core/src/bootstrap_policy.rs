@@ -634,18 +634,16 @@ mod tests {
     #[test]
     fn view_in_a_namespace_reads_that_namespace_only() {
         struct Bound;
+        // The defaults plus one RoleBinding.
         impl Policy for Bound {
             fn cluster_role(&self, name: &str) -> Option<Cow<'_, Role>> {
-                cluster_roles()
-                    .into_iter()
-                    .find(|r| r.name == name)
-                    .map(Cow::Owned)
+                Defaults.cluster_role(name)
             }
-            fn role(&self, _: &str, _: &str) -> Option<Cow<'_, Role>> {
-                None
+            fn role(&self, ns: &str, name: &str) -> Option<Cow<'_, Role>> {
+                Defaults.role(ns, name)
             }
             fn cluster_role_bindings(&self) -> Cow<'_, [Binding]> {
-                cluster_role_bindings().into()
+                Defaults.cluster_role_bindings()
             }
             fn role_bindings(&self, ns: &str) -> Cow<'_, [Binding]> {
                 if ns != "ns-a" {

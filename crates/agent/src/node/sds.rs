@@ -71,23 +71,13 @@ const MAX_NODE_ID_LOGGED: usize = 256;
 
 /// Checks a request's `resource_names`.
 pub fn check_names(names: &[String]) -> Result<(), Status> {
-    if names.len() > MAX_RESOURCE_NAMES {
-        return Err(Status::invalid_argument(format!(
-            "resource_names: at most {MAX_RESOURCE_NAMES} names (got {})",
-            names.len()
-        )));
-    }
-    if let Some((i, n)) = names
-        .iter()
-        .enumerate()
-        .find(|(_, n)| n.len() > MAX_RESOURCE_NAME_LEN)
-    {
-        return Err(Status::invalid_argument(format!(
-            "resource_names[{i}]: longer than {MAX_RESOURCE_NAME_LEN} bytes ({})",
-            n.len()
-        )));
-    }
-    Ok(())
+    super::workload_api::check_bounded_list(
+        "resource_names",
+        names,
+        MAX_RESOURCE_NAMES,
+        "names",
+        MAX_RESOURCE_NAME_LEN,
+    )
 }
 
 /// The node id as logged: the caller chooses it, so it is cut short.

@@ -55,20 +55,35 @@ pub fn check_audiences(audience: &[String]) -> Result<(), Status> {
     if audience.is_empty() || audience.iter().any(String::is_empty) {
         return Err(Status::invalid_argument("audience must be specified"));
     }
-    if audience.len() > MAX_AUDIENCES {
+    check_bounded_list(
+        "audience",
+        audience,
+        MAX_AUDIENCES,
+        "audiences",
+        MAX_AUDIENCE_LEN,
+    )
+}
+
+/// A request's list field `field`: at most `max` `noun` of at most `max_len` bytes
+/// each, else INVALID_ARGUMENT naming the field (and the item). What a caller sends is
+/// held for the call or the stream, so every list it controls is bounded this way.
+pub fn check_bounded_list(
+    field: &str,
+    items: &[String],
+    max: usize,
+    noun: &str,
+    max_len: usize,
+) -> Result<(), Status> {
+    if items.len() > max {
         return Err(Status::invalid_argument(format!(
-            "audience: at most {MAX_AUDIENCES} audiences (got {})",
-            audience.len()
+            "{field}: at most {max} {noun} (got {})",
+            items.len()
         )));
     }
-    if let Some((i, a)) = audience
-        .iter()
-        .enumerate()
-        .find(|(_, a)| a.len() > MAX_AUDIENCE_LEN)
-    {
+    if let Some((i, item)) = items.iter().enumerate().find(|(_, a)| a.len() > max_len) {
         return Err(Status::invalid_argument(format!(
-            "audience[{i}]: longer than {MAX_AUDIENCE_LEN} bytes ({})",
-            a.len()
+            "{field}[{i}]: longer than {max_len} bytes ({})",
+            item.len()
         )));
     }
     Ok(())
