@@ -52,6 +52,11 @@ pub const INDEXED_KINDS: [Kind; 11] = [
 /// unknown-kid refresh).
 const KEY_SCAN_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Size of the verified-token cache of a service that reviews only its callers'
+/// bearer tokens (identity, the token-issuer); token-review sizes its own from
+/// `review.cache_entries`.
+pub const BEARER_CACHE_ENTRIES: usize = 10_000;
+
 /// What a service needs to review tokens and authorize calls.
 pub struct Access {
     pub reviewer: Arc<Reviewer>,

@@ -29,6 +29,18 @@ use crate::oidc::parse_url;
 use crate::user::service_account_username;
 use crate::{Error, FieldViolation, Result};
 
+/// Kubernetes' `--api-audiences` default: none configured means the
+/// service-account issuers. The issuer puts these into tokens requested without
+/// audiences and every reviewer expects them, so all services derive them by this
+/// one rule: a copy that drifted would make such tokens fail review.
+pub fn api_audiences(issuers: &[String], configured: &[String]) -> Vec<String> {
+    if configured.is_empty() {
+        issuers.to_vec()
+    } else {
+        configured.to_vec()
+    }
+}
+
 /// Used when `expiration_seconds` is unset.
 pub const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
 /// The shortest lifetime a token may be requested for (10 minutes).
@@ -619,6 +631,15 @@ mod tests {
 
     fn now() -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(NOW as u64)
+    }
+
+    #[test]
+    fn api_audiences_default_to_the_issuers() {
+        let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let issuers = v(&["https://a", "https://b"]);
+        assert_eq!(api_audiences(&issuers, &[]), issuers);
+        assert_eq!(api_audiences(&issuers, &v(&["api"])), v(&["api"]));
+        assert!(api_audiences(&[], &[]).is_empty());
     }
 
     fn settings() -> IssuerSettings {

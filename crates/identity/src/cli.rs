@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use badge_runtime::config;
-use badge_store::{Store, StoreOptions};
 use clap::{Parser, Subcommand};
 
 use crate::IdentityConfig;
@@ -28,18 +27,8 @@ pub enum Command {
 
 /// Loads the configuration and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg: IdentityConfig = cli.config.load()?;
-    badge_runtime::telemetry::init_with(&cfg.log, &cfg.telemetry, "badge-identity")
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let store = Store::connect(
-        &cfg.database.url,
-        StoreOptions {
-            max_connections: cfg.database.max_connections,
-            sealer: cfg.encryption.sealer()?,
-            ..StoreOptions::default()
-        },
-    )
-    .await?;
+    let cfg: IdentityConfig = badge_runtime::service::start(&cli.config)?;
+    let store = badge_runtime::service::open_store(&cfg.database, cfg.encryption.sealer()?).await?;
     match cli.command {
         Command::Migrate => {
             store.migrate().await?;

@@ -10,6 +10,7 @@ pub mod rbac;
 pub mod services;
 pub mod watch;
 
+pub use badge_runtime::config::EncryptionConfig;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,16 @@ pub struct IdentityConfig {
     pub telemetry: badge_runtime::config::TelemetryConfig,
 }
 
+impl badge_runtime::service::ServiceConfig for IdentityConfig {
+    const NAME: &'static str = "badge-identity";
+    fn log(&self) -> &badge_runtime::config::LogConfig {
+        &self.log
+    }
+    fn telemetry(&self) -> &badge_runtime::config::TelemetryConfig {
+        &self.telemetry
+    }
+}
+
 /// Which bearer tokens identity accepts from callers (`authorization: Bearer`):
 /// service-account tokens of these issuers, reviewed exactly as TokenReview does.
 /// Empty: client certificates only.
@@ -69,12 +80,10 @@ pub struct AuthenticationConfig {
 
 impl AuthenticationConfig {
     pub fn settings(&self) -> badge_core::review::ReviewSettings {
-        let audiences = if self.api_audiences.is_empty() {
-            self.issuers.clone()
-        } else {
-            self.api_audiences.clone()
-        };
-        badge_core::review::ReviewSettings::new(self.issuers.clone(), audiences)
+        badge_core::review::ReviewSettings::new(
+            self.issuers.clone(),
+            badge_core::token::api_audiences(&self.issuers, &self.api_audiences),
+        )
     }
 }
 
@@ -104,28 +113,6 @@ impl Default for LegacyTokensConfig {
             clean_up_period_seconds: default_cleanup_period(),
             sync_interval_seconds: default_cleanup_interval(),
         }
-    }
-}
-
-/// Encryption of Secret data at rest with the key-encryption key shared with the
-/// token-issuer. Unset: Secrets are stored as given (a warning is logged).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EncryptionConfig {
-    /// File holding the base64 key-encryption key (32 bytes).
-    #[serde(default)]
-    pub kek_file: Option<std::path::PathBuf>,
-    /// The key itself, base64 (e.g. BADGE_ENCRYPTION__KEK from a secret store).
-    #[serde(default)]
-    pub kek: Option<String>,
-}
-
-impl EncryptionConfig {
-    /// The sealer for the store, if configured.
-    pub fn sealer(&self) -> anyhow::Result<Option<Arc<dyn badge_core::seal::DataSealer>>> {
-        let kek = badge_keys::Kek::load(self.kek_file.as_deref(), self.kek.as_deref())
-            .map_err(|e| anyhow::anyhow!("encryption.kek_file: {e}"))?;
-        Ok(kek.map(|k| Arc::new(k) as Arc<dyn badge_core::seal::DataSealer>))
     }
 }
 
@@ -205,9 +192,6 @@ impl Validate for IdentityConfig {
 }
 
 const G: &str = "";
-
-/// Verified-token cache of bearer tokens.
-const BEARER_CACHE_ENTRIES: usize = 10_000;
 
 /// The five standard methods of a kind; each request type says which namespace
 /// and name it acts on (`badge_proto::Scope`).
@@ -392,7 +376,7 @@ pub async fn serve(
         store.clone(),
         config.authentication.settings(),
         clock.clone(),
-        BEARER_CACHE_ENTRIES,
+        badge_access::BEARER_CACHE_ENTRIES,
         Some(last_used_tx),
         !config.authentication.issuers.is_empty(),
         "identity",

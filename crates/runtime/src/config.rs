@@ -28,6 +28,10 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {message}")]
     Deserialize { message: String },
+    /// A setting that parsed but cannot be used (a key file that does not load, an
+    /// endpoint that is not a URL); `key` is its dotted path.
+    #[error("{key}: {message}")]
+    Setting { key: String, message: String },
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
     Invalid(Vec<String>),
 }
@@ -176,6 +180,76 @@ impl ListenConfig {
                 ));
             }
         }
+    }
+}
+
+/// Another Badge service reached over mTLS (e.g. the `identity` section of the
+/// token-issuer and token-review).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// `https://host:port`.
+    pub endpoint: String,
+    /// Name to verify in the server certificate.
+    #[serde(default = "localhost")]
+    pub server_name: String,
+    /// CA of the peer, and this service's client certificate and key.
+    pub tls: TlsFiles,
+}
+
+fn localhost() -> String {
+    "localhost".into()
+}
+
+impl PeerConfig {
+    /// A lazy mTLS channel to the peer: nothing is dialled until the first call, so
+    /// a service starts (and reports its own health) while the peer is down.
+    /// `section` names the config section in errors.
+    pub fn channel(&self, section: &str) -> Result<tonic::transport::Channel, ConfigError> {
+        let invalid = |key: &str, e: &dyn std::fmt::Display| ConfigError::Setting {
+            key: format!("{section}.{key}"),
+            message: e.to_string(),
+        };
+        let material = crate::tls::TlsMaterial::load(&self.tls).map_err(|e| invalid("tls", &e))?;
+        Ok(
+            tonic::transport::Endpoint::from_shared(self.endpoint.clone())
+                .map_err(|e| invalid("endpoint", &e))?
+                .tls_config(material.client_config(&self.server_name))
+                .map_err(|e| invalid("tls", &e))?
+                .connect_lazy(),
+        )
+    }
+}
+
+/// Encryption of Secret data at rest with the key-encryption key identity seals
+/// it with (the `encryption` section of identity and token-review; the
+/// token-issuer reads the same key from `keys`). Unset: stored as given.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// File holding the base64 key-encryption key (32 bytes). Never keep it in the
+    /// database it protects.
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// The key itself, base64 (e.g. `BADGE_ENCRYPTION__KEK` from a secret store).
+    #[serde(default)]
+    pub kek: Option<String>,
+}
+
+impl EncryptionConfig {
+    /// The sealer for the store, if configured (the error never contains key
+    /// material).
+    pub fn sealer(
+        &self,
+    ) -> Result<Option<std::sync::Arc<dyn badge_core::seal::DataSealer>>, ConfigError> {
+        let kek =
+            badge_keys::Kek::load(self.kek_file.as_deref(), self.kek.as_deref()).map_err(|e| {
+                ConfigError::Setting {
+                    key: "encryption.kek_file".into(),
+                    message: e.to_string(),
+                }
+            })?;
+        Ok(kek.map(|k| std::sync::Arc::new(k) as std::sync::Arc<dyn badge_core::seal::DataSealer>))
     }
 }
 

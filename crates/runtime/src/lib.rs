@@ -8,6 +8,7 @@ pub mod https;
 pub mod limits;
 pub mod pki;
 pub mod server;
+pub mod service;
 pub mod status;
 pub mod telemetry;
 pub mod tls;

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use badge_runtime::config;
-use badge_store::{Store, StoreOptions};
 use clap::{Parser, Subcommand};
 
 use crate::{IssuerConfig, Listeners};
@@ -27,25 +26,14 @@ pub enum Command {
 
 /// Loads the configuration and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg: IssuerConfig = cli.config.load()?;
-    badge_runtime::telemetry::init_with(&cfg.log, &cfg.telemetry, "badge-token-issuer")
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let cfg: IssuerConfig = badge_runtime::service::start(&cli.config)?;
     match cli.command {
         Command::Serve => {
-            let store = Store::connect(
-                &cfg.database.url,
-                StoreOptions {
-                    max_connections: cfg.database.max_connections,
-                    // The same key-encryption key opens Secret data sealed by identity.
-                    sealer: badge_keys::Kek::load(
-                        cfg.keys.kek_file.as_deref(),
-                        cfg.keys.kek.as_deref(),
-                    )?
-                    .map(|k| Arc::new(k) as Arc<dyn badge_core::seal::DataSealer>),
-                    ..StoreOptions::default()
-                },
-            )
-            .await?;
+            // The same key-encryption key opens Secret data sealed by identity.
+            let sealer =
+                badge_keys::Kek::load(cfg.keys.kek_file.as_deref(), cfg.keys.kek.as_deref())?
+                    .map(|k| Arc::new(k) as Arc<dyn badge_core::seal::DataSealer>);
+            let store = badge_runtime::service::open_store(&cfg.database, sealer).await?;
             let listeners = Listeners {
                 grpc: tokio::net::TcpListener::bind(cfg.server.listen).await?,
                 oidc: tokio::net::TcpListener::bind(cfg.oidc.listen).await?,

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use badge_core::token::{EXTENDED_EXPIRATION_SECONDS, IssuerSettings};
+pub use badge_runtime::config::PeerConfig;
 use badge_runtime::config::{DatabaseConfig, ListenConfig, LogConfig, Validate};
-use badge_runtime::tls::TlsFiles;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +31,16 @@ pub struct IssuerConfig {
     /// The workload CA (docs/certificates.md).
     #[serde(default)]
     pub ca: crate::ca_config::CaConfig,
+}
+
+impl badge_runtime::service::ServiceConfig for IssuerConfig {
+    const NAME: &'static str = "badge-token-issuer";
+    fn log(&self) -> &badge_runtime::config::LogConfig {
+        &self.log
+    }
+    fn telemetry(&self) -> &badge_runtime::config::TelemetryConfig {
+        &self.telemetry
+    }
 }
 
 /// Kubernetes' `--service-account-*` token flags.
@@ -62,14 +72,9 @@ fn default_extended() -> i64 {
 
 impl TokenConfig {
     pub fn settings(&self) -> IssuerSettings {
-        let api_audiences = if self.api_audiences.is_empty() {
-            self.issuers.clone()
-        } else {
-            self.api_audiences.clone()
-        };
         IssuerSettings {
             issuers: self.issuers.clone(),
-            api_audiences,
+            api_audiences: badge_core::token::api_audiences(&self.issuers, &self.api_audiences),
             max_expiration_seconds: (self.max_expiration_seconds != 0)
                 .then_some(self.max_expiration_seconds),
             extend_expiration: self.extend_expiration,
@@ -163,23 +168,6 @@ pub struct ExternalSignerConfig {
     /// FetchKeys' refresh hint.
     #[serde(default)]
     pub refresh_hint_seconds: Option<i64>,
-}
-
-/// Another Badge service reached over mTLS.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerConfig {
-    /// `https://host:port`.
-    pub endpoint: String,
-    /// Name to verify in the server certificate.
-    #[serde(default = "localhost")]
-    pub server_name: String,
-    /// CA of the peer, and this service's client certificate and key.
-    pub tls: TlsFiles,
-}
-
-fn localhost() -> String {
-    "localhost".into()
 }
 
 impl IssuerConfig {

@@ -77,9 +77,6 @@ fn max_token_lifetime(config: &IssuerConfig) -> Duration {
     Duration::from_secs(u64::try_from(cap.max(extended)).unwrap_or(u64::MAX / 4))
 }
 
-/// Verified-token cache of bearer tokens.
-const BEARER_CACHE_ENTRIES: usize = 10_000;
-
 /// Runs the token-issuer until `shutdown`. Refuses to start on an unknown schema, a
 /// wrong key-encryption key or unreadable key files.
 pub async fn serve(
@@ -128,7 +125,7 @@ pub async fn serve(
         Some(peer) => {
             let (tx, writer) = badge_access::last_used::LastUsed {
                 secrets: badge_access::last_used::Secrets::Grpc(SecretServiceClient::new(
-                    badge_runtime::telemetry::traced(identity_channel(peer)?),
+                    badge_runtime::telemetry::traced(peer.channel("identity")?),
                 )),
                 clock: clock.clone(),
             }
@@ -147,7 +144,7 @@ pub async fn serve(
             settings.api_audiences.clone(),
         ),
         clock.clone(),
-        BEARER_CACHE_ENTRIES,
+        badge_access::BEARER_CACHE_ENTRIES,
         last_used_tx,
         true,
         "token-issuer",
@@ -252,7 +249,7 @@ pub async fn serve(
         clock.clone(),
     )));
     if let Some(peer) = &config.identity {
-        let channel = identity_channel(peer)?;
+        let channel = peer.channel("identity")?;
         let controller = legacy::LegacyTokens {
             store: store.clone(),
             index: index.clone(),
@@ -370,17 +367,6 @@ pub async fn serve(
     server.serve(listeners.grpc, &tls, guard, stop).await?;
     tracing::info!("token-issuer stopped");
     Ok(())
-}
-
-/// A lazy mTLS channel to identity (`identity` section).
-fn identity_channel(peer: &config::PeerConfig) -> anyhow::Result<tonic::transport::Channel> {
-    let peer_tls = TlsMaterial::load(&peer.tls)?;
-    Ok(
-        tonic::transport::Endpoint::from_shared(peer.endpoint.clone())
-            .context("identity.endpoint")?
-            .tls_config(peer_tls.client_config(&peer.server_name))?
-            .connect_lazy(),
-    )
 }
 
 /// ExternalJWTSigner on a Unix socket (mode 0600 from its first instant, peers of

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use badge_runtime::config::ConfigArgs;
-use badge_store::{Store, StoreOptions};
 use clap::{Parser, Subcommand};
 
 use crate::{Listeners, ReviewConfig};
@@ -26,21 +25,12 @@ pub enum Command {
 
 /// Loads the configuration and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg: ReviewConfig = cli.config.load()?;
-    badge_runtime::telemetry::init_with(&cfg.log, &cfg.telemetry, "badge-token-review")
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let cfg: ReviewConfig = badge_runtime::service::start(&cli.config)?;
     match cli.command {
         Command::Serve => {
-            let store = Store::connect(
-                &cfg.database.url,
-                StoreOptions {
-                    max_connections: cfg.database.max_connections,
-                    // The key-encryption key identity seals Secret data with.
-                    sealer: cfg.encryption.sealer()?,
-                    ..StoreOptions::default()
-                },
-            )
-            .await?;
+            // The key-encryption key identity seals Secret data with.
+            let store =
+                badge_runtime::service::open_store(&cfg.database, cfg.encryption.sealer()?).await?;
             let webhook = match &cfg.webhook {
                 Some(w) => Some(tokio::net::TcpListener::bind(w.listen).await?),
                 None => None,

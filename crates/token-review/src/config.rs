@@ -5,12 +5,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use badge_core::review::{DEFAULT_MAX_TOKEN_LEN, ReviewSettings};
 use badge_runtime::config::{DatabaseConfig, ListenConfig, LogConfig, Validate};
-use badge_runtime::tls::TlsFiles;
+pub use badge_runtime::config::{EncryptionConfig, PeerConfig};
 use serde::Deserialize;
 
 /// Largest accepted `review.max_token_bytes` (the webhook body cap is 1 MiB).
@@ -90,6 +89,16 @@ impl ReviewConfig {
     }
 }
 
+impl badge_runtime::service::ServiceConfig for ReviewConfig {
+    const NAME: &'static str = "badge-token-review";
+    fn log(&self) -> &badge_runtime::config::LogConfig {
+        &self.log
+    }
+    fn telemetry(&self) -> &badge_runtime::config::TelemetryConfig {
+        &self.telemetry
+    }
+}
+
 /// Kubernetes' authenticator flags (`--service-account-issuer`,
 /// `--api-audiences`) and Badge's review knobs.
 #[derive(Debug, Clone, Deserialize)]
@@ -132,39 +141,13 @@ fn default_cache_entries() -> usize {
 impl ReviewSection {
     /// The core's settings.
     pub fn settings(&self) -> ReviewSettings {
-        let api_audiences = if self.api_audiences.is_empty() {
-            self.issuers.clone()
-        } else {
-            self.api_audiences.clone()
-        };
         ReviewSettings {
             issuers: self.issuers.clone(),
-            api_audiences,
+            api_audiences: badge_core::token::api_audiences(&self.issuers, &self.api_audiences),
             leeway: Duration::from_secs(self.leeway_seconds),
             deletion_leeway: Duration::from_secs(self.deletion_leeway_seconds),
             max_token_len: self.max_token_bytes,
         }
-    }
-}
-
-/// Encryption at rest, as identity's `encryption` section.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EncryptionConfig {
-    /// File holding the base64 key-encryption key (32 bytes).
-    #[serde(default)]
-    pub kek_file: Option<PathBuf>,
-    /// The key itself, base64 (e.g. `BADGE_ENCRYPTION__KEK` from a secret store).
-    #[serde(default)]
-    pub kek: Option<String>,
-}
-
-impl EncryptionConfig {
-    /// The sealer for the store, if configured.
-    pub fn sealer(&self) -> anyhow::Result<Option<Arc<dyn badge_core::seal::DataSealer>>> {
-        let kek = badge_keys::Kek::load(self.kek_file.as_deref(), self.kek.as_deref())
-            .map_err(|e| anyhow::anyhow!("encryption.kek_file: {e}"))?;
-        Ok(kek.map(|k| Arc::new(k) as Arc<dyn badge_core::seal::DataSealer>))
     }
 }
 
@@ -196,23 +179,6 @@ impl ReviewConfig {
         let w = self.webhook.as_ref()?;
         Some(w.client_ca.as_deref().unwrap_or(&self.server.tls.ca))
     }
-}
-
-/// Another Badge service reached over mTLS.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerConfig {
-    /// `https://host:port`.
-    pub endpoint: String,
-    /// Name to verify in the server certificate.
-    #[serde(default = "localhost")]
-    pub server_name: String,
-    /// CA of the peer, and this service's client certificate and key.
-    pub tls: TlsFiles,
-}
-
-fn localhost() -> String {
-    "localhost".into()
 }
 
 fn check_file(errors: &mut Vec<String>, key: &str, path: &std::path::Path) {

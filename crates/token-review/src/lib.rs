@@ -132,7 +132,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use badge_core::{Clock, Kind};
 use badge_proto::identity::secret_service_client::SecretServiceClient;
 use badge_proto::review::token_review_service_server::TokenReviewServiceServer;
@@ -243,11 +242,7 @@ pub async fn serve(
     let mut tasks = Tasks::default();
     let last_used_tx = match &config.identity {
         Some(peer) => {
-            let peer_tls = TlsMaterial::load(&peer.tls)?;
-            let channel = tonic::transport::Endpoint::from_shared(peer.endpoint.clone())
-                .context("identity.endpoint")?
-                .tls_config(peer_tls.client_config(&peer.server_name))?
-                .connect_lazy();
+            let channel = peer.channel("identity")?;
             let (tx, rx) = mpsc::channel(last_used::QUEUE);
             let writer = last_used::LastUsed {
                 secrets: last_used::Secrets::Grpc(SecretServiceClient::new(
