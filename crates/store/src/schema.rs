@@ -6,12 +6,52 @@
 //! same tables on both, in each dialect.
 
 use badge_core::{Error, Result};
-use sqlx::migrate::{MigrateError, Migrator};
+use std::sync::LazyLock;
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 
 use crate::{Db, db_error};
 
-static POSTGRES: Migrator = sqlx::migrate!("../../migrations");
-static SQLITE: Migrator = sqlx::migrate!("../../migrations/sqlite");
+/// The migrations this binary embeds, per backend: (version, description, SQL),
+/// exactly as sqlx names a file `<version>_<description>.sql`. Listed by hand
+/// rather than with `sqlx::migrate!`: that macro needs sqlx's `macros` feature,
+/// which compiles sqlx, both database drivers, rustls, aws-lc and SQLite a second
+/// time for the build host (about a third of a cold release build on 2 cores).
+/// `embedded_migrations_are_the_directories` fails when a file is added, renamed
+/// or edited without this list following it; the checksums are sqlx's (SHA-384 of
+/// the file), so databases migrated by earlier binaries verify unchanged.
+const POSTGRES_FILES: &[(i64, &str, &str)] = &[(
+    1,
+    "objects",
+    include_str!("../../../migrations/0001_objects.sql"),
+)];
+const SQLITE_FILES: &[(i64, &str, &str)] = &[(
+    1,
+    "objects",
+    include_str!("../../../migrations/sqlite/0001_objects.sql"),
+)];
+
+fn embed(files: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        files
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    // sqlx's `-- no-transaction` directive, as the macro reads it.
+                    sql.starts_with("-- no-transaction"),
+                )
+            })
+            .collect(),
+    )
+}
+
+static POSTGRES: LazyLock<Migrator> = LazyLock::new(|| embed(POSTGRES_FILES));
+static SQLITE: LazyLock<Migrator> = LazyLock::new(|| embed(SQLITE_FILES));
 
 fn migrator(db: &Db) -> &'static Migrator {
     match db {
@@ -226,6 +266,71 @@ mod tests {
                 .collect();
             assert_eq!(verify(&known, &all), Ok(()));
         }
+    }
+
+    /// Every `<version>_<description>.sql` of the migration directories is
+    /// embedded, with that version, description and content, and nothing else is.
+    #[test]
+    fn embedded_migrations_are_the_directories() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+        for (dir, files) in [
+            (root.clone(), POSTGRES_FILES),
+            (root.join("sqlite"), SQLITE_FILES),
+        ] {
+            let mut on_disk = Vec::new();
+            for entry in std::fs::read_dir(&dir).expect("migrations dir") {
+                let path = entry.expect("dir entry").path();
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                let Some(stem) = name.strip_suffix(".sql") else {
+                    continue;
+                };
+                let (version, description) = stem.split_once('_').expect("<version>_<name>.sql");
+                let sql = std::fs::read_to_string(&path).expect("read migration");
+                on_disk.push((
+                    version.parse::<i64>().expect("numeric version"),
+                    description.replace('_', " "),
+                    sql,
+                ));
+            }
+            on_disk.sort();
+            let embedded: Vec<_> = files
+                .iter()
+                .map(|&(v, d, sql)| (v, d.to_owned(), sql.to_owned()))
+                .collect();
+            assert_eq!(
+                embedded,
+                on_disk,
+                "{}: update POSTGRES_FILES/SQLITE_FILES",
+                dir.display()
+            );
+        }
+    }
+
+    /// The checksums databases already record (sqlx's SHA-384 of each file, as
+    /// `sqlx::migrate!` embedded it before): an applied migration must never change.
+    #[test]
+    fn applied_migrations_keep_their_checksums() {
+        let hex = |m: &'static Migrator| {
+            m.iter()
+                .map(|m| {
+                    m.checksum
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            hex(&POSTGRES)[0],
+            "c9db83d0a06dd7d40a86fb5a8e5de3b67e7ed91eeeb744d12ceddc42a8c72e17deac3fcf986a8098b8c638693465b260"
+        );
+        assert_eq!(
+            hex(&SQLITE)[0],
+            "037c125689149f5df3f405c66435ad8c0e47b49c3a48399c68fdc6aac3049f6e76dfdfb4e9eddbb86113da991e5c79b4"
+        );
     }
 
     #[test]
