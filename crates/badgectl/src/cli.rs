@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use badge_core::Clock as _;
 use badge_core::spiffe::{SpiffeId, TrustDomain};
 use badge_proto::certificates as ca;
 use badge_proto::istio::v1::auth as istio;
@@ -467,7 +468,7 @@ async fn get(
             write!(
                 out,
                 "{}",
-                table(kind, &objects, show_ns, wide, SystemTime::now())
+                table(kind, &objects, show_ns, wide, badge_core::SystemClock.now())
             )?;
         }
     }

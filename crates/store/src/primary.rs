@@ -162,12 +162,9 @@ impl<T> Observed for Option<T> {}
 impl<T> Observed for Vec<T> {}
 
 fn jitter() -> f64 {
-    // Not security-relevant: only spreads retries apart.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    f64::from(nanos % 1000) / 1000.0
+    // Not security-relevant: only spreads retries apart (a v4 UUID is the
+    // random source this crate already has).
+    f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 256.0
 }
 
 /// The current query pool, and for a multi-host URL the means to replace it.
