@@ -24,9 +24,11 @@ pub mod node;
 pub mod pod_certificates;
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
+use badge_core::{Clock, SystemClock};
 use badge_proto::identity as id;
 use badge_proto::token as tk;
 use badgectl::ConnectionArgs;
@@ -373,6 +375,8 @@ struct Agent {
     uid: String,
     service_account: String,
     written: Vec<PathBuf>,
+    /// The only source of wall-clock time.
+    clock: Arc<dyn Clock>,
 }
 
 enum PodCheck {
@@ -540,10 +544,29 @@ fn watch_verdict(
     }
 }
 
-/// Runs the agent until the pod is deleted or [`Control::Stop`].
+/// The next event of the pod watch; never resolves while there is none.
+async fn next_watch_event(
+    watch: &mut Option<tonic::Streaming<id::WatchEvent>>,
+) -> Result<Option<id::WatchEvent>, tonic::Status> {
+    match watch {
+        Some(w) => w.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the agent until the pod is deleted or [`Control::Stop`], on the wall clock.
 pub async fn run(
     args: AgentArgs,
+    control: mpsc::UnboundedReceiver<Control>,
+) -> anyhow::Result<Exit> {
+    run_with_clock(args, control, Arc::new(SystemClock)).await
+}
+
+/// [`run`], reading the time from `clock`.
+async fn run_with_clock(
+    args: AgentArgs,
     mut control: mpsc::UnboundedReceiver<Control>,
+    clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Exit> {
     let (Some(namespace), Some(pod), Some(dir)) = (args.namespace, args.pod, args.dir) else {
         bail!("--namespace, --pod and --dir are required");
@@ -561,6 +584,7 @@ pub async fn run(
         uid: String::new(),
         service_account: String::new(),
         written: Vec::new(),
+        clock,
     };
     let who = format!("{}/{}", agent.args.namespace, agent.args.pod);
     create_private_dir(&agent.args.dir)
@@ -604,7 +628,7 @@ pub async fn run(
     agent.write(Path::new("namespace"), ns.as_bytes())?;
     tracing::info!(pod = %who, uid = %agent.uid, service_account = %agent.service_account, tokens = sources.len(), certificates = cert_sources.len(), dir = %agent.args.dir.display(), "projecting");
 
-    let now = SystemTime::now();
+    let now = agent.clock.now();
     let mut tokens: Vec<TokenState> = sources
         .into_iter()
         .map(|source| TokenState {
@@ -638,9 +662,9 @@ pub async fn run(
 
     loop {
         // Refresh whatever is due.
-        let now = SystemTime::now();
+        let now = agent.clock.now();
         for t in tokens.iter_mut().filter(|t| t.due <= now) {
-            let issued_at = SystemTime::now();
+            let issued_at = agent.clock.now();
             match agent.request(&t.source).await {
                 Ok(r) => {
                     let expires_at = to_system(&r.expiration_timestamp).unwrap_or(
@@ -653,7 +677,7 @@ pub async fn run(
                     for w in &r.warnings {
                         tracing::warn!(path = %t.source.path.display(), "token-issuer: {w}");
                     }
-                    tracing::info!(path = %t.source.path.display(), audience = %t.source.audience, credential_id = %r.credential_id, refresh_in = ?t.due.duration_since(SystemTime::now()).unwrap_or_default(), "token written");
+                    tracing::info!(path = %t.source.path.display(), audience = %t.source.audience, credential_id = %r.credential_id, refresh_in = ?t.due.duration_since(agent.clock.now()).unwrap_or_default(), "token written");
                 }
                 Err(s) => {
                     if matches!(
@@ -665,13 +689,13 @@ pub async fn run(
                         agent.remove_files();
                         return Ok(Exit::PodDeleted);
                     }
-                    let still_valid = t.expires_at.is_some_and(|e| e > SystemTime::now());
+                    let still_valid = t.expires_at.is_some_and(|e| e > agent.clock.now());
                     if still_valid {
                         tracing::warn!(path = %t.source.path.display(), "token request failed, keeping the current token, retrying in {:?}: {}: {}", t.backoff, s.code(), s.message());
                     } else {
                         tracing::error!(path = %t.source.path.display(), "token request failed and no valid token is in place, retrying in {:?}: {}: {}", t.backoff, s.code(), s.message());
                     }
-                    t.due = SystemTime::now() + t.backoff;
+                    t.due = agent.clock.now() + t.backoff;
                     t.backoff = next_backoff(t.backoff);
                 }
             }
@@ -686,15 +710,15 @@ pub async fn run(
             .map(|t| t.due)
             .chain(certs.iter().map(|c| c.due))
             .min()
-            .unwrap_or_else(|| SystemTime::now() + MAX_REFRESH_AGE);
-        let sleep = next.duration_since(SystemTime::now()).unwrap_or_default();
+            .unwrap_or_else(|| agent.clock.now() + MAX_REFRESH_AGE);
+        let sleep = next.duration_since(agent.clock.now()).unwrap_or_default();
 
         tokio::select! {
             () = tokio::time::sleep(sleep) => {}
             c = control.recv(), if control_open => match c {
                 Some(Control::Refresh) => {
                     tracing::info!("refreshing every token and certificate now");
-                    let now = SystemTime::now();
+                    let now = agent.clock.now();
                     for t in &mut tokens {
                         t.due = now;
                     }
@@ -708,7 +732,7 @@ pub async fn run(
                 }
                 None => control_open = false,
             },
-            ev = async { watch.as_mut().map(|w| w.message()).expect("guarded").await }, if watch.is_some() => match ev {
+            ev = next_watch_event(&mut watch), if watch.is_some() => match ev {
                 Ok(Some(ev)) => {
                     if let Some(why) = watch_verdict(&ev, &agent.args.pod, &agent.uid, &mut listing, &mut seen) {
                         // Confirm before deleting anything.
@@ -753,12 +777,14 @@ pub async fn run(
 /// [`run`] as the command line runs it (`badge-agent`, `badge agent`): SIGHUP
 /// refreshes every token now; SIGTERM / Ctrl-C stop, leaving the files.
 pub async fn run_with_signals(args: AgentArgs) -> anyhow::Result<()> {
+    // The one wall clock of the process; every loop reads the time through it.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(Mode::Node(opts)) = &args.mode {
-        return node::run_with_signals(&args.conn, opts).await;
+        return node::run_with_signals_and_clock(&args.conn, opts, clock).await;
     }
     let (handle, control) = control();
     forward_signals(handle)?;
-    run(args, control).await.map(|_| ())
+    run_with_clock(args, control, clock).await.map(|_| ())
 }
 
 fn forward_signals(handle: Handle) -> std::io::Result<()> {

@@ -34,6 +34,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use badge_core::Clock;
 use badge_proto::certificates as cpb;
 use badge_proto::identity as id;
 use badge_proto::token as tk;
@@ -118,15 +119,28 @@ fn to_system(t: Option<&prost_types::Timestamp>) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// When to begin refreshing a certificate answered at `now`: the server's
+/// `beginRefreshAt`, else halfway from `now` to `not_after` (`now` itself when it
+/// is already past).
+pub fn begin_refresh_at(
+    given: Option<SystemTime>,
+    not_after: SystemTime,
+    now: SystemTime,
+) -> SystemTime {
+    given.unwrap_or_else(|| now + not_after.duration_since(now).unwrap_or_default() / 2)
+}
+
 /// Asks for a certificate for `key`: `spec` without the stub CSR, which is made
 /// here. `bearer`, when given, is sent as `authorization: Bearer` (the pod's own
-/// token) instead of the channel's credential.
+/// token) instead of the channel's credential. `clock` dates the answer (for a
+/// missing `beginRefreshAt`).
 pub async fn request(
     issuer: Ch,
     namespace: &str,
     mut spec: cpb::PodCertificateRequestSpec,
     key: &rcgen::KeyPair,
     bearer: Option<&str>,
+    clock: &dyn Clock,
 ) -> Result<Issued, tonic::Status> {
     let internal = |what: &str, e: rcgen::Error| tonic::Status::internal(format!("{what}: {e}"));
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())
@@ -157,10 +171,11 @@ pub async fn request(
     }
     let not_after = to_system(status.not_after.as_ref())
         .ok_or_else(|| tonic::Status::internal("token-issuer answered without notAfter"))?;
-    let begin_refresh_at = to_system(status.begin_refresh_at.as_ref()).unwrap_or_else(|| {
-        let now = SystemTime::now();
-        now + not_after.duration_since(now).unwrap_or_default() / 2
-    });
+    let begin_refresh_at = begin_refresh_at(
+        to_system(status.begin_refresh_at.as_ref()),
+        not_after,
+        clock.now(),
+    );
     Ok(Issued {
         chain_der,
         chain_pem: status.certificate_chain,
@@ -395,7 +410,16 @@ impl Agent {
         };
         let ns = self.args.namespace.clone();
         if *call_as == CallAs::Itself {
-            match request(self.issuer.clone(), &ns, spec.clone(), &key, None).await {
+            match request(
+                self.issuer.clone(),
+                &ns,
+                spec.clone(),
+                &key,
+                None,
+                self.clock.as_ref(),
+            )
+            .await
+            {
                 Ok(i) => return Ok((key_pem(&key), i)),
                 Err(st) if st.code() == Code::PermissionDenied => {
                     tracing::info!(
@@ -408,7 +432,15 @@ impl Agent {
             }
         }
         let token = self.pod_token().await?;
-        let issued = request(self.issuer.clone(), &ns, spec, &key, Some(token.as_str())).await?;
+        let issued = request(
+            self.issuer.clone(),
+            &ns,
+            spec,
+            &key,
+            Some(token.as_str()),
+            self.clock.as_ref(),
+        )
+        .await?;
         Ok((key_pem(&key), issued))
     }
 
@@ -439,7 +471,7 @@ impl Agent {
         certs: &mut [CertificateState],
         call_as: &mut CallAs,
     ) -> anyhow::Result<Option<String>> {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         for c in certs.iter_mut().filter(|c| c.due <= now) {
             let what = c.source.describe();
             match self.certify(&c.source, call_as).await {
@@ -452,7 +484,7 @@ impl Agent {
                         issued.not_after,
                         draw_jitter(CERTIFICATE_JITTER),
                     );
-                    tracing::info!(paths = %what, spiffe_id = %issued.spiffe_id, serial = %issued.serial, chain_blocks = issued.chain_der.len(), refresh_in = ?c.due.duration_since(SystemTime::now()).unwrap_or_default(), "pod certificate written");
+                    tracing::info!(paths = %what, spiffe_id = %issued.spiffe_id, serial = %issued.serial, chain_blocks = issued.chain_der.len(), refresh_in = ?c.due.duration_since(self.clock.now()).unwrap_or_default(), "pod certificate written");
                 }
                 Err(s) => {
                     if matches!(
@@ -462,13 +494,13 @@ impl Agent {
                     {
                         return Ok(Some(why));
                     }
-                    let valid = c.not_after.is_some_and(|e| e > SystemTime::now());
+                    let valid = c.not_after.is_some_and(|e| e > self.clock.now());
                     if valid {
                         tracing::warn!(paths = %what, "pod certificate request failed, keeping the current certificate, retrying in {:?}: {}: {}", c.backoff, s.code(), s.message());
                     } else {
                         tracing::error!(paths = %what, "pod certificate request failed and no valid certificate is in place, retrying in {:?}: {}: {}", c.backoff, s.code(), s.message());
                     }
-                    c.due = SystemTime::now() + c.backoff;
+                    c.due = self.clock.now() + c.backoff;
                     c.backoff = next_backoff(c.backoff);
                 }
             }
@@ -491,6 +523,33 @@ mod tests {
             panic!("RSA2048 refused")
         };
         assert!(e.contains("\"RSA2048\""), "{e}");
+    }
+
+    #[test]
+    fn begin_refresh_defaults_to_halfway_to_not_after() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // (beginRefreshAt given, notAfter after now, expected after now)
+        let cases: &[(Option<Duration>, Duration, Duration)] = &[
+            (None, s(86_400), s(43_200)),  // halfway
+            (None, s(1), ms(500)),         // sub-second halves are kept
+            (None, s(0), s(0)),            // expires now: refresh now
+            (Some(s(7)), s(86_400), s(7)), // the server's answer wins
+            (Some(s(0)), s(100), s(0)),
+            (Some(s(200)), s(100), s(200)), // even past notAfter: as given
+        ];
+        for (given, not_after, want) in cases {
+            let clock = badge_core::FixedClock::at_unix(1_700_000_000);
+            let now = clock.now();
+            assert_eq!(
+                begin_refresh_at(given.map(|g| now + g), now + *not_after, now),
+                t0 + *want,
+                "given {given:?} not_after +{not_after:?}"
+            );
+        }
+        // Already expired when answered (clock skew): now.
+        assert_eq!(begin_refresh_at(None, t0 - s(5), t0), t0);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use badge_core::Clock;
 use badge_proto::certificates as cpb;
 use badge_proto::identity as id;
 use badgectl::conn::Ch;
@@ -36,6 +37,8 @@ pub struct Ctx {
     /// once would only queue in token-issuer past its store's acquire bound (and
     /// fail); the agent queues them itself instead.
     pub issue_slots: Arc<tokio::sync::Semaphore>,
+    /// The only source of wall-clock time.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// When to renew: the server's `beginRefreshAt` plus up to `jitter`, but never past
@@ -172,6 +175,7 @@ async fn issue(
         },
         &key,
         None,
+        ctx.clock.as_ref(),
     )
     .await?;
     let svid = Svid {
@@ -207,7 +211,7 @@ pub async fn run_workload(ctx: Arc<Ctx>, i: usize, mut stop: watch::Receiver<boo
     let mut refresh = ctx.refresh.clone();
     let events = ctx.pod_events.get(i).cloned().unwrap_or_default();
     let mut current: Option<Arc<Svid>> = None;
-    let mut due = SystemTime::now();
+    let mut due = ctx.clock.now();
     let mut backoff = BACKOFF_START;
     let mut gone_logged = false;
     // Set by a SIGHUP: the renewal waits for its drawn time before anything is asked.
@@ -215,7 +219,7 @@ pub async fn run_workload(ctx: Arc<Ctx>, i: usize, mut stop: watch::Receiver<boo
     loop {
         let mut wait = ctx.settings.pod_poll;
         if std::mem::take(&mut deferred) {
-            wait = wait.min(due.duration_since(SystemTime::now()).unwrap_or_default());
+            wait = wait.min(due.duration_since(ctx.clock.now()).unwrap_or_default());
         } else {
             match lookup(&ctx, &w).await {
                 Lookup::Gone(why) => {
@@ -247,7 +251,7 @@ pub async fn run_workload(ctx: Arc<Ctx>, i: usize, mut stop: watch::Receiver<boo
                             metrics::get().removed.add(1, &[]);
                             ctx.shared.set_slot(i, Slot::Gone);
                         }
-                        let now = SystemTime::now();
+                        let now = ctx.clock.now();
                         if current.is_none() || now >= due {
                             match issue(&ctx, &w, &pod).await {
                                 Ok((svid, begin)) => {
@@ -261,7 +265,7 @@ pub async fn run_workload(ctx: Arc<Ctx>, i: usize, mut stop: watch::Receiver<boo
                                         .duration_since(SystemTime::UNIX_EPOCH)
                                         .map(|d| d.as_millis())
                                         .unwrap_or_default();
-                                    tracing::info!(pod = %who, spiffe_id = %svid.spiffe_id, serial = %svid.serial, refresh_in = ?due.duration_since(SystemTime::now()).unwrap_or_default(), refresh_at_unix_ms, "{}", if rotated { "X.509-SVID rotated" } else { "X.509-SVID issued" });
+                                    tracing::info!(pod = %who, spiffe_id = %svid.spiffe_id, serial = %svid.serial, refresh_in = ?due.duration_since(ctx.clock.now()).unwrap_or_default(), refresh_at_unix_ms, "{}", if rotated { "X.509-SVID rotated" } else { "X.509-SVID issued" });
                                     let svid = Arc::new(svid);
                                     current = Some(svid.clone());
                                     ctx.shared.set_slot(i, Slot::Ready(svid));
@@ -274,7 +278,7 @@ pub async fn run_workload(ctx: Arc<Ctx>, i: usize, mut stop: watch::Receiver<boo
                                     metrics::failure("issue");
                                     let valid = current
                                         .as_ref()
-                                        .is_some_and(|c| c.not_after > SystemTime::now());
+                                        .is_some_and(|c| c.not_after > ctx.clock.now());
                                     if valid {
                                         tracing::warn!(pod = %who, "renewing the X.509-SVID failed, keeping the current one, retrying in {backoff:?}: {}: {}", s.code(), s.message());
                                     } else {
@@ -283,12 +287,12 @@ pub async fn run_workload(ctx: Arc<Ctx>, i: usize, mut stop: watch::Receiver<boo
                                             ctx.shared.set_slot(i, Slot::Pending);
                                         }
                                     }
-                                    due = SystemTime::now() + backoff;
+                                    due = ctx.clock.now() + backoff;
                                     backoff = next_backoff(backoff);
                                 }
                             }
                         }
-                        wait = wait.min(due.duration_since(SystemTime::now()).unwrap_or_default());
+                        wait = wait.min(due.duration_since(ctx.clock.now()).unwrap_or_default());
                     }
                 }
             }
@@ -302,7 +306,7 @@ pub async fn run_workload(ctx: Arc<Ctx>, i: usize, mut stop: watch::Receiver<boo
                 // [now, now + refresh_jitter]: renewing a thousand pods at the same
                 // instant is the thundering herd the jitter exists to prevent (the
                 // pod is read then too, not now). With no jitter: now.
-                due = SystemTime::now() + draw_jitter(ctx.settings.refresh_jitter);
+                due = ctx.clock.now() + draw_jitter(ctx.settings.refresh_jitter);
                 deferred = current.is_some();
             }
             _ = stop.wait_for(|s| *s) => return,
@@ -448,6 +452,47 @@ pub async fn run_pod_watch(ctx: Arc<Ctx>, namespace: String, mut stop: watch::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `beginRefreshAt` plus the jitter, capped at half the time left to `notAfter`.
+    #[test]
+    fn refresh_due_table() {
+        let t0 = badge_core::FixedClock::at_unix(1_700_000_000).now();
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // (notAfter after beginRefreshAt, jitter, expected due after beginRefreshAt)
+        let cases: &[(Duration, Duration, Duration)] = &[
+            (s(43_200), s(0), s(0)),     // no jitter: beginRefreshAt
+            (s(43_200), s(30), s(30)),   // jitter fits
+            (s(43_200), s(300), s(300)), // the pod-certificate 5 min fits
+            (s(60), s(30), s(30)),       // exactly half the room: all of it
+            (s(61), s(30), s(30)),       // just over: all of it
+            (s(59), s(30), ms(29_500)),  // just under: capped at half
+            (s(40), s(30), s(20)),       // little room: half of it
+            (s(1), s(30), ms(500)),
+            (s(0), s(30), s(0)), // notAfter = beginRefreshAt: no jitter
+        ];
+        for (room, jitter, want) in cases {
+            assert_eq!(
+                refresh_due(t0, t0 + *room, *jitter),
+                t0 + *want,
+                "room {room:?} jitter {jitter:?}"
+            );
+        }
+        // notAfter before beginRefreshAt: at beginRefreshAt.
+        assert_eq!(refresh_due(t0, t0 - s(5), s(30)), t0);
+    }
+
+    #[test]
+    fn draw_jitter_bounds() {
+        assert_eq!(draw_jitter(Duration::ZERO), Duration::ZERO);
+        for max in [Duration::from_millis(1), Duration::from_secs(30)] {
+            for _ in 0..1000 {
+                assert!(draw_jitter(max) <= max);
+            }
+        }
+        // Whole milliseconds: a sub-millisecond bound draws zero.
+        assert_eq!(draw_jitter(Duration::from_micros(999)), Duration::ZERO);
+    }
 
     #[test]
     fn refresh_is_jittered_but_leaves_time_to_retry() {

@@ -203,8 +203,10 @@ mod tests {
         .expect("sign")
     }
 
+    /// The wall clock: jsonwebtoken checks `exp` against it.
     fn now() -> i64 {
-        badge_core::token::unix_seconds(std::time::SystemTime::now())
+        use badge_core::Clock as _;
+        badge_core::token::unix_seconds(badge_core::SystemClock.now())
     }
 
     #[test]

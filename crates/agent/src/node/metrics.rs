@@ -14,6 +14,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use badge_core::Clock;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, ObservableGauge};
 
@@ -73,20 +74,57 @@ pub fn denied(api: &'static str) {
     get().denied.add(1, &[KeyValue::new("api", api)]);
 }
 
-/// Registers the expiry gauge over `shared` (kept alive by the returned handle).
-pub fn expiry_gauge(shared: Arc<Shared>) -> ObservableGauge<f64> {
+/// Seconds from `now` until `t`, negative once past.
+pub fn seconds_left(t: SystemTime, now: SystemTime) -> f64 {
+    match t.duration_since(now) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+/// Registers the expiry gauge over `shared`, read at `clock`'s time (kept alive by
+/// the returned handle).
+pub fn expiry_gauge(shared: Arc<Shared>, clock: Arc<dyn Clock>) -> ObservableGauge<f64> {
     badge_runtime::telemetry::metrics::meter()
         .f64_observable_gauge("badge.agent.oldest_svid_expiry")
         .with_unit("s")
         .with_description("seconds until the first of the held X.509-SVIDs expires")
         .with_callback(move |o| {
             if let Some(t) = shared.snapshot().oldest_expiry() {
-                let left = match t.duration_since(SystemTime::now()) {
-                    Ok(d) => d.as_secs_f64(),
-                    Err(e) => -e.duration().as_secs_f64(),
-                };
-                o.observe(left, &[]);
+                o.observe(seconds_left(t, clock.now()), &[]);
             }
         })
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn expiry_is_seconds_left_and_negative_once_past() {
+        let clock = badge_core::FixedClock::at_unix(1_700_000_000);
+        let t0 = clock.now();
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // (expiry, clock advanced by, seconds left)
+        let cases: &[(SystemTime, Duration, f64)] = &[
+            (t0 + s(3600), s(0), 3600.0),
+            (t0 + s(3600), s(3599), 1.0),
+            (t0 + s(3600), s(3600), 0.0),
+            (t0 + s(3600), s(3601), -1.0),
+            (t0 + s(3600), ms(3_600_500), -0.5),
+            (t0 - s(30), s(0), -30.0),
+        ];
+        for (expiry, advance, want) in cases {
+            let c = badge_core::FixedClock::at_unix(1_700_000_000);
+            c.advance(*advance);
+            let got = seconds_left(*expiry, c.now());
+            assert!(
+                (got - want).abs() < 1e-9,
+                "advance {advance:?}: {got} != {want}"
+            );
+        }
+    }
 }

@@ -27,6 +27,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
+use badge_core::{Clock, SystemClock};
 use badgectl::ConnectionArgs;
 use tokio::net::UnixListener;
 use tokio::sync::{Notify, watch};
@@ -135,6 +136,15 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> anyhow::Result<UnixListene
 /// [`run`] as the command line runs it: SIGHUP renews every SVID now; SIGTERM /
 /// Ctrl-C stop.
 pub async fn run_with_signals(conn: &ConnectionArgs, opts: &NodeOptions) -> anyhow::Result<()> {
+    run_with_signals_and_clock(conn, opts, Arc::new(SystemClock)).await
+}
+
+/// [`run_with_signals`], reading the time from `clock`.
+pub(crate) async fn run_with_signals_and_clock(
+    conn: &ConnectionArgs,
+    opts: &NodeOptions,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<()> {
     let config = NodeConfig::load(&opts.agent_config)?;
     if let Err(e) =
         badge_runtime::telemetry::init_with(&config.log, &config.telemetry, "badge-agent")
@@ -157,16 +167,26 @@ pub async fn run_with_signals(conn: &ConnectionArgs, opts: &NodeOptions) -> anyh
             }
         });
     }
-    let r = run(conn, config, handle).await;
+    let r = run_with_clock(conn, config, handle, clock).await;
     badge_runtime::telemetry::flush();
     r
 }
 
-/// Runs the node agent until [`NodeHandle::stop`].
+/// Runs the node agent until [`NodeHandle::stop`], on the wall clock.
 pub async fn run(
     conn: &ConnectionArgs,
     config: NodeConfig,
     handle: NodeHandle,
+) -> anyhow::Result<()> {
+    run_with_clock(conn, config, handle, Arc::new(SystemClock)).await
+}
+
+/// [`run`], every task reading the time from `clock`.
+async fn run_with_clock(
+    conn: &ConnectionArgs,
+    config: NodeConfig,
+    handle: NodeHandle,
+    clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
     let settings = config.settings().map_err(anyhow::Error::msg)?;
     let conn = conn.connect()?;
@@ -189,8 +209,9 @@ pub async fn run(
         identity: conn.identity()?,
         issuer: conn.issuer()?,
         settings,
+        clock,
     });
-    let _gauge = metrics::expiry_gauge(shared.clone());
+    let _gauge = metrics::expiry_gauge(shared.clone(), ctx.clock.clone());
     let stop = handle.stop.subscribe();
 
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -251,10 +272,12 @@ pub async fn run(
         issuer: ctx.issuer.clone(),
         jwt_ttl_seconds: ctx.settings.jwt_svid_ttl_seconds,
         jwt_cache: Arc::new(Mutex::new(Default::default())),
+        clock: ctx.clock.clone(),
     };
     let sds = sds::Sds {
         shared: shared.clone(),
         spiffe_validator: ctx.settings.sds_spiffe_validator,
+        clock: ctx.clock.clone(),
     };
     tracing::info!(socket = %socket.display(), node = %ctx.settings.node, workloads = ctx.settings.workloads.len(), "node agent serving the Workload API and Envoy SDS");
     let mut stopped = stop.clone();

@@ -25,8 +25,8 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
 
+use badge_core::Clock;
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, TypedExtensionConfig, data_source::Specifier,
 };
@@ -277,6 +277,8 @@ pub struct Sds {
     pub shared: Arc<Shared>,
     /// `sds_spiffe_validator`: `spiffe://<td>` with the SPIFFE validator.
     pub spiffe_validator: bool,
+    /// Dates the ACKs and NACKs of each stream.
+    pub clock: Arc<dyn Clock>,
 }
 
 #[tonic::async_trait]
@@ -301,6 +303,7 @@ impl SecretDiscoveryService for Sds {
         let mut inbound = req.into_inner();
         let shared = self.shared.clone();
         let spiffe_validator = self.spiffe_validator;
+        let clock = self.clock.clone();
         let (tx, rx) = mpsc::channel::<Result<DiscoveryResponse, Status>>(4);
         tokio::spawn(async move {
             let mut st = xds::Stream::default();
@@ -324,7 +327,7 @@ impl SecretDiscoveryService for Sds {
                                 )))).await;
                                 return;
                             }
-                            match st.on_request(&request_of(&r), SystemTime::now()) {
+                            match st.on_request(&request_of(&r), clock.now()) {
                                 xds::Verdict::Nack { nonce, message } => {
                                     tracing::warn!(envoy_node = %node, nonce = %nonce, names = ?r.resource_names, "SDS: Envoy rejected a response (NACK), it keeps serving the last good version: {message}");
                                     continue;
@@ -416,6 +419,8 @@ impl SecretDiscoveryService for Sds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
+
     use crate::node::selector::Selector;
     use crate::node::state::{Bundle, Slot, Svid};
     use zeroize::Zeroizing;

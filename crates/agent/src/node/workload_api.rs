@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use badge_core::Clock;
 use badge_proto::certificates as cpb;
 use badge_proto::identity as id;
 use badge_proto::spiffe_workload as pb;
@@ -203,6 +204,16 @@ pub struct WorkloadApi {
     pub issuer: Ch,
     pub jwt_ttl_seconds: i64,
     pub jwt_cache: JwtCache,
+    /// The only source of wall-clock time (JWT-SVID cache ages).
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Whether a JWT-SVID minted at `issued`, expiring at `expires`, is still handed
+/// out at `now`: during the first half of its life (an expiry before the issue
+/// time leaves no half: never).
+pub fn reusable(issued: SystemTime, expires: SystemTime, now: SystemTime) -> bool {
+    let half = expires.duration_since(issued).unwrap_or_default() / 2;
+    now < issued + half
 }
 
 /// Waits (up to 10 s) until the caller's identity exists.
@@ -232,15 +243,12 @@ impl WorkloadApi {
         aud.sort();
         aud.dedup();
         let key = format!("{}\n{}\n{}", s.hint, s.pod_uid, aud.join("\n"));
-        let now = SystemTime::now();
+        let now = self.clock.now();
         if let Ok(c) = self.jwt_cache.lock()
             && let Some((token, issued, exp)) = c.get(&key)
+            && reusable(*issued, *exp, now)
         {
-            // Reused for the first half of its life.
-            let half = exp.duration_since(*issued).unwrap_or_default() / 2;
-            if now < *issued + half {
-                return Ok(token.clone());
-            }
+            return Ok(token.clone());
         }
         let (ns, pod) = s.hint.split_once('/').unwrap_or(("", ""));
         let r = cpb::jwt_svid_service_client::JwtSvidServiceClient::new(self.issuer.clone())
@@ -490,5 +498,43 @@ impl SpiffeWorkloadApi for WorkloadApi {
             spiffe_id: v.spiffe_id.clone(),
             claims: Some(jwt::to_struct(&v.claims)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cached JWT-SVID is handed out for the first half of its life only.
+    #[test]
+    fn jwt_svids_are_reused_for_the_first_half_of_their_life() {
+        let clock = badge_core::FixedClock::at_unix(1_700_000_000);
+        let issued = clock.now();
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // (lifetime, age at the check, reused)
+        let cases: &[(Duration, Duration, bool)] = &[
+            (s(300), s(0), true),
+            (s(300), s(149), true),
+            (s(300), ms(149_999), true),
+            (s(300), s(150), false), // exactly half: a new one
+            (s(300), s(151), false),
+            (s(300), s(300), false),
+            (s(300), s(3600), false),
+            (s(1), ms(499), true),
+            (s(1), ms(500), false),
+            (s(0), s(0), false), // expires on issue: never reused
+        ];
+        for (lifetime, age, want) in cases {
+            let at = badge_core::FixedClock::at_unix(1_700_000_000);
+            at.advance(*age);
+            assert_eq!(
+                reusable(issued, issued + *lifetime, at.now()),
+                *want,
+                "lifetime {lifetime:?} age {age:?}"
+            );
+        }
+        // Expiry before issue (a server clock behind ours): never reused.
+        assert!(!reusable(issued, issued - s(10), issued));
     }
 }
