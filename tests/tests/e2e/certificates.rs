@@ -20,7 +20,7 @@ use serde_json::Value;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-use crate::common::{Captured, Objects, anonymous, grant_pod_certificates, openssl};
+use crate::common::{Captured, Objects, anonymous, ec_csr, grant_pod_certificates, openssl};
 
 const POD_BINDING_OID: &str = "2.25.2310844054200458026.1";
 
@@ -145,37 +145,6 @@ impl Env {
             .expect("GetTrustBundle")
             .into_inner()
     }
-
-    /// An EC P-256 key (PKCS#8 PEM at `<stem>.key`) and a CSR with `uri` as URI SAN
-    /// (none when empty), made by the openssl CLI.
-    fn csr(&self, stem: &str, uri: &str) -> String {
-        let key = self.dir.path().join(format!("{stem}.key"));
-        let csr = self.dir.path().join(format!("{stem}.csr"));
-        let mut args: Vec<String> = [
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/O=workload",
-            "-keyout",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.push(key.display().to_string());
-        args.push("-out".into());
-        args.push(csr.display().to_string());
-        if !uri.is_empty() {
-            args.push("-addext".into());
-            args.push(format!("subjectAltName=URI:{uri}"));
-        }
-        openssl(&args, self.dir.path());
-        std::fs::read_to_string(csr).expect("csr")
-    }
 }
 
 fn der_of(pem: &str) -> Vec<u8> {
@@ -244,7 +213,7 @@ async fn istio_create_certificate() {
     assert!(!td.is_empty());
     let me = format!("spiffe://{td}/ns/shop/sa/web");
 
-    let csr = e.csr("web", &me);
+    let csr = ec_csr(e.dir.path(), "web", &me);
     let chain = e
         .istio(Some(&token), &csr, 3600)
         .await
@@ -292,7 +261,7 @@ async fn istio_create_certificate() {
 
     // No URI SAN: the caller's identity is used.
     let chain = e
-        .istio(Some(&token), &e.csr("nosan", ""), 0)
+        .istio(Some(&token), &ec_csr(e.dir.path(), "nosan", ""), 0)
         .await
         .expect("certificate without a requested SAN");
     let leaf2 = der_of(&chain[0]);
@@ -303,7 +272,8 @@ async fn istio_create_certificate() {
     // Another service account's identity: PERMISSION_DENIED naming both.
     let other = format!("spiffe://{td}/ns/shop/sa/db");
     status_has(
-        e.istio(Some(&token), &e.csr("db", &other), 3600).await,
+        e.istio(Some(&token), &ec_csr(e.dir.path(), "db", &other), 3600)
+            .await,
         Code::PermissionDenied,
         &format!("[{other:?}] do not match the caller's identity {me:?}"),
     );
@@ -311,7 +281,7 @@ async fn istio_create_certificate() {
     status_has(
         e.istio(
             Some(&token),
-            &e.csr("td", "spiffe://evil.example/ns/shop/sa/web"),
+            &ec_csr(e.dir.path(), "td", "spiffe://evil.example/ns/shop/sa/web"),
             3600,
         )
         .await,
@@ -1272,12 +1242,12 @@ async fn certificates_and_refusals_are_audited_without_secrets() {
         .expect("meta")
         .uid;
     let token = e.token("web", &["istio-ca"], Some(("web-0", &uid))).await;
-    let csr = e.csr("web", "");
+    let csr = ec_csr(e.dir.path(), "web", "");
     let chain = e
         .istio(Some(&token), &csr, 3600)
         .await
         .expect("certificate");
-    let other = e.csr("other", "spiffe://127.0.0.1/ns/shop/sa/db");
+    let other = ec_csr(e.dir.path(), "other", "spiffe://127.0.0.1/ns/shop/sa/db");
     e.istio(Some(&token), &other, 3600)
         .await
         .expect_err("another identity");

@@ -365,3 +365,31 @@ pub fn subject(kind: &str, name: &str, namespace: &str) -> rb::Subject {
         ..Default::default()
     }
 }
+
+/// An EC P-256 key (PKCS#8 PEM at `<dir>/<stem>.key`) and a CSR (`<stem>.csr`, its
+/// PEM returned) with `uri` as URI SAN (none when empty), made by the openssl CLI.
+pub fn ec_csr(dir: &Path, stem: &str, uri: &str) -> String {
+    let key = format!("{stem}.key");
+    let csr = format!("{stem}.csr");
+    let mut args = vec![
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/O=workload",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ];
+    let san = format!("subjectAltName=URI:{uri}");
+    if !uri.is_empty() {
+        args.extend(["-addext", &san]);
+    }
+    openssl(&args, dir);
+    std::fs::read_to_string(dir.join(csr)).expect("csr")
+}

@@ -29,7 +29,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::common::{
-    Captured, Objects, bind, cluster_role, envoy_descriptors, strings, subject, uid,
+    Captured, Objects, anonymous, bind, cluster_role, ec_csr, envoy_descriptors, strings, subject,
+    uid,
 };
 
 /// The gateway's client-certificate user.
@@ -908,44 +909,8 @@ async fn pod_certificate(
         .into_inner()
         .token;
     let uri = format!("spiffe://{}/ns/{ns}/sa/{sa}", e.trust_domain);
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args([
-            "-nodes",
-            "-subj",
-            "/O=workload",
-            "-keyout",
-            "w.key",
-            "-out",
-            "w.csr",
-        ])
-        .args(["-addext", &format!("subjectAltName=URI:{uri}")])
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let csr = std::fs::read_to_string(dir.join("w.csr")).expect("csr");
-    let ca = std::fs::read(&e.identity.pki.ca).expect("ca");
-    let channel = Channel::from_shared(format!("https://{}", e.issuer.grpc))
-        .expect("url")
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                .domain_name("localhost"),
-        )
-        .expect("tls")
-        .connect_lazy();
+    let csr = ec_csr(dir, "w", &uri);
+    let channel = anonymous(&e.identity, e.issuer.grpc);
     let mut req = tonic::Request::new(IstioCertificateRequest {
         csr,
         validity_duration: 3600,
