@@ -1674,24 +1674,7 @@ async fn view_in_a_namespace_reads_that_namespace_but_not_nodes() {
 
 /// Binds the existing ClusterRole `role` to user `user` cluster-wide.
 async fn bind_cluster(admin: &Channel, name: &str, role: &str, user: &str) {
-    rb::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(admin.clone())
-        .create_cluster_role_binding(rb::CreateClusterRoleBindingRequest {
-            cluster_role_binding: Some(rb::ClusterRoleBinding {
-                metadata: meta("", name),
-                subjects: vec![rb::Subject {
-                    kind: "User".into(),
-                    name: user.into(),
-                    ..Default::default()
-                }],
-                role_ref: Some(rb::RoleRef {
-                    kind: "ClusterRole".into(),
-                    name: role.into(),
-                    ..Default::default()
-                }),
-            }),
-        })
-        .await
-        .expect("cluster role binding");
+    bind(admin, name, role, vec![subject("User", user, "")]).await;
 }
 
 /// Where the old `view` mattered (issue 13, finding 12b): bound cluster-wide it read
