@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../crates/core/tests/prop_support/mod.rs"]
+#[path = "../../../crates/core/tests/prop_support/mod.rs"]
 mod prop_support;
 
 use std::sync::{Arc, Mutex};

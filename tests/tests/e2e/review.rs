@@ -22,6 +22,8 @@ use serde_json::{Value, json};
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::common::{Captured, Objects, anonymous, strings, uid};
+
 const WEBHOOK_AUDIENCE: &str = "https://kubernetes.default.svc";
 
 struct Env {
@@ -55,80 +57,13 @@ async fn env() -> Env {
     env_with(IssuerOptions::default(), ReviewOptions::default()).await
 }
 
-fn uid(m: &Option<badge_proto::meta::ObjectMeta>) -> String {
-    m.as_ref().expect("meta").uid.clone()
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
+impl Objects for Env {
+    fn identity_admin(&self) -> Channel {
+        self.id.clone()
+    }
 }
 
 impl Env {
-    async fn ns(&self, name: &str) {
-        pb::namespace_service_client::NamespaceServiceClient::new(self.id.clone())
-            .create_namespace(pb::CreateNamespaceRequest {
-                namespace: Some(pb::Namespace {
-                    metadata: meta("", name),
-                    status: None,
-                }),
-            })
-            .await
-            .expect("namespace");
-    }
-
-    async fn sa(&self, ns: &str, name: &str) -> pb::ServiceAccount {
-        pb::service_account_service_client::ServiceAccountServiceClient::new(self.id.clone())
-            .create_service_account(pb::CreateServiceAccountRequest {
-                service_account: Some(pb::ServiceAccount {
-                    metadata: meta(ns, name),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("sa")
-            .into_inner()
-    }
-
-    async fn pod(&self, ns: &str, name: &str, sa: &str, node: &str) -> pb::Pod {
-        pb::pod_service_client::PodServiceClient::new(self.id.clone())
-            .create_pod(pb::CreatePodRequest {
-                pod: Some(pb::Pod {
-                    metadata: meta(ns, name),
-                    spec: Some(pb::PodSpec {
-                        service_account_name: sa.into(),
-                        node_name: node.into(),
-                        ..Default::default()
-                    }),
-                }),
-            })
-            .await
-            .expect("pod")
-            .into_inner()
-    }
-
-    async fn delete_pod(&self, ns: &str, name: &str) {
-        pb::pod_service_client::PodServiceClient::new(self.id.clone())
-            .delete_pod(pb::DeletePodRequest {
-                namespace: ns.into(),
-                name: name.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("delete pod");
-    }
-
-    async fn node(&self, name: &str) -> pb::Node {
-        pb::node_service_client::NodeServiceClient::new(self.id.clone())
-            .create_node(pb::CreateNodeRequest {
-                node: Some(pb::Node {
-                    metadata: meta("", name),
-                }),
-            })
-            .await
-            .expect("node")
-            .into_inner()
-    }
-
     async fn token(&self, req: CreateTokenRequest) -> tpb::CreateTokenResponse {
         self.tokens
             .clone()
@@ -1110,30 +1045,6 @@ async fn delete_pod_to_rejection_on_another_replica_distribution() {
 }
 
 #[tokio::test]
-async fn every_review_method_has_an_authorization_rule() {
-    use prost::Message;
-    let fds =
-        prost_types::FileDescriptorSet::decode(badge_proto::FILE_DESCRIPTOR_SET).expect("fds");
-    let rules: std::collections::HashSet<&str> = badge_token_review::METHODS
-        .iter()
-        .chain(badge_token_review::access::METHODS.iter())
-        .map(|(m, _)| *m)
-        .collect();
-    let mut n = 0;
-    for f in fds.file.iter().filter(|f| f.package() == "badge.review.v1") {
-        for s in &f.service {
-            for m in &s.method {
-                let path = format!("/{}.{}/{}", f.package(), s.name(), m.name());
-                assert!(rules.contains(path.as_str()), "{path} has no rule");
-                n += 1;
-            }
-        }
-    }
-    assert!(n > 0);
-    assert_eq!(n, rules.len());
-}
-
-#[tokio::test]
 async fn callers_without_a_grant_may_not_review() {
     let e = env().await;
     let bob = e.identity.issue("bob", "bob", &["developers"]);
@@ -1248,30 +1159,9 @@ async fn reviews_are_answered_from_memory_while_the_store_is_unreachable() {
 }
 
 /// Collects formatted log lines in memory.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn every_review_is_audited_without_the_token() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || sink.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    // The test runtime is single-threaded: the servers' tasks log here.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start(tracing::Level::DEBUG);
     let e = env().await;
     e.ns("apps").await;
     e.sa("apps", "web").await;
@@ -1295,7 +1185,7 @@ async fn every_review_is_audited_without_the_token() {
     .await;
     assert_eq!(status, 200);
 
-    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let logs = captured.text();
     let audit: Vec<Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -1801,18 +1691,7 @@ async fn a_legacy_token_used_as_a_bearer_credential_gets_its_last_used_label() {
         .expect("service account");
         create_legacy_token_secret(id.clone(), "apps", secret, sa).await;
     }
-    let anonymous = |addr: String| {
-        let ca = std::fs::read(&identity.pki.ca).expect("ca");
-        Channel::from_shared(addr)
-            .expect("url")
-            .tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                    .domain_name("localhost"),
-            )
-            .expect("tls")
-            .connect_lazy()
-    };
+
     fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
         req.metadata_mut().insert(
@@ -1840,7 +1719,8 @@ async fn a_legacy_token_used_as_a_bearer_credential_gets_its_last_used_label() {
     );
     authenticated(
         pb::service_account_service_client::ServiceAccountServiceClient::new(anonymous(
-            identity.url(),
+            &identity,
+            identity.addr,
         ))
         .get_service_account(req)
         .await
@@ -1858,7 +1738,7 @@ async fn a_legacy_token_used_as_a_bearer_credential_gets_its_last_used_label() {
         },
     );
     authenticated(
-        TokenServiceClient::new(anonymous(format!("https://{}", issuer.grpc)))
+        TokenServiceClient::new(anonymous(&identity, issuer.grpc))
             .create_token(req)
             .await
             .map(drop),

@@ -30,6 +30,8 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::common::service_account;
+
 const CLUSTER_URL: &str = "postgres://postgres@127.0.0.1:5441,127.0.0.1:5442,127.0.0.1:5443/postgres?target_session_attrs=read-write";
 /// Every request's deadline: an answer must come before it.
 const DEADLINE: Duration = Duration::from_secs(3);
@@ -109,13 +111,6 @@ struct Outcomes {
     issue_ok: Vec<Instant>,
 }
 
-fn sa(name: &str) -> pb::ServiceAccount {
-    pb::ServiceAccount {
-        metadata: meta("ha", name),
-        ..Default::default()
-    }
-}
-
 /// Writes `<prefix>sa-<k>` ServiceAccounts and `<prefix>node-<k>` Nodes.
 async fn write_load(
     id: Channel,
@@ -136,7 +131,7 @@ async fn write_load(
         let sent = Instant::now();
         let r = sas
             .create_service_account(req(pb::CreateServiceAccountRequest {
-                service_account: Some(sa(&name)),
+                service_account: Some(service_account("ha", &name)),
             }))
             .await;
         let created = record(&out, sent, added, &name, r.map(|r| r.into_inner()));
@@ -416,7 +411,7 @@ async fn scenario(outage: Outage) {
         .expect("namespace");
     pb::service_account_service_client::ServiceAccountServiceClient::new(id.clone())
         .create_service_account(pb::CreateServiceAccountRequest {
-            service_account: Some(sa("web")),
+            service_account: Some(service_account("ha", "web")),
         })
         .await
         .expect("sa");
@@ -516,7 +511,7 @@ async fn scenario(outage: Outage) {
     // A last write marks the end of the feed the watch must reach.
     let end = pb::service_account_service_client::ServiceAccountServiceClient::new(id.clone())
         .create_service_account(req(pb::CreateServiceAccountRequest {
-            service_account: Some(sa("the-end")),
+            service_account: Some(service_account("ha", "the-end")),
         }))
         .await
         .expect("a write after the failover")

@@ -5,33 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use badge_tests::{IdentityServer, IssuerOptions, IssuerServer, ReviewServer};
 use clap::Parser as _;
 
-struct Stack {
-    identity: IdentityServer,
-    issuer: IssuerServer,
-    review: ReviewServer,
-}
-
-/// identity (accepting the issuer's tokens), token-issuer and token-review.
-async fn stack() -> Stack {
-    let oidc = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!(
-        "https://127.0.0.1:{}",
-        oidc.local_addr().expect("addr").port()
-    );
-    let identity = IdentityServer::start_accepting(&[url]).await;
-    let issuer = IssuerServer::start_on(&identity, IssuerOptions::default(), oidc).await;
-    let review = ReviewServer::start(&identity, &issuer).await;
-    Stack {
-        identity,
-        issuer,
-        review,
-    }
-}
+use crate::common::{Stack, openssl};
 
 impl Stack {
     /// Endpoints and CA as flags (no config file involved).
@@ -135,7 +111,7 @@ spec:
 
 #[tokio::test]
 async fn apply_get_token_can_i_review_keys_delete() {
-    let s = stack().await;
+    let s = Stack::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let sa = write(dir.path(), "sa.yaml", SERVICE_ACCOUNT);
 
@@ -450,7 +426,7 @@ async fn apply_get_token_can_i_review_keys_delete() {
 
 #[tokio::test]
 async fn invalid_documents_apply_nothing() {
-    let s = stack().await;
+    let s = Stack::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = write(
         dir.path(),
@@ -536,7 +512,7 @@ async fn invalid_documents_apply_nothing() {
 
 #[tokio::test]
 async fn connection_from_the_badge_up_env_file() {
-    let s = stack().await;
+    let s = Stack::start().await;
     // `badge up` writes paths relative to the directory it ran in.
     let up = tempfile::tempdir().expect("tempdir");
     let data = up.path().join("badge-data");
@@ -597,22 +573,6 @@ async fn connection_from_the_badge_up_env_file() {
     assert!(e.contains("no issuer endpoint configured"), "{e}");
 }
 
-/// Runs openssl in `dir`; its stdout (panics on failure, with its stderr).
-fn openssl(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The PEM labels of a file, in order.
 fn pem_labels(text: &str) -> Vec<String> {
     text.lines()
@@ -641,17 +601,17 @@ fn check_bundle(dir: &Path, file: &str, spiffe_id: &str) -> i64 {
         "{file}: key, leaf, intermediate"
     );
     let verified = openssl(
-        dir,
         &["verify", "-CAfile", "bundle.pem", "-untrusted", file, file],
+        dir,
     );
     assert_eq!(verified.trim(), format!("{file}: OK"));
-    let from_key = openssl(dir, &["pkey", "-in", file, "-pubout"]);
-    let from_leaf = openssl(dir, &["x509", "-in", file, "-noout", "-pubkey"]);
+    let from_key = openssl(&["pkey", "-in", file, "-pubout"], dir);
+    let from_leaf = openssl(&["x509", "-in", file, "-noout", "-pubkey"], dir);
     assert!(from_key.contains("BEGIN PUBLIC KEY"), "{from_key}");
     assert_eq!(from_key, from_leaf, "{file}: the key is the leaf's");
     let san = openssl(
-        dir,
         &["x509", "-in", file, "-noout", "-ext", "subjectAltName"],
+        dir,
     );
     let names: Vec<&str> = san
         .lines()
@@ -672,7 +632,7 @@ fn check_bundle(dir: &Path, file: &str, spiffe_id: &str) -> i64 {
 /// --token); and the errors a user hits.
 #[tokio::test]
 async fn create_certificate_and_get_trust_bundle() {
-    let s = stack().await;
+    let s = Stack::start().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     let objects = write(
@@ -731,7 +691,7 @@ async fn create_certificate_and_get_trust_bundle() {
     .await;
     assert_eq!(out, "", "nothing on stdout: the key only goes to the file");
     assert_eq!(check_bundle(dir, "web.pem", web_id), 7200);
-    let text = openssl(dir, &["pkey", "-in", "web.pem", "-noout", "-text"]);
+    let text = openssl(&["pkey", "-in", "web.pem", "-noout", "-text"], dir);
     assert!(
         text.contains("prime256v1") || text.contains("P-256"),
         "{text}"
@@ -780,7 +740,7 @@ async fn create_certificate_and_get_trust_bundle() {
         )
         .await;
         check_bundle(dir, file, web_id);
-        let text = openssl(dir, &["pkey", "-in", file, "-noout", "-text"]);
+        let text = openssl(&["pkey", "-in", file, "-noout", "-text"], dir);
         assert!(text.contains(marker), "{key_type}: {text}");
     }
 
@@ -994,7 +954,7 @@ async fn create_certificate_and_get_trust_bundle() {
 /// re-apply, rendered back by `get -o yaml`; identity's refusal names the field.
 #[tokio::test]
 async fn apply_and_get_a_pod_certificate_source() {
-    let s = stack().await;
+    let s = Stack::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let objects = "apiVersion: v1
 kind: Namespace

@@ -14,26 +14,19 @@ use badge_bench::cli::{Cli, Command, ScenarioArgs};
 use badge_bench::load::LoadConfig;
 use badge_bench::report::Report;
 use badge_core::spiffe::plan::KeyType;
-use badge_proto::rbac as rb;
 use badge_proto::token::{
     BoundObjectReference, CreateTokenRequest, token_service_client::TokenServiceClient,
 };
 use badge_runtime::pki::CertPaths;
 use badge_runtime::tls::TlsFiles;
-use badge_tests::{IdentityServer, IssuerOptions, IssuerServer, meta, pb};
+use badge_tests::{IdentityServer, IssuerOptions, IssuerServer};
 use clap::Parser;
 use tonic::transport::Channel;
 
+use crate::common::{Objects as _, grant_pod_certificates, strings, uid};
+
 fn arg(p: &Path) -> String {
     p.to_str().expect("utf8").to_string()
-}
-
-fn argv(words: &[&str]) -> Vec<String> {
-    words.iter().map(|s| s.to_string()).collect()
-}
-
-async fn uid_of<T>(r: Result<tonic::Response<T>, tonic::Status>, meta: fn(T) -> String) -> String {
-    meta(r.expect("create").into_inner())
 }
 
 /// shop/web and shop/db with pod web-0 (of web) on node-a, and RBAC `create
@@ -45,101 +38,12 @@ struct Objects {
 }
 
 async fn objects(id: &Channel) -> Objects {
-    pb::namespace_service_client::NamespaceServiceClient::new(id.clone())
-        .create_namespace(pb::CreateNamespaceRequest {
-            namespace: Some(pb::Namespace {
-                metadata: meta("", "shop"),
-                status: None,
-            }),
-        })
-        .await
-        .expect("namespace");
-    let sa = |name: &'static str| {
-        let id = id.clone();
-        async move {
-            uid_of(
-                pb::service_account_service_client::ServiceAccountServiceClient::new(id)
-                    .create_service_account(pb::CreateServiceAccountRequest {
-                        service_account: Some(pb::ServiceAccount {
-                            metadata: meta("shop", name),
-                            ..Default::default()
-                        }),
-                    })
-                    .await,
-                |sa| sa.metadata.expect("meta").uid,
-            )
-            .await
-        }
-    };
-    let sa_uid = sa("web").await;
-    sa("db").await;
-    let node_uid = uid_of(
-        pb::node_service_client::NodeServiceClient::new(id.clone())
-            .create_node(pb::CreateNodeRequest {
-                node: Some(pb::Node {
-                    metadata: meta("", "node-a"),
-                }),
-            })
-            .await,
-        |n| n.metadata.expect("meta").uid,
-    )
-    .await;
-    let pod_uid = uid_of(
-        pb::pod_service_client::PodServiceClient::new(id.clone())
-            .create_pod(pb::CreatePodRequest {
-                pod: Some(pb::Pod {
-                    metadata: meta("shop", "web-0"),
-                    spec: Some(pb::PodSpec {
-                        service_account_name: "web".into(),
-                        node_name: "node-a".into(),
-                        ..Default::default()
-                    }),
-                }),
-            })
-            .await,
-        |p| p.metadata.expect("meta").uid,
-    )
-    .await;
-    rb::cluster_role_service_client::ClusterRoleServiceClient::new(id.clone())
-        .create_cluster_role(rb::CreateClusterRoleRequest {
-            cluster_role: Some(rb::ClusterRole {
-                metadata: meta("", "pod-certificates"),
-                rules: vec![rb::PolicyRule {
-                    verbs: vec!["create".into()],
-                    api_groups: vec!["certificates.k8s.io".into()],
-                    resources: vec!["podcertificaterequests".into()],
-                    ..Default::default()
-                }],
-            }),
-        })
-        .await
-        .expect("cluster role");
-    rb::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(id.clone())
-        .create_cluster_role_binding(rb::CreateClusterRoleBindingRequest {
-            cluster_role_binding: Some(rb::ClusterRoleBinding {
-                metadata: meta("", "pod-certificates"),
-                subjects: vec![
-                    rb::Subject {
-                        kind: "Group".into(),
-                        name: "system:nodes".into(),
-                        ..Default::default()
-                    },
-                    rb::Subject {
-                        kind: "ServiceAccount".into(),
-                        name: "web".into(),
-                        namespace: "shop".into(),
-                        ..Default::default()
-                    },
-                ],
-                role_ref: Some(rb::RoleRef {
-                    kind: "ClusterRole".into(),
-                    name: "pod-certificates".into(),
-                    ..Default::default()
-                }),
-            }),
-        })
-        .await
-        .expect("cluster role binding");
+    id.ns("shop").await;
+    let sa_uid = uid(&id.sa("shop", "web").await.metadata);
+    id.sa("shop", "db").await;
+    let node_uid = uid(&id.node("node-a").await.metadata);
+    let pod_uid = uid(&id.pod("shop", "web-0", "web", "node-a").await.metadata);
+    grant_pod_certificates(id).await;
     Objects {
         pod_uid,
         sa_uid,
@@ -205,16 +109,16 @@ impl Bench {
 
     /// [`Self::run`] with more load options (e.g. `--in-flight 16`).
     async fn run_with(&self, cert: &CertPaths, scenario: &[&str], load: &[&str]) -> Report {
-        let mut words = argv(&["badge-bench", "run", "--target", &self.target]);
+        let mut words = strings(&["badge-bench", "run", "--target", &self.target]);
         words.extend(self.tls(cert));
-        words.extend(argv(&[
+        words.extend(strings(&[
             "--duration",
             &self.duration,
             "--warmup",
             &self.warmup,
         ]));
-        words.extend(argv(load));
-        words.extend(argv(scenario));
+        words.extend(strings(load));
+        words.extend(strings(scenario));
         let Command::Run(run) = Cli::try_parse_from(words).expect("parse").command else {
             panic!("run")
         };
@@ -240,10 +144,10 @@ impl Bench {
 
     /// `badge-bench burst --target .. <tls> --requests .. <scenario...>`, parsed and run.
     async fn burst(&self, cert: &CertPaths, burst: &[&str], scenario: &[&str]) -> BurstReport {
-        let mut words = argv(&["badge-bench", "burst", "--target", &self.target]);
+        let mut words = strings(&["badge-bench", "burst", "--target", &self.target]);
         words.extend(self.tls(cert));
-        words.extend(argv(burst));
-        words.extend(argv(scenario));
+        words.extend(strings(burst));
+        words.extend(strings(scenario));
         let Command::Burst(b) = Cli::try_parse_from(words).expect("parse").command else {
             panic!("burst")
         };
@@ -324,7 +228,7 @@ async fn bench_certificate_scenarios_run_without_errors() {
 
     // Istio: two accounts' tokens, SPIFFE IDs from their subjects.
     let istio = |key_type: &'static str, pool: &'static str| -> Vec<String> {
-        argv(&[
+        strings(&[
             "istio-certificate",
             "--token-file",
             &web,
@@ -371,7 +275,7 @@ async fn bench_certificate_scenarios_run_without_errors() {
     assert_eq!(wrong.errors.get("PermissionDenied"), Some(&3), "{wrong}");
 
     // Kubernetes: as the pod's node, then as the pod itself.
-    let pod = argv(&[
+    let pod = strings(&[
         "pod-certificate",
         "--namespace",
         "shop",
@@ -433,7 +337,7 @@ async fn bench_certificate_scenarios_run_without_errors() {
     println!("{r}");
 
     // One core's CSR verification, through the command line's parser.
-    let Command::CsrRate(c) = Cli::try_parse_from(argv(&[
+    let Command::CsrRate(c) = Cli::try_parse_from(strings(&[
         "badge-bench",
         "csr-rate",
         "--key-type",

@@ -5,59 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use badge_agent::{AgentArgs, Exit};
+use badge_agent::Exit;
 use badge_proto::review as rv;
-use badge_tests::{IdentityServer, IssuerOptions, IssuerServer, ReviewServer, meta, pb};
-use clap::Parser as _;
+use badge_tests::{meta, pb};
 
-struct Stack {
-    identity: IdentityServer,
-    issuer: IssuerServer,
-    review: ReviewServer,
-}
+use crate::common::{Objects, Stack, agent_args, eventually, mode};
 
-async fn stack() -> Stack {
-    let oidc = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!(
-        "https://127.0.0.1:{}",
-        oidc.local_addr().expect("addr").port()
-    );
-    let identity = IdentityServer::start_accepting(&[url]).await;
-    let issuer = IssuerServer::start_on(&identity, IssuerOptions::default(), oidc).await;
-    let review = ReviewServer::start(&identity, &issuer).await;
-    Stack {
-        identity,
-        issuer,
-        review,
-    }
-}
+/// How long the agent gets to write or refresh its files.
+const WAIT: Duration = Duration::from_secs(10);
 
 impl Stack {
-    fn agent_args(&self, namespace: &str, pod: &str, dir: &Path) -> AgentArgs {
-        AgentArgs::try_parse_from([
-            "badge-agent".to_string(),
-            "--namespace".into(),
-            namespace.into(),
-            "--pod".into(),
-            pod.into(),
-            "--dir".into(),
-            dir.display().to_string(),
-            "--identity-endpoint".into(),
-            self.identity.url(),
-            "--issuer-endpoint".into(),
-            format!("https://{}", self.issuer.grpc),
-            "--ca".into(),
-            self.identity.pki.ca.display().to_string(),
-            "--client-cert".into(),
-            self.identity.pki.admin.cert.display().to_string(),
-            "--client-key".into(),
-            self.identity.pki.admin.key.display().to_string(),
-        ])
-        .expect("agent arguments")
-    }
-
     async fn review(&self, token: &str, audiences: &[&str]) -> rv::TokenReviewStatus {
         rv::token_review_service_client::TokenReviewServiceClient::new(
             self.review
@@ -77,23 +34,6 @@ impl Stack {
     }
 }
 
-/// Waits up to 10 s for `cond`.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-#[cfg(unix)]
-fn mode(p: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
-}
-
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
@@ -102,65 +42,45 @@ fn read(p: &Path) -> String {
 /// `vault` token at `vault/token` (and admission's kube-api-access `token`).
 async fn workload(s: &Stack) -> String {
     let admin = s.identity.admin().await;
-    pb::namespace_service_client::NamespaceServiceClient::new(admin.clone())
-        .create_namespace(pb::CreateNamespaceRequest {
-            namespace: Some(pb::Namespace {
-                metadata: meta("", "apps"),
-                status: None,
-            }),
-        })
-        .await
-        .expect("namespace");
-    pb::service_account_service_client::ServiceAccountServiceClient::new(admin.clone())
-        .create_service_account(pb::CreateServiceAccountRequest {
-            service_account: Some(pb::ServiceAccount {
-                metadata: meta("apps", "web-sa"),
+    admin.ns("apps").await;
+    admin.sa("apps", "web-sa").await;
+    use pb::volume::Source;
+    use pb::volume_projection::Projection;
+    let pod = admin
+        .create_pod(pb::Pod {
+            metadata: meta("apps", "web"),
+            spec: Some(pb::PodSpec {
+                service_account_name: "web-sa".into(),
+                volumes: vec![pb::Volume {
+                    name: "vault-token".into(),
+                    source: Some(Source::Projected(pb::ProjectedVolumeSource {
+                        sources: vec![pb::VolumeProjection {
+                            projection: Some(Projection::ServiceAccountToken(
+                                pb::ServiceAccountTokenProjection {
+                                    audience: "vault".into(),
+                                    expiration_seconds: Some(600),
+                                    path: "vault/token".into(),
+                                },
+                            )),
+                        }],
+                        default_mode: None,
+                    })),
+                }],
+                containers: vec![pb::Container {
+                    name: "app".into(),
+                    image: "example/web:1".into(),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
         })
-        .await
-        .expect("service account");
-    use pb::volume::Source;
-    use pb::volume_projection::Projection;
-    let pod = pb::pod_service_client::PodServiceClient::new(admin)
-        .create_pod(pb::CreatePodRequest {
-            pod: Some(pb::Pod {
-                metadata: meta("apps", "web"),
-                spec: Some(pb::PodSpec {
-                    service_account_name: "web-sa".into(),
-                    volumes: vec![pb::Volume {
-                        name: "vault-token".into(),
-                        source: Some(Source::Projected(pb::ProjectedVolumeSource {
-                            sources: vec![pb::VolumeProjection {
-                                projection: Some(Projection::ServiceAccountToken(
-                                    pb::ServiceAccountTokenProjection {
-                                        audience: "vault".into(),
-                                        expiration_seconds: Some(600),
-                                        path: "vault/token".into(),
-                                    },
-                                )),
-                            }],
-                            default_mode: None,
-                        })),
-                    }],
-                    containers: vec![pb::Container {
-                        name: "app".into(),
-                        image: "example/web:1".into(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            }),
-        })
-        .await
-        .expect("pod")
-        .into_inner();
+        .await;
     pod.metadata.expect("metadata").uid
 }
 
 #[tokio::test]
 async fn agent_projects_refreshes_and_cleans_up() {
-    let s = stack().await;
+    let s = Stack::start().await;
     let pod_uid = workload(&s).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("serviceaccount");
@@ -169,8 +89,11 @@ async fn agent_projects_refreshes_and_cleans_up() {
 
     // First run: files appear; stop leaves them.
     let (handle, control) = badge_agent::control();
-    let task = tokio::spawn(badge_agent::run(s.agent_args("apps", "web", &dir), control));
-    eventually("the token files", || vault.is_file() && api.is_file()).await;
+    let task = tokio::spawn(badge_agent::run(
+        agent_args(&s.identity, &s.issuer, "apps", "web", &dir),
+        control,
+    ));
+    eventually("the token files", WAIT, || vault.is_file() && api.is_file()).await;
     assert_eq!(read(&dir.join("namespace")), "apps");
     assert_eq!(
         std::fs::read(dir.join("ca.crt")).expect("ca.crt"),
@@ -209,11 +132,17 @@ async fn agent_projects_refreshes_and_cleans_up() {
 
     // Second run: a forced refresh (SIGHUP) writes new tokens.
     let (handle, control) = badge_agent::control();
-    let task = tokio::spawn(badge_agent::run(s.agent_args("apps", "web", &dir), control));
-    eventually("the restarted agent's token", || read(&vault) != first).await;
+    let task = tokio::spawn(badge_agent::run(
+        agent_args(&s.identity, &s.issuer, "apps", "web", &dir),
+        control,
+    ));
+    eventually("the restarted agent's token", WAIT, || {
+        read(&vault) != first
+    })
+    .await;
     let second = read(&vault);
     handle.refresh();
-    eventually("a refreshed token", || {
+    eventually("a refreshed token", WAIT, || {
         let t = read(&vault);
         !t.is_empty() && t != second
     })
@@ -253,18 +182,21 @@ async fn agent_projects_refreshes_and_cleans_up() {
 
 #[tokio::test]
 async fn agent_for_a_missing_pod_fails() {
-    let s = stack().await;
+    let s = Stack::start().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let (_handle, control) = badge_agent::control();
-    let e = badge_agent::run(s.agent_args("default", "nope", tmp.path()), control)
-        .await
-        .expect_err("no pod");
+    let e = badge_agent::run(
+        agent_args(&s.identity, &s.issuer, "default", "nope", tmp.path()),
+        control,
+    )
+    .await
+    .expect_err("no pod");
     assert!(e.to_string().contains("pod default/nope not found"), "{e}");
 }
 
 #[tokio::test]
 async fn agent_keeps_retrying_while_the_issuer_is_unreachable() {
-    let s = stack().await;
+    let s = Stack::start().await;
     workload(&s).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("sa");
@@ -274,13 +206,13 @@ async fn agent_keeps_retrying_while_the_issuer_is_unreachable() {
         .expect("bind");
     let port = closed.local_addr().expect("addr").port();
     drop(closed);
-    let mut args = s.agent_args("apps", "web", &dir);
+    let mut args = agent_args(&s.identity, &s.issuer, "apps", "web", &dir);
     args.conn.issuer_endpoint = Some(format!("https://127.0.0.1:{port}"));
     let (handle, control) = badge_agent::control();
     let task = tokio::spawn(badge_agent::run(args, control));
     // ca.crt and namespace are written; the tokens are retried with backoff (1 s,
     // 2 s, ...) and the agent keeps running.
-    eventually("ca.crt", || dir.join("ca.crt").is_file()).await;
+    eventually("ca.crt", WAIT, || dir.join("ca.crt").is_file()).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!task.is_finished(), "the agent does not give up");
     assert!(!dir.join("vault/token").exists());
@@ -300,7 +232,7 @@ async fn agent_keeps_retrying_while_the_issuer_is_unreachable() {
 #[tokio::test]
 async fn agent_refuses_a_symlinked_or_foreign_target_directory() {
     use std::os::unix::fs::MetadataExt;
-    let s = stack().await;
+    let s = Stack::start().await;
     workload(&s).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let real = tmp.path().join("real");
@@ -312,7 +244,10 @@ async fn agent_refuses_a_symlinked_or_foreign_target_directory() {
     // Refused at once (before the fix it projected through the link and ran on).
     let e = tokio::time::timeout(
         Duration::from_secs(20),
-        badge_agent::run(s.agent_args("apps", "web", &link), control),
+        badge_agent::run(
+            agent_args(&s.identity, &s.issuer, "apps", "web", &link),
+            control,
+        ),
     )
     .await
     .expect("the agent ran on instead of refusing the symlinked directory")
@@ -345,7 +280,10 @@ async fn agent_refuses_a_symlinked_or_foreign_target_directory() {
     let (_handle, control) = badge_agent::control();
     let e = tokio::time::timeout(
         Duration::from_secs(20),
-        badge_agent::run(s.agent_args("apps", "web", &foreign), control),
+        badge_agent::run(
+            agent_args(&s.identity, &s.issuer, "apps", "web", &foreign),
+            control,
+        ),
     )
     .await
     .expect("the agent ran on instead of refusing another user's directory")

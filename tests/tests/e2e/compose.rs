@@ -21,6 +21,8 @@ use badge_runtime::config::{ConfigError, Validate, load};
 use clap::Parser;
 use serde_yaml::Value;
 
+use crate::common::ec_csr;
+
 /// Where the `badge-data` volume is mounted in the Badge containers.
 const VOLUME: &str = "/var/lib/badge";
 const BADGE_IMAGE: &str = "badge:dev";
@@ -826,35 +828,9 @@ async fn compose_certificate(pki: &badge_runtime::pki::DevPki, port: u16, td: &s
         }
     };
     let uri = format!("spiffe://{td}/ns/default/sa/default");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args([
-            "-nodes",
-            "-subj",
-            "/O=workload",
-            "-keyout",
-            "w.key",
-            "-out",
-            "w.csr",
-        ])
-        .args(["-addext", &format!("subjectAltName=URI:{uri}")])
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let csr = ec_csr(dir, "w", &uri);
     let mut req = tonic::Request::new(IstioCertificateRequest {
-        csr: std::fs::read_to_string(dir.join("w.csr")).expect("csr"),
+        csr,
         validity_duration: 3600,
         metadata: None,
     });

@@ -4,7 +4,6 @@
 //! by Badge as CA file) and by the Rust `spiffe` crate's X.509-SVID parser.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use badge_proto::certificates::{
@@ -16,10 +15,12 @@ use badge_proto::istio::v1::auth::{
 use badge_proto::token::{
     BoundObjectReference, CreateTokenRequest, token_service_client::TokenServiceClient,
 };
-use badge_tests::{IdentityServer, IssuerOptions, IssuerServer, meta, pb};
+use badge_tests::{IdentityServer, IssuerOptions, IssuerServer, pb};
 use serde_json::Value;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+use crate::common::{Captured, Objects, anonymous, ec_csr, grant_pod_certificates, openssl};
 
 const POD_BINDING_OID: &str = "2.25.2310844054200458026.1";
 
@@ -50,35 +51,13 @@ async fn env() -> Env {
     e
 }
 
+impl Objects for Env {
+    fn identity_admin(&self) -> Channel {
+        self.id.clone()
+    }
+}
+
 impl Env {
-    async fn ns(&self, name: &str) {
-        pb::namespace_service_client::NamespaceServiceClient::new(self.id.clone())
-            .create_namespace(pb::CreateNamespaceRequest {
-                namespace: Some(pb::Namespace {
-                    metadata: meta("", name),
-                    status: None,
-                }),
-            })
-            .await
-            .expect("namespace");
-    }
-
-    async fn sa(&self, ns: &str, name: &str) -> String {
-        pb::service_account_service_client::ServiceAccountServiceClient::new(self.id.clone())
-            .create_service_account(pb::CreateServiceAccountRequest {
-                service_account: Some(pb::ServiceAccount {
-                    metadata: meta(ns, name),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("sa")
-            .into_inner()
-            .metadata
-            .expect("meta")
-            .uid
-    }
-
     async fn sa_uid(&self, ns: &str, name: &str) -> String {
         pb::service_account_service_client::ServiceAccountServiceClient::new(self.id.clone())
             .get_service_account(pb::GetServiceAccountRequest {
@@ -102,56 +81,6 @@ impl Env {
             .metadata
             .expect("meta")
             .uid
-    }
-
-    async fn node(&self, name: &str) -> String {
-        pb::node_service_client::NodeServiceClient::new(self.id.clone())
-            .create_node(pb::CreateNodeRequest {
-                node: Some(pb::Node {
-                    metadata: meta("", name),
-                }),
-            })
-            .await
-            .expect("node")
-            .into_inner()
-            .metadata
-            .expect("meta")
-            .uid
-    }
-
-    async fn pod(&self, ns: &str, name: &str, sa: &str) -> String {
-        self.pod_on(ns, name, sa, "node-a").await
-    }
-
-    async fn pod_on(&self, ns: &str, name: &str, sa: &str, node: &str) -> String {
-        pb::pod_service_client::PodServiceClient::new(self.id.clone())
-            .create_pod(pb::CreatePodRequest {
-                pod: Some(pb::Pod {
-                    metadata: meta(ns, name),
-                    spec: Some(pb::PodSpec {
-                        service_account_name: sa.into(),
-                        node_name: node.into(),
-                        ..Default::default()
-                    }),
-                }),
-            })
-            .await
-            .expect("pod")
-            .into_inner()
-            .metadata
-            .expect("meta")
-            .uid
-    }
-
-    async fn delete_pod(&self, ns: &str, name: &str) {
-        pb::pod_service_client::PodServiceClient::new(self.id.clone())
-            .delete_pod(pb::DeletePodRequest {
-                namespace: ns.into(),
-                name: name.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("delete pod");
     }
 
     /// A token for shop/<sa> with `audiences`, bound to `pod` when given.
@@ -178,16 +107,7 @@ impl Env {
     /// A channel with no client certificate (as istio-agent connects): TLS trusting
     /// Badge's server CA only.
     fn anonymous(&self) -> Channel {
-        let ca = std::fs::read(&self.identity.pki.ca).expect("ca");
-        Channel::from_shared(format!("https://{}", self.issuer.grpc))
-            .expect("url")
-            .tls_config(
-                ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(ca))
-                    .domain_name("localhost"),
-            )
-            .expect("tls")
-            .connect_lazy()
+        anonymous(&self.identity, self.issuer.grpc)
     }
 
     async fn istio(
@@ -225,51 +145,6 @@ impl Env {
             .expect("GetTrustBundle")
             .into_inner()
     }
-
-    /// An EC P-256 key (PKCS#8 PEM at `<stem>.key`) and a CSR with `uri` as URI SAN
-    /// (none when empty), made by the openssl CLI.
-    fn csr(&self, stem: &str, uri: &str) -> String {
-        let key = self.dir.path().join(format!("{stem}.key"));
-        let csr = self.dir.path().join(format!("{stem}.csr"));
-        let mut args: Vec<String> = [
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/O=workload",
-            "-keyout",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.push(key.display().to_string());
-        args.push("-out".into());
-        args.push(csr.display().to_string());
-        if !uri.is_empty() {
-            args.push("-addext".into());
-            args.push(format!("subjectAltName=URI:{uri}"));
-        }
-        openssl(&args, self.dir.path());
-        std::fs::read_to_string(csr).expect("csr")
-    }
-}
-
-fn openssl(args: &[String], dir: &Path) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn der_of(pem: &str) -> Vec<u8> {
@@ -325,7 +200,12 @@ fn status_has(r: Result<Vec<String>, tonic::Status>, code: Code, text: &str) {
 #[tokio::test]
 async fn istio_create_certificate() {
     let e = env().await;
-    let uid = e.pod("shop", "web-0", "web").await;
+    let uid = e
+        .pod("shop", "web-0", "web", "node-a")
+        .await
+        .metadata
+        .expect("meta")
+        .uid;
     let token = e.token("web", &["istio-ca"], Some(("web-0", &uid))).await;
     let api_token = e.token("web", &[], None).await;
     let bundle = e.bundle(&api_token).await;
@@ -333,7 +213,7 @@ async fn istio_create_certificate() {
     assert!(!td.is_empty());
     let me = format!("spiffe://{td}/ns/shop/sa/web");
 
-    let csr = e.csr("web", &me);
+    let csr = ec_csr(e.dir.path(), "web", &me);
     let chain = e
         .istio(Some(&token), &csr, 3600)
         .await
@@ -381,7 +261,7 @@ async fn istio_create_certificate() {
 
     // No URI SAN: the caller's identity is used.
     let chain = e
-        .istio(Some(&token), &e.csr("nosan", ""), 0)
+        .istio(Some(&token), &ec_csr(e.dir.path(), "nosan", ""), 0)
         .await
         .expect("certificate without a requested SAN");
     let leaf2 = der_of(&chain[0]);
@@ -392,7 +272,8 @@ async fn istio_create_certificate() {
     // Another service account's identity: PERMISSION_DENIED naming both.
     let other = format!("spiffe://{td}/ns/shop/sa/db");
     status_has(
-        e.istio(Some(&token), &e.csr("db", &other), 3600).await,
+        e.istio(Some(&token), &ec_csr(e.dir.path(), "db", &other), 3600)
+            .await,
         Code::PermissionDenied,
         &format!("[{other:?}] do not match the caller's identity {me:?}"),
     );
@@ -400,7 +281,7 @@ async fn istio_create_certificate() {
     status_has(
         e.istio(
             Some(&token),
-            &e.csr("td", "spiffe://evil.example/ns/shop/sa/web"),
+            &ec_csr(e.dir.path(), "td", "spiffe://evil.example/ns/shop/sa/web"),
             3600,
         )
         .await,
@@ -611,51 +492,6 @@ fn stub_csr(dir: &Path, stem: &str) -> Vec<u8> {
     std::fs::read(dir.join(format!("{stem}.der"))).expect("csr")
 }
 
-/// RBAC `create podcertificaterequests` for the nodes and for shop/web.
-async fn grant_pod_certificates(admin: &Channel) {
-    use badge_proto::rbac as rb;
-    rb::cluster_role_service_client::ClusterRoleServiceClient::new(admin.clone())
-        .create_cluster_role(rb::CreateClusterRoleRequest {
-            cluster_role: Some(rb::ClusterRole {
-                metadata: meta("", "pod-certificates"),
-                rules: vec![rb::PolicyRule {
-                    verbs: vec!["create".into()],
-                    api_groups: vec!["certificates.k8s.io".into()],
-                    resources: vec!["podcertificaterequests".into()],
-                    ..Default::default()
-                }],
-            }),
-        })
-        .await
-        .expect("cluster role");
-    rb::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(admin.clone())
-        .create_cluster_role_binding(rb::CreateClusterRoleBindingRequest {
-            cluster_role_binding: Some(rb::ClusterRoleBinding {
-                metadata: meta("", "pod-certificates"),
-                subjects: vec![
-                    rb::Subject {
-                        kind: "Group".into(),
-                        name: "system:nodes".into(),
-                        ..Default::default()
-                    },
-                    rb::Subject {
-                        kind: "ServiceAccount".into(),
-                        name: "web".into(),
-                        namespace: "shop".into(),
-                        ..Default::default()
-                    },
-                ],
-                role_ref: Some(rb::RoleRef {
-                    kind: "ClusterRole".into(),
-                    name: "pod-certificates".into(),
-                    ..Default::default()
-                }),
-            }),
-        })
-        .await
-        .expect("cluster role binding");
-}
-
 async fn create_pod_cert(
     ch: Channel,
     bearer: Option<&str>,
@@ -721,9 +557,14 @@ fn pcr_err(r: Result<cpb::CreatePodCertificateResponse, tonic::Status>, code: Co
 async fn kubernetes_pod_certificate() {
     let e = env().await;
     grant_pod_certificates(&e.id).await;
-    let sa_uid = e.sa("shop", "api").await;
-    let node_uid = e.node("node-b").await;
-    let pod_uid = e.pod_on("shop", "api-0", "api", "node-b").await;
+    let sa_uid = e.sa("shop", "api").await.metadata.expect("meta").uid;
+    let node_uid = e.node("node-b").await.metadata.expect("meta").uid;
+    let pod_uid = e
+        .pod("shop", "api-0", "api", "node-b")
+        .await
+        .metadata
+        .expect("meta")
+        .uid;
     let node_b = e
         .identity
         .issue("node-b", "system:node:node-b", &["system:nodes"]);
@@ -850,7 +691,12 @@ async fn kubernetes_pod_certificate() {
     );
 
     // The pod itself, with its pod-bound token (shop/web is granted; shop/api is not).
-    let web_uid = e.pod("shop", "web-0", "web").await;
+    let web_uid = e
+        .pod("shop", "web-0", "web", "node-a")
+        .await
+        .metadata
+        .expect("meta")
+        .uid;
     let web_sa_uid = e.sa_uid("shop", "web").await;
     let node_a_uid = e.node_uid("node-a").await;
     let web_token = e.token("web", &[], Some(("web-0", &web_uid))).await;
@@ -903,7 +749,7 @@ async fn kubernetes_pod_certificate() {
         Code::NotFound,
         "pods \"api-0\" not found",
     );
-    e.pod_on("shop", "api-0", "api", "node-b").await;
+    e.pod("shop", "api-0", "api", "node-b").await;
     pcr_err(
         create_pod_cert(kubelet.clone(), None, spec(csr.clone())).await,
         Code::Aborted,
@@ -1087,24 +933,9 @@ async fn plugin_ca() {
     assert!(err.message().contains("ca.plugin_dir"), "{}", err.message());
 
     // A workload certificate through Istio's API.
-    pb::namespace_service_client::NamespaceServiceClient::new(identity.admin().await)
-        .create_namespace(pb::CreateNamespaceRequest {
-            namespace: Some(pb::Namespace {
-                metadata: meta("", "shop"),
-                status: None,
-            }),
-        })
-        .await
-        .expect("ns");
-    pb::service_account_service_client::ServiceAccountServiceClient::new(identity.admin().await)
-        .create_service_account(pb::CreateServiceAccountRequest {
-            service_account: Some(pb::ServiceAccount {
-                metadata: meta("shop", "web"),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("sa");
+    let objects = identity.admin().await;
+    objects.ns("shop").await;
+    objects.sa("shop", "web").await;
     let token = TokenServiceClient::new(admin.clone())
         .create_token(CreateTokenRequest {
             namespace: "shop".into(),
@@ -1276,24 +1107,9 @@ async fn ca_rotation_under_issuance_load() {
         assert!(!task.is_finished(), "token-issuer exited during start-up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    pb::namespace_service_client::NamespaceServiceClient::new(identity.admin().await)
-        .create_namespace(pb::CreateNamespaceRequest {
-            namespace: Some(pb::Namespace {
-                metadata: meta("", "shop"),
-                status: None,
-            }),
-        })
-        .await
-        .expect("ns");
-    pb::service_account_service_client::ServiceAccountServiceClient::new(identity.admin().await)
-        .create_service_account(pb::CreateServiceAccountRequest {
-            service_account: Some(pb::ServiceAccount {
-                metadata: meta("shop", "web"),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("sa");
+    let objects = identity.admin().await;
+    objects.ns("shop").await;
+    objects.sa("shop", "web").await;
     let token = |aud: Vec<String>| {
         let admin = admin.clone();
         async move {
@@ -1412,47 +1228,31 @@ async fn ca_rotation_under_issuance_load() {
     task.await.expect("join").expect("clean stop");
 }
 
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// One audit event per certificate (requester, SPIFFE ID, pod, serial, not-after, CA
 /// key id) and one per refusal (with the code and reason); no log line holds the
 /// token, the CSR or a private key.
 #[tokio::test]
 async fn certificates_and_refusals_are_audited_without_secrets() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || sink.clone())
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    // Single-threaded test runtime: the servers log to this subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start(tracing::Level::INFO);
     let e = env().await;
-    let uid = e.pod("shop", "web-0", "web").await;
+    let uid = e
+        .pod("shop", "web-0", "web", "node-a")
+        .await
+        .metadata
+        .expect("meta")
+        .uid;
     let token = e.token("web", &["istio-ca"], Some(("web-0", &uid))).await;
-    let csr = e.csr("web", "");
+    let csr = ec_csr(e.dir.path(), "web", "");
     let chain = e
         .istio(Some(&token), &csr, 3600)
         .await
         .expect("certificate");
-    let other = e.csr("other", "spiffe://127.0.0.1/ns/shop/sa/db");
+    let other = ec_csr(e.dir.path(), "other", "spiffe://127.0.0.1/ns/shop/sa/db");
     e.istio(Some(&token), &other, 3600)
         .await
         .expect_err("another identity");
 
-    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let logs = captured.text();
     let events = |name: &str| -> Vec<Value> {
         logs.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())

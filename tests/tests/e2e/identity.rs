@@ -16,6 +16,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
+use crate::common::{Captured, anonymous, service_account};
+
 struct Clients {
     ns: NamespaceServiceClient<Channel>,
     sa: ServiceAccountServiceClient<Channel>,
@@ -46,13 +48,6 @@ async fn create_ns(c: &mut Clients, name: &str) -> pb::Namespace {
     .await
     .expect("create namespace")
     .into_inner()
-}
-
-fn sa(ns: &str, name: &str) -> pb::ServiceAccount {
-    pb::ServiceAccount {
-        metadata: meta(ns, name),
-        ..Default::default()
-    }
 }
 
 fn pod(ns: &str, name: &str, sa: &str) -> pb::Pod {
@@ -93,7 +88,7 @@ async fn namespace_lifecycle_creates_default_sa_and_cascades() {
     assert_eq!(d.metadata.expect("m").name, "default");
 
     c.sa.create_service_account(pb::CreateServiceAccountRequest {
-        service_account: Some(sa("team-a", "builder")),
+        service_account: Some(service_account("team-a", "builder")),
     })
     .await
     .expect("create sa");
@@ -148,7 +143,7 @@ async fn namespace_lifecycle_creates_default_sa_and_cascades() {
     // Creating in a namespace that does not exist names it.
     let err =
         c.sa.create_service_account(pb::CreateServiceAccountRequest {
-            service_account: Some(sa("team-a", "late")),
+            service_account: Some(service_account("team-a", "late")),
         })
         .await
         .expect_err("no namespace");
@@ -161,7 +156,7 @@ async fn service_account_crud_trims_secrets_and_enforces_versions() {
     let s = IdentityServer::start().await;
     let mut c = clients(s.admin().await);
     create_ns(&mut c, "apps").await;
-    let mut input = sa("apps", "web");
+    let mut input = service_account("apps", "web");
     input.secrets = vec![ObjectReference {
         name: "tls".into(),
         namespace: "elsewhere".into(),
@@ -205,7 +200,7 @@ async fn service_account_crud_trims_secrets_and_enforces_versions() {
     // Duplicate create.
     let err =
         c.sa.create_service_account(pb::CreateServiceAccountRequest {
-            service_account: Some(sa("apps", "web")),
+            service_account: Some(service_account("apps", "web")),
         })
         .await
         .expect_err("dup");
@@ -303,7 +298,7 @@ async fn bad_input_is_named() {
     assert_eq!(br.field_violations[0].field, "namespace.metadata.name");
     assert!(br.field_violations[0].description.contains("Bad_Name"));
 
-    let mut bad = sa("apps", "ok");
+    let mut bad = service_account("apps", "ok");
     bad.metadata
         .as_mut()
         .expect("m")
@@ -492,7 +487,7 @@ async fn pod_admission_mounts_token_and_copies_pull_secrets() {
     let s = IdentityServer::start().await;
     let mut c = clients(s.admin().await);
     create_ns(&mut c, "apps").await;
-    let mut account = sa("apps", "web");
+    let mut account = service_account("apps", "web");
     account.image_pull_secrets = vec![LocalObjectReference {
         name: "registry".into(),
     }];
@@ -597,7 +592,7 @@ async fn enforce_mountable_secrets_names_every_violation() {
     let s = IdentityServer::start().await;
     let mut c = clients(s.admin().await);
     create_ns(&mut c, "apps").await;
-    let mut account = sa("apps", "locked");
+    let mut account = service_account("apps", "locked");
     account.metadata.as_mut().expect("m").annotations.insert(
         "kubernetes.io/enforce-mountable-secrets".into(),
         "true".into(),
@@ -881,7 +876,7 @@ async fn watch_lists_then_follows_in_order_and_resumes() {
     let mut c = clients(s.admin().await);
     create_ns(&mut c, "w").await;
     c.sa.create_service_account(pb::CreateServiceAccountRequest {
-        service_account: Some(sa("w", "first")),
+        service_account: Some(service_account("w", "first")),
     })
     .await
     .expect("sa");
@@ -915,7 +910,7 @@ async fn watch_lists_then_follows_in_order_and_resumes() {
     // Then every change, in commit order.
     let created =
         c.sa.create_service_account(pb::CreateServiceAccountRequest {
-            service_account: Some(sa("w", "second")),
+            service_account: Some(service_account("w", "second")),
         })
         .await
         .expect("sa")
@@ -1052,36 +1047,6 @@ async fn callers_without_a_valid_certificate_are_refused() {
         .expect_err("not allowed");
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("alice"), "{}", err.message());
-}
-
-#[tokio::test]
-async fn every_identity_method_has_an_authorization_rule() {
-    use prost::Message;
-    let fds = prost_types::FileDescriptorSet::decode(badge_proto::FILE_DESCRIPTOR_SET)
-        .expect("descriptor set");
-    let rules: std::collections::HashSet<&str> = badge_identity::METHOD_TABLES
-        .iter()
-        .flat_map(|t| t.iter().map(|(m, _)| *m))
-        .collect();
-    let mut count = 0;
-    for file in fds
-        .file
-        .iter()
-        .filter(|f| matches!(f.package(), "badge.identity.v1" | "badge.rbac.v1"))
-    {
-        for svc in &file.service {
-            for m in &svc.method {
-                let path = format!("/{}.{}/{}", file.package(), svc.name(), m.name());
-                assert!(rules.contains(path.as_str()), "{path} has no rule");
-                count += 1;
-            }
-        }
-    }
-    assert_eq!(
-        count,
-        rules.len(),
-        "a rule names a method that does not exist"
-    );
 }
 
 #[tokio::test]
@@ -1550,20 +1515,6 @@ async fn token_stack() -> (IdentityServer, badge_tests::IssuerServer) {
     (identity, issuer)
 }
 
-/// A TLS channel to `identity` without a client certificate (bearer callers).
-fn anonymous(identity: &IdentityServer) -> Channel {
-    let ca = std::fs::read(&identity.pki.ca).expect("ca");
-    Channel::from_shared(identity.url())
-        .expect("url")
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                .domain_name("localhost"),
-        )
-        .expect("tls")
-        .connect_lazy()
-}
-
 /// A service-account token, optionally bound to a pod; with its credential id.
 async fn sa_token(issuer: &Channel, ns: &str, sa: &str, pod: Option<&pb::Pod>) -> (String, String) {
     use badge_proto::token as tk;
@@ -1646,7 +1597,7 @@ async fn watch_secrets_as(
             "authorization",
             format!("Bearer {token}").parse().expect("header"),
         );
-        match WatchServiceClient::new(anonymous(identity))
+        match WatchServiceClient::new(anonymous(identity, identity.addr))
             .watch(req)
             .await
         {
@@ -1723,7 +1674,7 @@ async fn watches_end_when_access_is_withdrawn() {
     let mut c = clients(admin.clone());
     create_ns(&mut c, "dev").await;
     c.sa.create_service_account(pb::CreateServiceAccountRequest {
-        service_account: Some(sa("dev", "app")),
+        service_account: Some(service_account("dev", "app")),
     })
     .await
     .expect("sa");
@@ -1912,34 +1863,13 @@ async fn watches_end_after_their_lifetime_and_resume_losslessly() {
 }
 
 /// Collects formatted log lines in memory.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// #13 finding 13: identity writes and Secret reads were not audited. Each
 /// create, update, delete and Secret Get/List/Watch now emits exactly one `audit`
 /// event naming the caller, verb, object and result — and no Secret data or
 /// annotation value appears anywhere in the logs.
 #[tokio::test]
 async fn identity_writes_and_secret_reads_are_audited_without_data() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || sink.clone())
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    // Single-threaded test runtime: the server's tasks log to this subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start(tracing::Level::INFO);
     let s = IdentityServer::start().await;
     let mut c = clients(s.admin().await);
     let data_value = "s3cr3t-data-value";
@@ -2014,7 +1944,7 @@ async fn identity_writes_and_secret_reads_are_audited_without_data() {
         .await
         .expect("delete");
     drop(w);
-    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let logs = captured.text();
     let audit: Vec<serde_json::Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -26,6 +26,8 @@ use tokio_stream::StreamExt as _;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::common::{Objects, envoy_descriptors};
+
 const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 struct Env {
@@ -45,48 +47,13 @@ async fn env() -> Env {
     let identity = IdentityServer::start().await;
     let issuer = IssuerServer::start(&identity, IssuerOptions::default()).await;
     let id = identity.admin().await;
-    pb::namespace_service_client::NamespaceServiceClient::new(id.clone())
-        .create_namespace(pb::CreateNamespaceRequest {
-            namespace: Some(pb::Namespace {
-                metadata: meta("", "shop"),
-                status: None,
-            }),
-        })
-        .await
-        .expect("namespace");
+    id.ns("shop").await;
     for sa in ["web", "db"] {
-        pb::service_account_service_client::ServiceAccountServiceClient::new(id.clone())
-            .create_service_account(pb::CreateServiceAccountRequest {
-                service_account: Some(pb::ServiceAccount {
-                    metadata: meta("shop", sa),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("service account");
+        id.sa("shop", sa).await;
     }
-    pb::node_service_client::NodeServiceClient::new(id.clone())
-        .create_node(pb::CreateNodeRequest {
-            node: Some(pb::Node {
-                metadata: meta("", "node-a"),
-            }),
-        })
-        .await
-        .expect("node");
+    id.node("node-a").await;
     for (pod, sa) in [("web-0", "web"), ("db-0", "db")] {
-        pb::pod_service_client::PodServiceClient::new(id.clone())
-            .create_pod(pb::CreatePodRequest {
-                pod: Some(pb::Pod {
-                    metadata: meta("shop", pod),
-                    spec: Some(pb::PodSpec {
-                        service_account_name: sa.into(),
-                        node_name: "node-a".into(),
-                        ..Default::default()
-                    }),
-                }),
-            })
-            .await
-            .expect("pod");
+        id.pod("shop", pod, sa, "node-a").await;
     }
     grant_node_agent(&id).await;
     let node = identity.issue("node-a", "system:node:node-a", &["system:nodes"]);
@@ -215,14 +182,7 @@ impl Env {
     }
 
     async fn delete_pod(&self, name: &str) {
-        pb::pod_service_client::PodServiceClient::new(self.identity.admin().await)
-            .delete_pod(pb::DeletePodRequest {
-                namespace: "shop".into(),
-                name: name.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("delete pod");
+        self.identity.admin().await.delete_pod("shop", name).await;
     }
 
     fn trust_domain(&self) -> String {
@@ -837,46 +797,6 @@ async fn two_workloads_mtls_then_pod_deleted() {
     assert!(format!("{err}").contains("no longer exists"), "{err}");
     // web is unaffected.
     assert!(web.client().await.fetch_x509_context().await.is_ok());
-}
-
-/// Envoy's descriptors, from the envoy-types crate this workspace builds with (as
-/// tests/tests/ext_authz.rs finds them: `cargo metadata`, this host's platform).
-fn envoy_descriptors() -> prost_reflect::DescriptorPool {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let rustc = std::process::Command::new("rustc")
-        .arg("-vV")
-        .output()
-        .expect("rustc -vV");
-    let host = String::from_utf8_lossy(&rustc.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
-        .expect("rustc -vV names the host");
-    let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
-        .args(["--filter-platform", &host])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo metadata");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata json");
-    let manifest = meta["packages"]
-        .as_array()
-        .expect("packages")
-        .iter()
-        .find(|p| p["name"] == "envoy-types")
-        .and_then(|p| p["manifest_path"].as_str())
-        .expect("envoy-types in the dependency graph")
-        .to_string();
-    let bin = std::path::Path::new(&manifest)
-        .parent()
-        .expect("dir")
-        .join("src/generated/types.bin");
-    let bytes = std::fs::read(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-    prost_reflect::DescriptorPool::decode(bytes.as_slice()).expect("descriptor set")
 }
 
 /// examples/envoy-sds.yaml is a valid Envoy bootstrap (every field and `@type`

@@ -28,6 +28,11 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, 
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::common::{
+    Captured, Objects, anonymous, bind, cluster_role, ec_csr, envoy_descriptors, strings, subject,
+    uid,
+};
+
 /// The gateway's client-certificate user.
 const ENVOY_USER: &str = "envoy-gateway";
 
@@ -41,52 +46,10 @@ struct Env {
     trust_domain: String,
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 fn urls(verbs: &[&str], paths: &[&str]) -> rb::PolicyRule {
     rb::PolicyRule {
         verbs: strings(verbs),
         non_resource_urls: strings(paths),
-        ..Default::default()
-    }
-}
-
-async fn cluster_role(admin: &Channel, name: &str, rules: Vec<rb::PolicyRule>) {
-    rb::cluster_role_service_client::ClusterRoleServiceClient::new(admin.clone())
-        .create_cluster_role(rb::CreateClusterRoleRequest {
-            cluster_role: Some(rb::ClusterRole {
-                metadata: meta("", name),
-                rules,
-            }),
-        })
-        .await
-        .expect("cluster role");
-}
-
-async fn bind(admin: &Channel, name: &str, role: &str, subjects: Vec<rb::Subject>) {
-    rb::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(admin.clone())
-        .create_cluster_role_binding(rb::CreateClusterRoleBindingRequest {
-            cluster_role_binding: Some(rb::ClusterRoleBinding {
-                metadata: meta("", name),
-                subjects,
-                role_ref: Some(rb::RoleRef {
-                    kind: "ClusterRole".into(),
-                    name: role.into(),
-                    ..Default::default()
-                }),
-            }),
-        })
-        .await
-        .expect("cluster role binding");
-}
-
-fn subject(kind: &str, name: &str, namespace: &str) -> rb::Subject {
-    rb::Subject {
-        kind: kind.into(),
-        name: name.into(),
-        namespace: namespace.into(),
         ..Default::default()
     }
 }
@@ -216,6 +179,12 @@ fn answer(r: CheckResponse) -> Answer {
     }
 }
 
+impl Objects for Env {
+    fn identity_admin(&self) -> Channel {
+        self.admin.clone()
+    }
+}
+
 impl Env {
     async fn start() -> Env {
         let identity = IdentityServer::start().await;
@@ -272,34 +241,6 @@ impl Env {
                 .expect("a decision is never a gRPC error")
                 .into_inner(),
         )
-    }
-
-    async fn ns(&self, name: &str) {
-        pb::namespace_service_client::NamespaceServiceClient::new(self.admin.clone())
-            .create_namespace(pb::CreateNamespaceRequest {
-                namespace: Some(pb::Namespace {
-                    metadata: meta("", name),
-                    status: None,
-                }),
-            })
-            .await
-            .expect("namespace");
-    }
-
-    async fn sa(&self, ns: &str, name: &str) -> String {
-        pb::service_account_service_client::ServiceAccountServiceClient::new(self.admin.clone())
-            .create_service_account(pb::CreateServiceAccountRequest {
-                service_account: Some(pb::ServiceAccount {
-                    metadata: meta(ns, name),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("sa")
-            .into_inner()
-            .metadata
-            .expect("meta")
-            .uid
     }
 
     async fn token(&self, ns: &str, sa: &str, audiences: &[&str]) -> tpb::CreateTokenResponse {
@@ -399,7 +340,7 @@ const SA_GROUPS: [&str; 3] = [
 async fn checks_are_answered_as_envoy_expects() {
     let e = Env::start().await;
     e.ns("apps").await;
-    let web_uid = e.sa("apps", "web").await;
+    let web_uid = uid(&e.sa("apps", "web").await.metadata);
     cluster_role(
         &e.admin,
         "shop-api",
@@ -815,28 +756,8 @@ async fn deleted_pods_and_revoked_tokens_are_refused_at_once() {
         vec![subject("Group", "system:serviceaccounts:apps", "")],
     )
     .await;
-    pb::node_service_client::NodeServiceClient::new(e.admin.clone())
-        .create_node(pb::CreateNodeRequest {
-            node: Some(pb::Node {
-                metadata: meta("", "worker-1"),
-            }),
-        })
-        .await
-        .expect("node");
-    let pod = pb::pod_service_client::PodServiceClient::new(e.admin.clone())
-        .create_pod(pb::CreatePodRequest {
-            pod: Some(pb::Pod {
-                metadata: meta("apps", "web-1"),
-                spec: Some(pb::PodSpec {
-                    service_account_name: "web".into(),
-                    node_name: "worker-1".into(),
-                    ..Default::default()
-                }),
-            }),
-        })
-        .await
-        .expect("pod")
-        .into_inner();
+    e.node("worker-1").await;
+    let pod = e.pod("apps", "web-1", "web", "worker-1").await;
     let pod_token = e
         .tokens
         .clone()
@@ -988,44 +909,8 @@ async fn pod_certificate(
         .into_inner()
         .token;
     let uri = format!("spiffe://{}/ns/{ns}/sa/{sa}", e.trust_domain);
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args([
-            "-nodes",
-            "-subj",
-            "/O=workload",
-            "-keyout",
-            "w.key",
-            "-out",
-            "w.csr",
-        ])
-        .args(["-addext", &format!("subjectAltName=URI:{uri}")])
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let csr = std::fs::read_to_string(dir.join("w.csr")).expect("csr");
-    let ca = std::fs::read(&e.identity.pki.ca).expect("ca");
-    let channel = Channel::from_shared(format!("https://{}", e.issuer.grpc))
-        .expect("url")
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                .domain_name("localhost"),
-        )
-        .expect("tls")
-        .connect_lazy();
+    let csr = ec_csr(dir, "w", &uri);
+    let channel = anonymous(&e.identity, e.issuer.grpc);
     let mut req = tonic::Request::new(IstioCertificateRequest {
         csr,
         validity_duration: 3600,
@@ -1053,7 +938,7 @@ async fn a_deleted_pods_certificate_is_refused_at_once() {
     let e = Env::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     e.ns("apps").await;
-    let sa_uid = e.sa("apps", "web").await;
+    let sa_uid = uid(&e.sa("apps", "web").await.metadata);
     e.sa("apps", "db").await;
     cluster_role(&e.admin, "orders", vec![urls(&["get"], &["/shop/orders"])]).await;
     bind(
@@ -1063,14 +948,7 @@ async fn a_deleted_pods_certificate_is_refused_at_once() {
         vec![subject("Group", "system:serviceaccounts:apps", "")],
     )
     .await;
-    pb::node_service_client::NodeServiceClient::new(e.admin.clone())
-        .create_node(pb::CreateNodeRequest {
-            node: Some(pb::Node {
-                metadata: meta("", "worker-1"),
-            }),
-        })
-        .await
-        .expect("node");
+    e.node("worker-1").await;
     let pods = pb::pod_service_client::PodServiceClient::new(e.admin.clone());
     let web_pod = || pb::CreatePodRequest {
         pod: Some(pb::Pod {
@@ -1197,14 +1075,7 @@ async fn delete_pod_to_denied_check_on_another_replica_distribution() {
         vec![subject("Group", "system:serviceaccounts:apps", "")],
     )
     .await;
-    pb::node_service_client::NodeServiceClient::new(e.admin.clone())
-        .create_node(pb::CreateNodeRequest {
-            node: Some(pb::Node {
-                metadata: meta("", "worker-1"),
-            }),
-        })
-        .await
-        .expect("node");
+    e.node("worker-1").await;
     let pods = pb::pod_service_client::PodServiceClient::new(e.admin.clone());
     let check = |req: CheckRequest| {
         let mut c = other.clone();
@@ -1320,49 +1191,6 @@ async fn a_gateway_without_the_rule_is_refused() {
         .until(&envoy_check("GET", "/public/x", &[], "", &[]), |_| true)
         .await;
     assert!(denied(&a.1), "nothing is public by default: {:?}", a.1);
-}
-
-/// Envoy's descriptors, from the envoy-types crate this workspace builds with (its
-/// `src/generated/types.bin`, the FileDescriptorSet its code was generated from);
-/// located through `cargo metadata`, so the version is the locked one. Filtered to this
-/// host's platform: offline, an unfiltered `cargo metadata` wants every platform's crates
-/// (Windows-only ones too) in the local registry, and a build downloads only this host's.
-fn envoy_descriptors() -> prost_reflect::DescriptorPool {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let rustc = std::process::Command::new("rustc")
-        .arg("-vV")
-        .output()
-        .expect("rustc -vV");
-    let host = String::from_utf8_lossy(&rustc.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
-        .expect("rustc -vV names the host");
-    let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
-        .args(["--filter-platform", &host])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo metadata");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata json");
-    let manifest = meta["packages"]
-        .as_array()
-        .expect("packages")
-        .iter()
-        .find(|p| p["name"] == "envoy-types")
-        .and_then(|p| p["manifest_path"].as_str())
-        .expect("envoy-types in the dependency graph")
-        .to_string();
-    let bin = std::path::Path::new(&manifest)
-        .parent()
-        .expect("dir")
-        .join("src/generated/types.bin");
-    let bytes = std::fs::read(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-    prost_reflect::DescriptorPool::decode(bytes.as_slice()).expect("descriptor set")
 }
 
 /// examples/envoy-ext-authz.yaml is a valid Envoy bootstrap: every field name,
@@ -1747,33 +1575,12 @@ async fn bench_check_scenario_runs_next_to_the_echo_ceiling() {
     }
 }
 
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// One audit event per denied check; allowed checks aggregated (every
 /// `mesh.audit_allowed_every`-th, default 1000, with the count); never a token, a
 /// header value or a query string in any log line.
 #[tokio::test]
 async fn denials_are_audited_and_allowed_checks_sampled_without_secrets() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || sink.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    // The test runtime is single-threaded: the servers' tasks log here.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start(tracing::Level::DEBUG);
     let e = Env::start().await;
     e.ns("shop").await;
     e.sa("shop", "web").await;
@@ -1801,7 +1608,7 @@ async fn denials_are_audited_and_allowed_checks_sampled_without_secrets() {
         &shop,
     );
     e.until(&ok, allowed).await;
-    let before = captured.0.lock().expect("lock").len();
+    let before = captured.mark();
     for _ in 0..1000 {
         assert!(allowed(&e.send(ok.clone()).await));
     }
@@ -1822,8 +1629,7 @@ async fn denials_are_audited_and_allowed_checks_sampled_without_secrets() {
     );
     assert!(denied(&e.send(bad_token).await));
 
-    let logs =
-        String::from_utf8(captured.0.lock().expect("lock")[before..].to_vec()).expect("utf8");
+    let logs = captured.text_since(before);
     let events: Vec<serde_json::Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

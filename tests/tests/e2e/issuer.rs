@@ -16,6 +16,8 @@ use serde_json::Value;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::common::{Captured, Objects, uid};
+
 struct Env {
     identity: IdentityServer,
     issuer: IssuerServer,
@@ -38,61 +40,13 @@ async fn env(opts: IssuerOptions) -> Env {
     }
 }
 
+impl Objects for Env {
+    fn identity_admin(&self) -> Channel {
+        self.id.clone()
+    }
+}
+
 impl Env {
-    async fn ns(&self, name: &str) {
-        pb::namespace_service_client::NamespaceServiceClient::new(self.id.clone())
-            .create_namespace(pb::CreateNamespaceRequest {
-                namespace: Some(pb::Namespace {
-                    metadata: meta("", name),
-                    status: None,
-                }),
-            })
-            .await
-            .expect("namespace");
-    }
-
-    async fn sa(&self, ns: &str, name: &str) -> pb::ServiceAccount {
-        pb::service_account_service_client::ServiceAccountServiceClient::new(self.id.clone())
-            .create_service_account(pb::CreateServiceAccountRequest {
-                service_account: Some(pb::ServiceAccount {
-                    metadata: meta(ns, name),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("sa")
-            .into_inner()
-    }
-
-    async fn pod(&self, ns: &str, name: &str, sa: &str, node: &str) -> pb::Pod {
-        pb::pod_service_client::PodServiceClient::new(self.id.clone())
-            .create_pod(pb::CreatePodRequest {
-                pod: Some(pb::Pod {
-                    metadata: meta(ns, name),
-                    spec: Some(pb::PodSpec {
-                        service_account_name: sa.into(),
-                        node_name: node.into(),
-                        ..Default::default()
-                    }),
-                }),
-            })
-            .await
-            .expect("pod")
-            .into_inner()
-    }
-
-    async fn node(&self, name: &str) -> pb::Node {
-        pb::node_service_client::NodeServiceClient::new(self.id.clone())
-            .create_node(pb::CreateNodeRequest {
-                node: Some(pb::Node {
-                    metadata: meta("", name),
-                }),
-            })
-            .await
-            .expect("node")
-            .into_inner()
-    }
-
     async fn token(
         &self,
         req: CreateTokenRequest,
@@ -116,10 +70,6 @@ impl Env {
             .map(|k| (k.kid, k.public_key_pem))
             .collect()
     }
-}
-
-fn uid(m: &Option<badge_proto::meta::ObjectMeta>) -> String {
-    m.as_ref().expect("meta").uid.clone()
 }
 
 fn part(token: &str, i: usize) -> Value {
@@ -774,33 +724,6 @@ async fn legacy_secret_tokens_are_minted_and_follow_their_service_account() {
 }
 
 #[tokio::test]
-async fn every_issuer_method_has_an_authorization_rule() {
-    use prost::Message;
-    let fds =
-        prost_types::FileDescriptorSet::decode(badge_proto::FILE_DESCRIPTOR_SET).expect("fds");
-    let rules: std::collections::HashSet<&str> = badge_token_issuer::tokens::METHODS
-        .iter()
-        .chain(badge_token_issuer::external::METHODS.iter())
-        .map(|(m, _)| *m)
-        .collect();
-    let mut n = 0;
-    for f in fds
-        .file
-        .iter()
-        .filter(|f| matches!(f.package(), "badge.token.v1" | "v1" | "v1alpha1"))
-    {
-        for s in &f.service {
-            for m in &s.method {
-                let path = format!("/{}.{}/{}", f.package(), s.name(), m.name());
-                assert!(rules.contains(path.as_str()), "{path} has no rule");
-                n += 1;
-            }
-        }
-    }
-    assert_eq!(n, rules.len());
-}
-
-#[tokio::test]
 async fn callers_outside_masters_may_not_create_tokens() {
     let e = env(IssuerOptions::default()).await;
     let user = e.identity.issue("bob", "bob", &["developers"]);
@@ -952,31 +875,9 @@ async fn revoking_again_answers_and_keeps_the_later_expiry() {
 }
 
 /// Collects formatted log lines in memory.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn every_issued_token_is_audited_without_the_token() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || sink.clone())
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    // The test runtime is single-threaded: the servers' tasks run on this thread
-    // and log to this subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start(tracing::Level::INFO);
     let e = env(IssuerOptions::default()).await;
     e.ns("apps").await;
     e.sa("apps", "web").await;
@@ -989,7 +890,7 @@ async fn every_issued_token_is_audited_without_the_token() {
         })
         .await
         .expect("token");
-    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let logs = captured.text();
     let audit: Vec<Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

@@ -12,13 +12,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use badge_agent::{AgentArgs, Exit};
+use badge_agent::Exit;
 use badge_proto::certificates as cpb;
 use badge_proto::rbac as rb;
 use badge_tests::{IdentityServer, IssuerOptions, IssuerServer, meta, pb};
-use clap::Parser as _;
 use tonic::Code;
 use tonic::transport::Channel;
+
+use crate::common::{Objects, agent_args, eventually, mode, openssl};
+
+/// How long the agent gets to write or rotate its files.
+const WAIT: Duration = Duration::from_secs(20);
 
 struct Stack {
     identity: IdentityServer,
@@ -32,29 +36,6 @@ async fn stack() -> Stack {
 }
 
 impl Stack {
-    fn agent_args(&self, dir: &Path) -> AgentArgs {
-        AgentArgs::try_parse_from([
-            "badge-agent".to_string(),
-            "--namespace".into(),
-            "apps".into(),
-            "--pod".into(),
-            "web".into(),
-            "--dir".into(),
-            dir.display().to_string(),
-            "--identity-endpoint".into(),
-            self.identity.url(),
-            "--issuer-endpoint".into(),
-            format!("https://{}", self.issuer.grpc),
-            "--ca".into(),
-            self.identity.pki.ca.display().to_string(),
-            "--client-cert".into(),
-            self.identity.pki.admin.cert.display().to_string(),
-            "--client-key".into(),
-            self.identity.pki.admin.key.display().to_string(),
-        ])
-        .expect("agent arguments")
-    }
-
     async fn roots_pem(&self) -> String {
         cpb::certificate_authority_service_client::CertificateAuthorityServiceClient::new(
             self.issuer
@@ -113,45 +94,19 @@ fn pod(sources: Vec<pb::VolumeProjection>) -> pb::Pod {
 /// source.
 async fn workload(s: &Stack) {
     let admin = s.identity.admin().await;
-    pb::namespace_service_client::NamespaceServiceClient::new(admin.clone())
-        .create_namespace(pb::CreateNamespaceRequest {
-            namespace: Some(pb::Namespace {
-                metadata: meta("", "apps"),
-                status: None,
-            }),
-        })
-        .await
-        .expect("namespace");
-    pb::service_account_service_client::ServiceAccountServiceClient::new(admin.clone())
-        .create_service_account(pb::CreateServiceAccountRequest {
-            service_account: Some(pb::ServiceAccount {
-                metadata: meta("apps", "web-sa"),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("service account");
-    pb::node_service_client::NodeServiceClient::new(admin.clone())
-        .create_node(pb::CreateNodeRequest {
-            node: Some(pb::Node {
-                metadata: meta("", "node-a"),
-            }),
-        })
-        .await
-        .expect("node");
-    grant_pod_certificates(&admin).await;
-    pb::pod_service_client::PodServiceClient::new(admin)
-        .create_pod(pb::CreatePodRequest {
-            pod: Some(pod(vec![
-                pod_certificate("tls/credentialbundle.pem", "", "", "ECDSAP256"),
-                pod_certificate("", "split/tls.key", "split/tls.crt", "ED25519"),
-            ])),
-        })
-        .await
-        .expect("pod");
+    admin.ns("apps").await;
+    admin.sa("apps", "web-sa").await;
+    admin.node("node-a").await;
+    grant_web_sa_pod_certificates(&admin).await;
+    admin
+        .create_pod(pod(vec![
+            pod_certificate("tls/credentialbundle.pem", "", "", "ECDSAP256"),
+            pod_certificate("", "split/tls.key", "split/tls.crt", "ED25519"),
+        ]))
+        .await;
 }
 
-async fn grant_pod_certificates(admin: &Channel) {
+async fn grant_web_sa_pod_certificates(admin: &Channel) {
     rb::role_service_client::RoleServiceClient::new(admin.clone())
         .create_role(rb::CreateRoleRequest {
             role: Some(rb::Role {
@@ -187,22 +142,6 @@ async fn grant_pod_certificates(admin: &Channel) {
         .expect("role binding");
 }
 
-/// Waits up to 20 s for `cond`.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn mode(p: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
-}
-
 /// The PEM blocks of `text`: (label, whole block).
 fn blocks(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -224,19 +163,10 @@ fn blocks(text: &str) -> Vec<(String, String)> {
     out
 }
 
-fn openssl(args: &[&str], input: &Path) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .arg("-in")
-        .arg(input)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
+/// openssl with `-in input` after `args`.
+fn openssl_in(args: &[&str], input: &Path) -> String {
+    let input = input.to_str().expect("utf-8 path");
+    openssl(&[args, &["-in", input]].concat(), Path::new("."))
 }
 
 /// Whether the key (PEM) matches the leaf (PEM), by their public keys (openssl).
@@ -245,8 +175,8 @@ fn key_matches_leaf(scratch: &Path, key_pem: &str, leaf_pem: &str) -> bool {
     let c = scratch.join("c.pem");
     std::fs::write(&k, key_pem).expect("write");
     std::fs::write(&c, leaf_pem).expect("write");
-    let a = openssl(&["pkey", "-pubout"], &k);
-    let b = openssl(&["x509", "-pubkey", "-noout"], &c);
+    let a = openssl_in(&["pkey", "-pubout"], &k);
+    let b = openssl_in(&["x509", "-pubkey", "-noout"], &c);
     a == b
 }
 
@@ -280,8 +210,11 @@ async fn agent_writes_rotates_and_removes_pod_certificates() {
     std::fs::create_dir(&scratch).expect("scratch");
 
     let (handle, control) = badge_agent::control();
-    let task = tokio::spawn(badge_agent::run(s.agent_args(&dir), control));
-    eventually("the certificate files", || {
+    let task = tokio::spawn(badge_agent::run(
+        agent_args(&s.identity, &s.issuer, "apps", "web", &dir),
+        control,
+    ));
+    eventually("the certificate files", WAIT, || {
         bundle.is_file() && key_file.is_file() && chain_file.is_file()
     })
     .await;
@@ -313,7 +246,7 @@ async fn agent_writes_rotates_and_removes_pod_certificates() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = openssl(&["x509", "-noout", "-ext", "subjectAltName"], &leaf_file);
+    let text = openssl_in(&["x509", "-noout", "-ext", "subjectAltName"], &leaf_file);
     let uri = text
         .split([',', '\n'])
         .map(str::trim)
@@ -325,7 +258,7 @@ async fn agent_writes_rotates_and_removes_pod_certificates() {
         "{uri}"
     );
     // The leaf asked for at most an hour lives at most an hour.
-    let dates = openssl(&["x509", "-noout", "-startdate", "-enddate"], &leaf_file);
+    let dates = openssl_in(&["x509", "-noout", "-startdate", "-enddate"], &leaf_file);
     assert!(dates.contains("notAfter="), "{dates}");
 
     // Key + chain files: an Ed25519 key (PKCS#8 v1: OpenSSL 3.0 reads it), matching
@@ -334,7 +267,7 @@ async fn agent_writes_rotates_and_removes_pod_certificates() {
     let c = std::fs::read_to_string(&chain_file).expect("chain");
     assert_eq!(blocks(&k).len(), 1);
     assert_eq!(blocks(&k)[0].0, "PRIVATE KEY");
-    assert!(openssl(&["pkey", "-noout", "-text"], &key_file).contains("ED25519"));
+    assert!(openssl_in(&["pkey", "-noout", "-text"], &key_file).contains("ED25519"));
     let chain_blocks = blocks(&c);
     assert!(chain_blocks.iter().all(|(l, _)| l == "CERTIFICATE"));
     assert!(key_matches_leaf(&scratch, &k, &chain_blocks[0].1));
@@ -369,7 +302,7 @@ async fn agent_writes_rotates_and_removes_pod_certificates() {
     for _ in 0..4 {
         handle.refresh();
         let before = last.clone();
-        eventually("a rotated bundle", || {
+        eventually("a rotated bundle", WAIT, || {
             std::fs::read_to_string(&bundle).is_ok_and(|t| t != before)
         })
         .await;

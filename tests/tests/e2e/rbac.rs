@@ -9,11 +9,13 @@ use badge_proto::rbac as rb;
 use badge_proto::review as rv;
 use badge_proto::token as tk;
 use badge_runtime::{MethodRule, MethodTable};
-use badge_tests::{IdentityServer, IssuerOptions, IssuerServer, ReviewServer, meta, pb};
+use badge_tests::{IdentityServer, meta, pb};
 use prost::bytes::{Buf as _, BufMut as _};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+use crate::common::{Objects, Stack, anonymous, bind, cluster_role, subject};
 
 /// Sends and receives raw message bytes, so one loop can call every method.
 #[derive(Debug, Clone, Copy, Default)]
@@ -112,33 +114,8 @@ fn exact_rules(rule: &MethodRule) -> Vec<rb::PolicyRule> {
 }
 
 async fn grant_cluster(admin: &Channel, name: &str, user: &str, rules: Vec<rb::PolicyRule>) {
-    rb::cluster_role_service_client::ClusterRoleServiceClient::new(admin.clone())
-        .create_cluster_role(rb::CreateClusterRoleRequest {
-            cluster_role: Some(rb::ClusterRole {
-                metadata: meta("", name),
-                rules,
-            }),
-        })
-        .await
-        .expect("cluster role");
-    rb::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(admin.clone())
-        .create_cluster_role_binding(rb::CreateClusterRoleBindingRequest {
-            cluster_role_binding: Some(rb::ClusterRoleBinding {
-                metadata: meta("", name),
-                subjects: vec![rb::Subject {
-                    kind: "User".into(),
-                    name: user.into(),
-                    ..Default::default()
-                }],
-                role_ref: Some(rb::RoleRef {
-                    kind: "ClusterRole".into(),
-                    name: name.into(),
-                    ..Default::default()
-                }),
-            }),
-        })
-        .await
-        .expect("cluster role binding");
+    cluster_role(admin, name, rules).await;
+    bind(admin, name, name, vec![subject("User", user, "")]).await;
 }
 
 /// Retries `f` until it is no longer denied (a binding reaches every service
@@ -159,52 +136,13 @@ where
     last
 }
 
-/// A TLS channel with no client certificate.
-fn anonymous(identity: &IdentityServer, addr: std::net::SocketAddr) -> Channel {
-    let ca = std::fs::read(&identity.pki.ca).expect("ca");
-    Channel::from_shared(format!("https://{addr}"))
-        .expect("url")
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(ca))
-                .domain_name("localhost"),
-        )
-        .expect("tls")
-        .connect_lazy()
-}
-
-struct Stack {
-    identity: IdentityServer,
-    issuer: IssuerServer,
-    review: ReviewServer,
-}
-
-/// identity (accepting the issuer's tokens), token-issuer and token-review.
-async fn stack() -> Stack {
-    let oidc = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!(
-        "https://127.0.0.1:{}",
-        oidc.local_addr().expect("addr").port()
-    );
-    let identity = IdentityServer::start_accepting(&[url]).await;
-    let issuer = IssuerServer::start_on(&identity, IssuerOptions::default(), oidc).await;
-    let review = ReviewServer::start(&identity, &issuer).await;
-    Stack {
-        identity,
-        issuer,
-        review,
-    }
-}
-
 /// Methods `system:basic-user` grants to `system:authenticated`.
 const OPEN_TO_AUTHENTICATED: [&str; 1] =
     ["/badge.review.v1.AccessReviewService/CreateSelfSubjectAccessReview"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_is_denied_without_its_rule_and_allowed_with_exactly_it() {
-    let s = stack().await;
+    let s = Stack::start().await;
     let admin = s.identity.admin().await;
     let services: [(&str, Vec<MethodTable>); 3] = [
         ("identity", badge_identity::METHOD_TABLES.to_vec()),
@@ -397,15 +335,7 @@ async fn create_sa(admin: &Channel, ns: &str, name: &str) {
             }),
         })
         .await;
-    pb::service_account_service_client::ServiceAccountServiceClient::new(admin.clone())
-        .create_service_account(pb::CreateServiceAccountRequest {
-            service_account: Some(pb::ServiceAccount {
-                metadata: meta(ns, name),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("service account");
+    admin.sa(ns, name).await;
 }
 
 async fn token(issuer: &Channel, ns: &str, name: &str, audiences: &[&str]) -> String {
@@ -457,7 +387,7 @@ fn sa_subject(ns: &str, name: &str) -> rb::Subject {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_callers_are_their_service_account_on_every_service() {
-    let s = stack().await;
+    let s = Stack::start().await;
     let admin = s.identity.admin().await;
     let issuer_admin = s.issuer.channel(&s.identity, &s.identity.pki.admin);
     create_sa(&admin, "dev", "app").await;
@@ -625,7 +555,7 @@ async fn bearer_callers_are_their_service_account_on_every_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_namespace_binding_end_to_end() {
-    let s = stack().await;
+    let s = Stack::start().await;
     let admin = s.identity.admin().await;
     create_sa(&admin, "dev", "builder").await;
     create_sa(&admin, "maintenance", "default-sa").await;
@@ -1060,7 +990,7 @@ where
 /// until the role exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binding_a_missing_role_needs_bind_on_its_name() {
-    let s = stack().await;
+    let s = Stack::start().await;
     let identity = &s.identity;
     let admin = identity.admin().await;
     create_sa(&admin, "dev", "x").await;
@@ -1584,19 +1514,12 @@ async fn escalate_limited_to_a_name_does_not_lift_the_check_on_create() {
 /// SelfSubjectAccessReview gives the same answers for the same attributes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn view_in_a_namespace_reads_that_namespace_but_not_nodes() {
-    let s = stack().await;
+    let s = Stack::start().await;
     let identity = &s.identity;
     let admin = identity.admin().await;
     create_sa(&admin, "ns-a", "x").await;
     create_sa(&admin, "ns-b", "x").await;
-    pb::node_service_client::NodeServiceClient::new(admin.clone())
-        .create_node(pb::CreateNodeRequest {
-            node: Some(pb::Node {
-                metadata: meta("", "node-1"),
-            }),
-        })
-        .await
-        .expect("node");
+    admin.node("node-1").await;
     let vera_subject = rb::Subject {
         kind: "User".into(),
         name: "vera".into(),
@@ -1751,24 +1674,7 @@ async fn view_in_a_namespace_reads_that_namespace_but_not_nodes() {
 
 /// Binds the existing ClusterRole `role` to user `user` cluster-wide.
 async fn bind_cluster(admin: &Channel, name: &str, role: &str, user: &str) {
-    rb::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(admin.clone())
-        .create_cluster_role_binding(rb::CreateClusterRoleBindingRequest {
-            cluster_role_binding: Some(rb::ClusterRoleBinding {
-                metadata: meta("", name),
-                subjects: vec![rb::Subject {
-                    kind: "User".into(),
-                    name: user.into(),
-                    ..Default::default()
-                }],
-                role_ref: Some(rb::RoleRef {
-                    kind: "ClusterRole".into(),
-                    name: role.into(),
-                    ..Default::default()
-                }),
-            }),
-        })
-        .await
-        .expect("cluster role binding");
+    bind(admin, name, role, vec![subject("User", user, "")]).await;
 }
 
 /// Where the old `view` mattered (issue 13, finding 12b): bound cluster-wide it read
@@ -1780,14 +1686,7 @@ async fn bind_cluster(admin: &Channel, name: &str, role: &str, user: &str) {
 async fn cluster_wide_view_reads_no_nodes_and_an_upgrade_drops_the_old_rule() {
     let identity = IdentityServer::start().await;
     let admin = identity.admin().await;
-    pb::node_service_client::NodeServiceClient::new(admin.clone())
-        .create_node(pb::CreateNodeRequest {
-            node: Some(pb::Node {
-                metadata: meta("", "node-1"),
-            }),
-        })
-        .await
-        .expect("node");
+    admin.node("node-1").await;
     bind_cluster(&admin, "val-view", "view", "val").await;
     let val = identity.issue("val", "val", &[]);
     let ch = identity.channel_as(&val).await;
