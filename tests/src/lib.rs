@@ -1,6 +1,15 @@
 //! Test harness: starts the real identity server on an ephemeral port over real
 //! mTLS against a fresh Postgres database, and hands out tonic clients.
 
+// Test support: a failure fails the test that called it, loudly.
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "test support"
+)]
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

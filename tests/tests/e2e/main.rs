@@ -3,6 +3,16 @@
 //! still runs every test in its own process, so tests stay isolated and parallel;
 //! select an area with `-E 'test(/^<module>::/)'`.
 
+// Test code: a failed expectation panics the test; tokens and certificates are made
+// at the wall-clock time the real clients check them against.
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "end-to-end tests"
+)]
+
 mod abuse;
 mod agent;
 mod badgectl;
@@ -21,6 +31,7 @@ mod https_limits;
 mod identity;
 mod issuer;
 mod issuer_failures;
+mod layering;
 mod legacy_cleanup;
 mod method_tables;
 mod newcomer;
