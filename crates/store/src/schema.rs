@@ -8,7 +8,8 @@
 use badge_core::{Error, Result};
 use sqlx::migrate::{MigrateError, Migrator};
 
-use crate::{Db, db_error};
+use crate::Db;
+use crate::error::db_error;
 
 static POSTGRES: Migrator = sqlx::migrate!("../../migrations");
 static SQLITE: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -79,7 +80,7 @@ pub(crate) async fn migrate(db: &Db) -> Result<()> {
             // while another connection of the pool switches it to WAL. Migrations
             // are transactional, so a retry never half-applies one.
             Err(MigrateError::Execute(e))
-                if crate::is_retryable(&e) && attempt < crate::MAX_ATTEMPTS =>
+                if crate::error::is_retryable(&e) && attempt < crate::write::MAX_ATTEMPTS =>
             {
                 tracing::debug!(attempt, error = %e, "retrying migration");
                 tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(attempt))).await;
