@@ -336,45 +336,50 @@ impl Proto {
                     metadata: meta_from_proto(&p.metadata),
                 })
             }
-            Proto::Role(p) => {
-                let (api_version, kind) = tm(Kind::Role);
-                Object::Role(Role {
-                    api_version,
-                    kind,
-                    metadata: meta_from_proto(&p.metadata),
-                    rules: rules_back(&p.rules),
-                })
-            }
+            Proto::Role(p) => Object::Role(role_back(Kind::Role, &p.metadata, &p.rules)),
             Proto::ClusterRole(p) => {
-                let (api_version, kind) = tm(Kind::ClusterRole);
-                Object::ClusterRole(Role {
-                    api_version,
-                    kind,
-                    metadata: meta_from_proto(&p.metadata),
-                    rules: rules_back(&p.rules),
-                })
+                Object::ClusterRole(role_back(Kind::ClusterRole, &p.metadata, &p.rules))
             }
-            Proto::RoleBinding(p) => {
-                let (api_version, kind) = tm(Kind::RoleBinding);
-                Object::RoleBinding(RoleBinding {
-                    api_version,
-                    kind,
-                    metadata: meta_from_proto(&p.metadata),
-                    subjects: subjects_back(&p.subjects),
-                    role_ref: role_ref_back(&p.role_ref),
-                })
-            }
-            Proto::ClusterRoleBinding(p) => {
-                let (api_version, kind) = tm(Kind::ClusterRoleBinding);
-                Object::ClusterRoleBinding(RoleBinding {
-                    api_version,
-                    kind,
-                    metadata: meta_from_proto(&p.metadata),
-                    subjects: subjects_back(&p.subjects),
-                    role_ref: role_ref_back(&p.role_ref),
-                })
-            }
+            Proto::RoleBinding(p) => Object::RoleBinding(binding_back(
+                Kind::RoleBinding,
+                &p.metadata,
+                &p.subjects,
+                &p.role_ref,
+            )),
+            Proto::ClusterRoleBinding(p) => Object::ClusterRoleBinding(binding_back(
+                Kind::ClusterRoleBinding,
+                &p.metadata,
+                &p.subjects,
+                &p.role_ref,
+            )),
         }
+    }
+}
+
+/// A Role or ClusterRole: one shape in Kubernetes, two messages in Badge.
+fn role_back(kind: Kind, metadata: &Option<meta::ObjectMeta>, rules: &[rbac::PolicyRule]) -> Role {
+    Role {
+        api_version: kind.api_version().to_string(),
+        kind: kind.as_str().to_string(),
+        metadata: meta_from_proto(metadata),
+        rules: rules_back(rules),
+    }
+}
+
+/// A RoleBinding or ClusterRoleBinding: one shape in Kubernetes, two messages in
+/// Badge.
+fn binding_back(
+    kind: Kind,
+    metadata: &Option<meta::ObjectMeta>,
+    subjects: &[rbac::Subject],
+    role_ref: &Option<rbac::RoleRef>,
+) -> RoleBinding {
+    RoleBinding {
+        api_version: kind.api_version().to_string(),
+        kind: kind.as_str().to_string(),
+        metadata: meta_from_proto(metadata),
+        subjects: subjects_back(subjects),
+        role_ref: role_ref_back(role_ref),
     }
 }
 
