@@ -2,8 +2,8 @@
 //! and their conversion to and from Badge's protobuf messages. Every struct refuses
 //! unknown fields, so a typo is an error naming the field instead of being dropped.
 //!
-//! [`types`] holds the serde types, [`to_proto`] and [`from_proto`] the two
-//! directions, [`kind`] badgectl's names for core's [`Kind`].
+//! `types` holds the serde types, `to_proto` and `from_proto` the two directions,
+//! `kind` badgectl's names for core's [`Kind`].
 
 mod from_proto;
 mod kind;

@@ -31,11 +31,11 @@
 //! `BEGIN` (`Store::begin_write`), each backend's migrations (`migrations/` and
 //! `migrations/sqlite/`, see [`schema`]) and the error codes ([`db_error`]).
 //!
-//! Modules: [`types`] (what callers pass and get back), [`read`] (get, list,
-//! scan), [`feed`] (the change feed and its compaction), [`write`] (`apply` and
-//! its transaction), [`seal`] (Secret data at rest), [`row`] (rows to records),
-//! [`error`] (sqlx errors to domain errors); this file keeps the handle, the
-//! connection and the transactions every module shares.
+//! Modules: `types` (what callers pass and get back), `read` (get, list, scan),
+//! `feed` (the change feed and its compaction), `write` (`apply` and its
+//! transaction), `seal` (Secret data at rest), `row` (rows to records), `error`
+//! (sqlx errors to domain errors); this file keeps the handle, the connection
+//! and the transactions every module shares.
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -96,7 +96,10 @@ impl Store {
 }
 
 /// Postgres-only: wakes every LISTENer when (and only if) the transaction commits.
-async fn notify(tx: &mut Transaction<'static, Postgres>, revision: i64) -> sqlx::Result<()> {
+pub(crate) async fn notify(
+    tx: &mut Transaction<'static, Postgres>,
+    revision: i64,
+) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
         .bind(revision.to_string())
