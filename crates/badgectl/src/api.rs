@@ -16,422 +16,196 @@ impl Api {
     pub fn new(ch: Ch) -> Self {
         Api { ch }
     }
+}
 
-    pub async fn create(&self, p: &Proto) -> Result<Proto, Status> {
-        let ch = self.ch.clone();
-        Ok(match p.clone() {
-            Proto::Namespace(o) => Proto::Namespace(
-                id::namespace_service_client::NamespaceServiceClient::new(ch)
-                    .create_namespace(id::CreateNamespaceRequest { namespace: Some(o) })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::ServiceAccount(o) => Proto::ServiceAccount(
-                id::service_account_service_client::ServiceAccountServiceClient::new(ch)
-                    .create_service_account(id::CreateServiceAccountRequest {
-                        service_account: Some(o),
-                    })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::Secret(o) => Proto::Secret(
-                id::secret_service_client::SecretServiceClient::new(ch)
-                    .create_secret(id::CreateSecretRequest { secret: Some(o) })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::Pod(o) => Proto::Pod(
-                id::pod_service_client::PodServiceClient::new(ch)
-                    .create_pod(id::CreatePodRequest { pod: Some(o) })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::Node(o) => Proto::Node(
-                id::node_service_client::NodeServiceClient::new(ch)
-                    .create_node(id::CreateNodeRequest { node: Some(o) })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::Role(o) => Proto::Role(
-                rbac::role_service_client::RoleServiceClient::new(ch)
-                    .create_role(rbac::CreateRoleRequest { role: Some(o) })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::ClusterRole(o) => Proto::ClusterRole(
-                rbac::cluster_role_service_client::ClusterRoleServiceClient::new(ch)
-                    .create_cluster_role(rbac::CreateClusterRoleRequest {
-                        cluster_role: Some(o),
-                    })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::RoleBinding(o) => Proto::RoleBinding(
-                rbac::role_binding_service_client::RoleBindingServiceClient::new(ch)
-                    .create_role_binding(rbac::CreateRoleBindingRequest {
-                        role_binding: Some(o),
-                    })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::ClusterRoleBinding(o) => Proto::ClusterRoleBinding(
-                rbac::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(ch)
-                    .create_cluster_role_binding(rbac::CreateClusterRoleBindingRequest {
-                        cluster_role_binding: Some(o),
-                    })
-                    .await?
-                    .into_inner(),
-            ),
-        })
-    }
+/// A kind badgectl never parses (the token-issuer's own kinds): no identity RPC.
+fn not_served(kind: Kind) -> Status {
+    Status::unimplemented(format!("identity does not serve {}", kind.resource()))
+}
 
-    pub async fn update(&self, p: &Proto) -> Result<Proto, Status> {
-        let ch = self.ch.clone();
-        Ok(match p.clone() {
-            Proto::Namespace(o) => Proto::Namespace(
-                id::namespace_service_client::NamespaceServiceClient::new(ch)
-                    .update_namespace(id::UpdateNamespaceRequest { namespace: Some(o) })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::ServiceAccount(o) => Proto::ServiceAccount(
-                id::service_account_service_client::ServiceAccountServiceClient::new(ch)
-                    .update_service_account(id::UpdateServiceAccountRequest {
-                        service_account: Some(o),
-                    })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::Secret(o) => Proto::Secret(
-                id::secret_service_client::SecretServiceClient::new(ch)
-                    .update_secret(id::UpdateSecretRequest { secret: Some(o) })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::Pod(o) => Proto::Pod(
-                id::pod_service_client::PodServiceClient::new(ch)
-                    .update_pod(id::UpdatePodRequest { pod: Some(o) })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::Node(o) => Proto::Node(
-                id::node_service_client::NodeServiceClient::new(ch)
-                    .update_node(id::UpdateNodeRequest { node: Some(o) })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::Role(o) => Proto::Role(
-                rbac::role_service_client::RoleServiceClient::new(ch)
-                    .update_role(rbac::UpdateRoleRequest { role: Some(o) })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::ClusterRole(o) => Proto::ClusterRole(
-                rbac::cluster_role_service_client::ClusterRoleServiceClient::new(ch)
-                    .update_cluster_role(rbac::UpdateClusterRoleRequest {
-                        cluster_role: Some(o),
-                    })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::RoleBinding(o) => Proto::RoleBinding(
-                rbac::role_binding_service_client::RoleBindingServiceClient::new(ch)
-                    .update_role_binding(rbac::UpdateRoleBindingRequest {
-                        role_binding: Some(o),
-                    })
-                    .await?
-                    .into_inner(),
-            ),
-            Proto::ClusterRoleBinding(o) => Proto::ClusterRoleBinding(
-                rbac::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(ch)
-                    .update_cluster_role_binding(rbac::UpdateClusterRoleBindingRequest {
-                        cluster_role_binding: Some(o),
-                    })
-                    .await?
-                    .into_inner(),
-            ),
-        })
-    }
+/// A request naming an object: with its namespace for a namespaced kind, without
+/// for a cluster-scoped one (`$ns` is the caller's variable).
+macro_rules! scoped {
+    (namespaced, $m:ident::$req:ident, $ns:ident { $($f:tt)* }) => {
+        $m::$req { $ns, $($f)* }
+    };
+    (cluster, $m:ident::$req:ident, $ns:ident { $($f:tt)* }) => {
+        $m::$req { $($f)* }
+    };
+}
 
-    pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Proto, Status> {
-        let ch = self.ch.clone();
-        let (namespace, name) = (namespace.to_string(), name.to_string());
-        Ok(match kind {
-            Kind::Namespace => Proto::Namespace(
-                id::namespace_service_client::NamespaceServiceClient::new(ch)
-                    .get_namespace(id::GetNamespaceRequest { name })
-                    .await?
-                    .into_inner(),
-            ),
-            Kind::ServiceAccount => Proto::ServiceAccount(
-                id::service_account_service_client::ServiceAccountServiceClient::new(ch)
-                    .get_service_account(id::GetServiceAccountRequest { namespace, name })
-                    .await?
-                    .into_inner(),
-            ),
-            Kind::Secret => Proto::Secret(
-                id::secret_service_client::SecretServiceClient::new(ch)
-                    .get_secret(id::GetSecretRequest { namespace, name })
-                    .await?
-                    .into_inner(),
-            ),
-            Kind::Pod => Proto::Pod(
-                id::pod_service_client::PodServiceClient::new(ch)
-                    .get_pod(id::GetPodRequest { namespace, name })
-                    .await?
-                    .into_inner(),
-            ),
-            Kind::Node => Proto::Node(
-                id::node_service_client::NodeServiceClient::new(ch)
-                    .get_node(id::GetNodeRequest { name })
-                    .await?
-                    .into_inner(),
-            ),
-            Kind::Role => Proto::Role(
-                rbac::role_service_client::RoleServiceClient::new(ch)
-                    .get_role(rbac::GetRoleRequest { namespace, name })
-                    .await?
-                    .into_inner(),
-            ),
-            Kind::ClusterRole => Proto::ClusterRole(
-                rbac::cluster_role_service_client::ClusterRoleServiceClient::new(ch)
-                    .get_cluster_role(rbac::GetClusterRoleRequest { name })
-                    .await?
-                    .into_inner(),
-            ),
-            Kind::RoleBinding => Proto::RoleBinding(
-                rbac::role_binding_service_client::RoleBindingServiceClient::new(ch)
-                    .get_role_binding(rbac::GetRoleBindingRequest { namespace, name })
-                    .await?
-                    .into_inner(),
-            ),
-            Kind::ClusterRoleBinding => Proto::ClusterRoleBinding(
-                rbac::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(ch)
-                    .get_cluster_role_binding(rbac::GetClusterRoleBindingRequest { name })
-                    .await?
-                    .into_inner(),
-            ),
-        })
-    }
-
-    /// Every object of `kind` in `namespace` (empty: all namespaces), following pages.
-    pub async fn list(&self, kind: Kind, namespace: &str) -> Result<Vec<Proto>, Status> {
-        let mut out = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let ch = self.ch.clone();
-            let namespace = namespace.to_string();
-            let (page_size, pt) = (1000, page_token.clone());
-            let next = match kind {
-                Kind::Namespace => {
-                    let r = id::namespace_service_client::NamespaceServiceClient::new(ch)
-                        .list_namespaces(id::ListNamespacesRequest {
-                            page_size,
-                            page_token: pt,
-                            label_selector: String::new(),
-                        })
-                        .await?
-                        .into_inner();
-                    out.extend(r.namespaces.into_iter().map(Proto::Namespace));
-                    r.next_page_token
-                }
-                Kind::ServiceAccount => {
-                    let r =
-                        id::service_account_service_client::ServiceAccountServiceClient::new(ch)
-                            .list_service_accounts(id::ListServiceAccountsRequest {
-                                namespace,
-                                page_size,
-                                page_token: pt,
-                                label_selector: String::new(),
-                            })
+/// [`Api`]'s verbs, from one row per kind: its [`Proto`] (and [`Kind`]) variant,
+/// scope, gRPC client, the request field carrying the object, the list response's
+/// field, and the five RPCs with their request types. Every kind's RPCs have the
+/// same shape; only these names differ, so each verb is written once below.
+macro_rules! api {
+    ($(
+        $variant:ident: $scope:ident, $m:ident::$cmod:ident::$client:ident, $field:ident, $items:ident {
+            $create:ident($create_req:ident),
+            $update:ident($update_req:ident),
+            $get:ident($get_req:ident),
+            $list:ident($list_req:ident),
+            $delete:ident($delete_req:ident) $(,)?
+        }
+    )*) => {
+        impl Api {
+            pub async fn create(&self, p: &Proto) -> Result<Proto, Status> {
+                let ch = self.ch.clone();
+                Ok(match p.clone() {
+                    $(Proto::$variant(o) => Proto::$variant(
+                        $m::$cmod::$client::new(ch)
+                            .$create($m::$create_req { $field: Some(o) })
                             .await?
-                            .into_inner();
-                    out.extend(r.service_accounts.into_iter().map(Proto::ServiceAccount));
-                    r.next_page_token
-                }
-                Kind::Secret => {
-                    let r = id::secret_service_client::SecretServiceClient::new(ch)
-                        .list_secrets(id::ListSecretsRequest {
-                            namespace,
-                            page_size,
-                            page_token: pt,
-                            label_selector: String::new(),
-                        })
-                        .await?
-                        .into_inner();
-                    out.extend(r.secrets.into_iter().map(Proto::Secret));
-                    r.next_page_token
-                }
-                Kind::Pod => {
-                    let r = id::pod_service_client::PodServiceClient::new(ch)
-                        .list_pods(id::ListPodsRequest {
-                            namespace,
-                            page_size,
-                            page_token: pt,
-                            label_selector: String::new(),
-                        })
-                        .await?
-                        .into_inner();
-                    out.extend(r.pods.into_iter().map(Proto::Pod));
-                    r.next_page_token
-                }
-                Kind::Node => {
-                    let r = id::node_service_client::NodeServiceClient::new(ch)
-                        .list_nodes(id::ListNodesRequest {
-                            page_size,
-                            page_token: pt,
-                            label_selector: String::new(),
-                        })
-                        .await?
-                        .into_inner();
-                    out.extend(r.nodes.into_iter().map(Proto::Node));
-                    r.next_page_token
-                }
-                Kind::Role => {
-                    let r = rbac::role_service_client::RoleServiceClient::new(ch)
-                        .list_roles(rbac::ListRolesRequest {
-                            namespace,
-                            page_size,
-                            page_token: pt,
-                            label_selector: String::new(),
-                        })
-                        .await?
-                        .into_inner();
-                    out.extend(r.roles.into_iter().map(Proto::Role));
-                    r.next_page_token
-                }
-                Kind::ClusterRole => {
-                    let r = rbac::cluster_role_service_client::ClusterRoleServiceClient::new(ch)
-                        .list_cluster_roles(rbac::ListClusterRolesRequest {
-                            page_size,
-                            page_token: pt,
-                            label_selector: String::new(),
-                        })
-                        .await?
-                        .into_inner();
-                    out.extend(r.cluster_roles.into_iter().map(Proto::ClusterRole));
-                    r.next_page_token
-                }
-                Kind::RoleBinding => {
-                    let r = rbac::role_binding_service_client::RoleBindingServiceClient::new(ch)
-                        .list_role_bindings(rbac::ListRoleBindingsRequest {
-                            namespace,
-                            page_size,
-                            page_token: pt,
-                            label_selector: String::new(),
-                        })
-                        .await?
-                        .into_inner();
-                    out.extend(r.role_bindings.into_iter().map(Proto::RoleBinding));
-                    r.next_page_token
-                }
-                Kind::ClusterRoleBinding => {
-                    let r = rbac::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(ch)
-                        .list_cluster_role_bindings(rbac::ListClusterRoleBindingsRequest {
-                            page_size,
-                            page_token: pt,
-                            label_selector: String::new(),
-                        })
-                        .await?
-                        .into_inner();
-                    out.extend(
-                        r.cluster_role_bindings
-                            .into_iter()
-                            .map(Proto::ClusterRoleBinding),
-                    );
-                    r.next_page_token
-                }
-            };
-            if next.is_empty() {
-                return Ok(out);
+                            .into_inner(),
+                    ),)*
+                })
             }
-            page_token = next;
-        }
-    }
 
-    pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), Status> {
-        let ch = self.ch.clone();
-        let (namespace, name) = (namespace.to_string(), name.to_string());
-        match kind {
-            Kind::Namespace => {
-                id::namespace_service_client::NamespaceServiceClient::new(ch)
-                    .delete_namespace(id::DeleteNamespaceRequest {
-                        name,
-                        ..Default::default()
-                    })
-                    .await?;
+            pub async fn update(&self, p: &Proto) -> Result<Proto, Status> {
+                let ch = self.ch.clone();
+                Ok(match p.clone() {
+                    $(Proto::$variant(o) => Proto::$variant(
+                        $m::$cmod::$client::new(ch)
+                            .$update($m::$update_req { $field: Some(o) })
+                            .await?
+                            .into_inner(),
+                    ),)*
+                })
             }
-            Kind::ServiceAccount => {
-                id::service_account_service_client::ServiceAccountServiceClient::new(ch)
-                    .delete_service_account(id::DeleteServiceAccountRequest {
-                        namespace,
-                        name,
-                        ..Default::default()
-                    })
-                    .await?;
+
+            pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Proto, Status> {
+                let ch = self.ch.clone();
+                let (namespace, name) = (namespace.to_string(), name.to_string());
+                Ok(match kind {
+                    $(Kind::$variant => Proto::$variant(
+                        $m::$cmod::$client::new(ch)
+                            .$get(scoped!($scope, $m::$get_req, namespace { name }))
+                            .await?
+                            .into_inner(),
+                    ),)*
+                    Kind::SigningKey | Kind::Revocation | Kind::CertificateAuthority => {
+                        return Err(not_served(kind));
+                    }
+                })
             }
-            Kind::Secret => {
-                id::secret_service_client::SecretServiceClient::new(ch)
-                    .delete_secret(id::DeleteSecretRequest {
-                        namespace,
-                        name,
-                        ..Default::default()
-                    })
-                    .await?;
+
+            /// Every object of `kind` in `namespace` (empty: all namespaces), following pages.
+            pub async fn list(&self, kind: Kind, namespace: &str) -> Result<Vec<Proto>, Status> {
+                let mut out = Vec::new();
+                let mut page_token = String::new();
+                loop {
+                    let ch = self.ch.clone();
+                    let namespace = namespace.to_string();
+                    let (page_size, pt) = (1000, page_token.clone());
+                    let next = match kind {
+                        $(Kind::$variant => {
+                            let r = $m::$cmod::$client::new(ch)
+                                .$list(scoped!($scope, $m::$list_req, namespace {
+                                    page_size,
+                                    page_token: pt,
+                                    label_selector: String::new(),
+                                }))
+                                .await?
+                                .into_inner();
+                            out.extend(r.$items.into_iter().map(Proto::$variant));
+                            r.next_page_token
+                        })*
+                        Kind::SigningKey | Kind::Revocation | Kind::CertificateAuthority => {
+                        return Err(not_served(kind));
+                    }
+                    };
+                    if next.is_empty() {
+                        return Ok(out);
+                    }
+                    page_token = next;
+                }
             }
-            Kind::Pod => {
-                id::pod_service_client::PodServiceClient::new(ch)
-                    .delete_pod(id::DeletePodRequest {
-                        namespace,
-                        name,
-                        ..Default::default()
-                    })
-                    .await?;
-            }
-            Kind::Node => {
-                id::node_service_client::NodeServiceClient::new(ch)
-                    .delete_node(id::DeleteNodeRequest {
-                        name,
-                        ..Default::default()
-                    })
-                    .await?;
-            }
-            Kind::Role => {
-                rbac::role_service_client::RoleServiceClient::new(ch)
-                    .delete_role(rbac::DeleteRoleRequest {
-                        namespace,
-                        name,
-                        ..Default::default()
-                    })
-                    .await?;
-            }
-            Kind::ClusterRole => {
-                rbac::cluster_role_service_client::ClusterRoleServiceClient::new(ch)
-                    .delete_cluster_role(rbac::DeleteClusterRoleRequest {
-                        name,
-                        ..Default::default()
-                    })
-                    .await?;
-            }
-            Kind::RoleBinding => {
-                rbac::role_binding_service_client::RoleBindingServiceClient::new(ch)
-                    .delete_role_binding(rbac::DeleteRoleBindingRequest {
-                        namespace,
-                        name,
-                        ..Default::default()
-                    })
-                    .await?;
-            }
-            Kind::ClusterRoleBinding => {
-                rbac::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(ch)
-                    .delete_cluster_role_binding(rbac::DeleteClusterRoleBindingRequest {
-                        name,
-                        ..Default::default()
-                    })
-                    .await?;
+
+            pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), Status> {
+                let ch = self.ch.clone();
+                let (namespace, name) = (namespace.to_string(), name.to_string());
+                match kind {
+                    $(Kind::$variant => {
+                        $m::$cmod::$client::new(ch)
+                            .$delete(scoped!($scope, $m::$delete_req, namespace {
+                                name,
+                                ..Default::default()
+                            }))
+                            .await?;
+                    })*
+                    Kind::SigningKey | Kind::Revocation | Kind::CertificateAuthority => {
+                        return Err(not_served(kind));
+                    }
+                }
+                Ok(())
             }
         }
-        Ok(())
+    };
+}
+
+api! {
+    Namespace: cluster, id::namespace_service_client::NamespaceServiceClient, namespace, namespaces {
+        create_namespace(CreateNamespaceRequest),
+        update_namespace(UpdateNamespaceRequest),
+        get_namespace(GetNamespaceRequest),
+        list_namespaces(ListNamespacesRequest),
+        delete_namespace(DeleteNamespaceRequest),
+    }
+    ServiceAccount: namespaced, id::service_account_service_client::ServiceAccountServiceClient, service_account, service_accounts {
+        create_service_account(CreateServiceAccountRequest),
+        update_service_account(UpdateServiceAccountRequest),
+        get_service_account(GetServiceAccountRequest),
+        list_service_accounts(ListServiceAccountsRequest),
+        delete_service_account(DeleteServiceAccountRequest),
+    }
+    Secret: namespaced, id::secret_service_client::SecretServiceClient, secret, secrets {
+        create_secret(CreateSecretRequest),
+        update_secret(UpdateSecretRequest),
+        get_secret(GetSecretRequest),
+        list_secrets(ListSecretsRequest),
+        delete_secret(DeleteSecretRequest),
+    }
+    Pod: namespaced, id::pod_service_client::PodServiceClient, pod, pods {
+        create_pod(CreatePodRequest),
+        update_pod(UpdatePodRequest),
+        get_pod(GetPodRequest),
+        list_pods(ListPodsRequest),
+        delete_pod(DeletePodRequest),
+    }
+    Node: cluster, id::node_service_client::NodeServiceClient, node, nodes {
+        create_node(CreateNodeRequest),
+        update_node(UpdateNodeRequest),
+        get_node(GetNodeRequest),
+        list_nodes(ListNodesRequest),
+        delete_node(DeleteNodeRequest),
+    }
+    Role: namespaced, rbac::role_service_client::RoleServiceClient, role, roles {
+        create_role(CreateRoleRequest),
+        update_role(UpdateRoleRequest),
+        get_role(GetRoleRequest),
+        list_roles(ListRolesRequest),
+        delete_role(DeleteRoleRequest),
+    }
+    ClusterRole: cluster, rbac::cluster_role_service_client::ClusterRoleServiceClient, cluster_role, cluster_roles {
+        create_cluster_role(CreateClusterRoleRequest),
+        update_cluster_role(UpdateClusterRoleRequest),
+        get_cluster_role(GetClusterRoleRequest),
+        list_cluster_roles(ListClusterRolesRequest),
+        delete_cluster_role(DeleteClusterRoleRequest),
+    }
+    RoleBinding: namespaced, rbac::role_binding_service_client::RoleBindingServiceClient, role_binding, role_bindings {
+        create_role_binding(CreateRoleBindingRequest),
+        update_role_binding(UpdateRoleBindingRequest),
+        get_role_binding(GetRoleBindingRequest),
+        list_role_bindings(ListRoleBindingsRequest),
+        delete_role_binding(DeleteRoleBindingRequest),
+    }
+    ClusterRoleBinding: cluster, rbac::cluster_role_binding_service_client::ClusterRoleBindingServiceClient, cluster_role_binding, cluster_role_bindings {
+        create_cluster_role_binding(CreateClusterRoleBindingRequest),
+        update_cluster_role_binding(UpdateClusterRoleBindingRequest),
+        get_cluster_role_binding(GetClusterRoleBindingRequest),
+        list_cluster_role_bindings(ListClusterRoleBindingsRequest),
+        delete_cluster_role_binding(DeleteClusterRoleBindingRequest),
     }
 }
 

@@ -16,7 +16,7 @@ use tonic::Code;
 use crate::api::{Api, is_subset, merge_for_update};
 use crate::cert::{self, KeyType};
 use crate::conn::{Connection, ConnectionArgs, status_error};
-use crate::k8s::{self, Kind, Object, Proto};
+use crate::k8s::{self, Kind, KindExt as _, Object, Proto};
 use crate::manifest;
 
 #[derive(Parser)]
@@ -490,6 +490,8 @@ pub fn table(kind: Kind, objects: &[Object], show_ns: bool, wide: bool, now: Sys
         Kind::Node => &["AGE"],
         Kind::Role | Kind::ClusterRole => &["CREATED AT"],
         Kind::RoleBinding | Kind::ClusterRoleBinding => &["ROLE", "AGE"],
+        // The token-issuer's own kinds: `get` never parses them.
+        Kind::SigningKey | Kind::Revocation | Kind::CertificateAuthority => &["AGE"],
     };
     header.extend_from_slice(extra);
     if wide {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
-use crate::k8s::{self, Kind, Object};
+use crate::k8s::{self, Kind, KindExt as _, Object};
 
 /// One parsed document, ready to apply.
 #[derive(Debug, Clone)]
@@ -24,7 +24,7 @@ impl Document {
         format!(
             "{} ({} {})",
             self.label,
-            self.object.kind().name(),
+            self.object.kind().as_str(),
             qualified(&m.namespace, &m.name)
         )
     }
@@ -117,10 +117,13 @@ pub fn parse_value(
     if api_version.is_empty() {
         return Err(fail("missing field \"apiVersion\" at apiVersion".into()));
     }
-    let Some(k) = Kind::from_manifest(&api_version, &kind) else {
-        return Err(fail(format!(
+    let unknown = || {
+        fail(format!(
             "unknown kind {kind:?} in apiVersion {api_version:?} at kind: badgectl applies v1 Namespace, ServiceAccount, Secret, Pod, Node and rbac.authorization.k8s.io/v1 Role, ClusterRole, RoleBinding, ClusterRoleBinding"
-        )));
+        ))
+    };
+    let Some(k) = Kind::from_manifest(&api_version, &kind) else {
+        return Err(unknown());
     };
     let mut object = match k {
         Kind::Namespace => Object::Namespace(typed(v).map_err(&fail)?),
@@ -132,6 +135,8 @@ pub fn parse_value(
         Kind::ClusterRole => Object::ClusterRole(typed(v).map_err(&fail)?),
         Kind::RoleBinding => Object::RoleBinding(typed(v).map_err(&fail)?),
         Kind::ClusterRoleBinding => Object::ClusterRoleBinding(typed(v).map_err(&fail)?),
+        // The token-issuer's own kinds: from_manifest never names them.
+        Kind::SigningKey | Kind::Revocation | Kind::CertificateAuthority => return Err(unknown()),
     };
     if name.is_empty() {
         return Err(fail("missing field \"name\" at metadata.name".into()));

@@ -11,7 +11,8 @@ use std::sync::LazyLock;
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 
-use crate::{Db, db_error};
+use crate::Db;
+use crate::error::db_error;
 
 /// The migrations this binary embeds, per backend: (version, description, SQL),
 /// exactly as sqlx names a file `<version>_<description>.sql`. Listed by hand
@@ -119,7 +120,7 @@ pub(crate) async fn migrate(db: &Db) -> Result<()> {
             // while another connection of the pool switches it to WAL. Migrations
             // are transactional, so a retry never half-applies one.
             Err(MigrateError::Execute(e))
-                if crate::is_retryable(&e) && attempt < crate::MAX_ATTEMPTS =>
+                if crate::error::is_retryable(&e) && attempt < crate::write::MAX_ATTEMPTS =>
             {
                 tracing::debug!(attempt, error = %e, "retrying migration");
                 tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(attempt))).await;

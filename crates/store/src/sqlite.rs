@@ -223,7 +223,7 @@ pub(crate) async fn create_database_if_missing(url: &str) -> Result<bool> {
     let conn: SqliteConnection = connect
         .connect()
         .await
-        .map_err(|e| crate::db_error(e, None))?;
+        .map_err(|e| crate::error::db_error(e, None))?;
     let _ = conn.close().await;
     Ok(true)
 }
