@@ -1,7 +1,12 @@
 //! Forged tokens with the real issuer and random key ids must not turn into one
 //! store query each (#13 finding 8): the reviewer re-reads the signing keys at
 //! most once per `KEY_REFRESH_INTERVAL`, however many unknown kids arrive.
-#![allow(clippy::panic, clippy::expect_used, clippy::disallowed_methods, reason = "integration test: a failure fails the test; tokens and records are made at the wall-clock time real clients check")]
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "integration test: a failure fails the test; tokens and records are made at the wall-clock time real clients check"
+)]
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

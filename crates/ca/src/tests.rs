@@ -1,4 +1,7 @@
-#![allow(clippy::disallowed_methods, reason = "certificates here are checked by real verifiers against the wall clock")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "certificates here are checked by real verifiers against the wall clock"
+)]
 //! badge-ca tests. Issued certificates are checked field by field here and then handed
 //! to third-party verifiers: `openssl verify`, the Rust `spiffe` crate's X.509-SVID
 //! parser, and a rustls/webpki mTLS handshake between two issued leaves.

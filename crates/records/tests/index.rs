@@ -1,6 +1,11 @@
 //! The index against a real Postgres: initial list, feed-driven updates from
 //! another store instance, deletions, read-through.
-#![allow(clippy::panic, clippy::expect_used, clippy::disallowed_methods, reason = "integration test: a failure fails the test; tokens and records are made at the wall-clock time real clients check")]
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "integration test: a failure fails the test; tokens and records are made at the wall-clock time real clients check"
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;

@@ -7,7 +7,12 @@
 //! [`fresh_database`] is Postgres unless `BADGE_TEST_BACKEND=sqlite`;
 //! [`fresh_database_on`] picks the backend explicitly (the store's own suite runs
 //! every test on both).
-#![allow(clippy::panic, clippy::expect_used, clippy::disallowed_methods, reason = "test support: a failure fails the test that called it, loudly")]
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "test support: a failure fails the test that called it, loudly"
+)]
 
 use std::path::PathBuf;
 

@@ -4,7 +4,12 @@
 //! written here and not listed in `on_both_backends!` at the bottom is dead code,
 //! which clippy refuses. These tests never skip: no Postgres server is a loud
 //! failure.
-#![allow(clippy::panic, clippy::expect_used, clippy::disallowed_methods, reason = "integration test: a failure fails the test; tokens and records are made at the wall-clock time real clients check")]
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "integration test: a failure fails the test; tokens and records are made at the wall-clock time real clients check"
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;

@@ -19,8 +19,12 @@
 //! Statistics. Each test prints (stderr) its case count, the longest input tried and
 //! the slowest case; with `BADGE_PROPTEST_REPORT=<file>` it also appends that line
 //! to the file (the long run's summary).
-#![allow(clippy::panic, clippy::expect_used, clippy::disallowed_methods, reason = "test support: a failure fails the property test that called it")]
-
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "test support: a failure fails the property test that called it"
+)]
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::Write as _;
