@@ -3,10 +3,10 @@
 #![allow(
     clippy::panic,
     clippy::expect_used,
+    clippy::unwrap_used,
     clippy::disallowed_methods,
     reason = "integration test: a failure fails the test; tokens and records are made at the wall-clock time real clients check"
 )]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
