@@ -9,8 +9,9 @@
 //! an HMAC secret), RS384/RS512/PS* and an ES* of the wrong curve are all refused, so
 //! algorithm confusion cannot turn a public key into a signing secret.
 
+use badge_core::quote::aggregate_errors;
 use badge_core::review::{
-    INVALID_SIGNATURE, NO_KEYS_FOUND, SignatureVerifier, UNSUPPORTED_ALGORITHM, aggregate_errors,
+    INVALID_SIGNATURE, NO_KEYS_FOUND, SignatureVerifier, UNSUPPORTED_ALGORITHM,
 };
 
 use crate::PublicKey;
