@@ -10,7 +10,6 @@ use super::jws::{Jws, Parsed, parse};
 use super::*;
 use crate::clock::last_used_needs_update;
 use crate::names::{validate_dns_label, validate_dns_subdomain};
-use crate::quote::{aggregate_errors, go_quote, go_quote_list};
 use crate::token::{LEGACY_ISSUER, credential_id, unix_seconds};
 use crate::user::{SERVICE_ACCOUNT_USERNAME_PREFIX, service_account_username};
 
@@ -50,12 +49,17 @@ pub(super) struct Context<'a> {
     pub(super) legacy_secret: Option<(String, String)>,
 }
 
-fn not_found(resource: &str, name: &str) -> String {
-    // The live GET (`tokengetter.go`) fails before the request for an empty name.
-    if name.is_empty() {
-        "resource name may not be empty".to_owned()
-    } else {
-        format!("{resource} {} not found", go_quote(name))
+fn not_found(resource: &'static str, name: &str) -> ReviewError {
+    ReviewError::NotFound {
+        resource,
+        name: name.to_owned(),
+    }
+}
+
+fn mismatch(actual: &str, claim: &str) -> UidMismatch {
+    UidMismatch {
+        actual: actual.to_owned(),
+        claim: claim.to_owned(),
     }
 }
 
@@ -97,16 +101,16 @@ impl Context<'_> {
         self.annotations.push((key.to_owned(), value));
     }
 
-    pub(super) fn run(&mut self) -> Result<Authenticated, String> {
+    pub(super) fn run(&mut self) -> Result<Authenticated, ReviewError> {
         let max = match self.settings.max_token_len {
             0 => DEFAULT_MAX_TOKEN_LEN,
             n => n,
         };
         if self.token.len() > max {
-            return Err(format!(
-                "token is too long: {} bytes, at most {max} are allowed",
-                self.token.len()
-            ));
+            return Err(ReviewError::TooLong {
+                len: self.token.len(),
+                max,
+            });
         }
         let digest = self
             .verifier
@@ -130,8 +134,8 @@ impl Context<'_> {
             }
         }
         let jws = match parse(self.token, self.settings) {
-            Parsed::NotMine => return Err(INVALID_BEARER_TOKEN.to_owned()),
-            Parsed::Malformed => return Err(MALFORMED_TOKEN.to_owned()),
+            Parsed::NotMine => return Err(ReviewError::InvalidBearerToken),
+            Parsed::Malformed => return Err(ReviewError::MalformedToken),
             Parsed::Jws(jws) => jws,
         };
 
@@ -160,37 +164,39 @@ impl Context<'_> {
                 Err(e) => errors.push(e),
             }
         }
-        if errors.is_empty() {
-            return Err(INVALID_BEARER_TOKEN.to_owned());
-        }
-        Err(aggregate_errors(&errors))
+        // None claimed it: "invalid bearer token"; one failure prints as itself.
+        Err(ReviewError::aggregate(errors))
     }
 
     /// §3.2 step 3 and the claim decoding for one authenticator: what depends on
     /// the token's bytes alone (see [`VerifiedToken`]).
-    fn verify_and_decode(&self, which: Authenticator, jws: &Jws) -> Result<VerifiedToken, String> {
+    fn verify_and_decode(
+        &self,
+        which: Authenticator,
+        jws: &Jws,
+    ) -> Result<VerifiedToken, ReviewError> {
         // Step 3: signature.
         let alg = jws.alg.as_str();
         if alg.is_empty()
             || alg.eq_ignore_ascii_case("none")
             || alg.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("HS"))
         {
-            return Err(UNSUPPORTED_ALGORITHM.to_owned());
+            return Err(ReviewError::UnsupportedAlgorithm);
         }
         if jws.crit {
-            return Err(UNSUPPORTED_CRITICAL_HEADER.to_owned());
+            return Err(ReviewError::UnsupportedCriticalHeader);
         }
         self.verifier
             .verify(&jws.kid, alg, jws.signing_input, &jws.signature)?;
 
-        let public = PublicClaims::parse(&jws.claims).map_err(|_| MALFORMED_TOKEN.to_owned())?;
+        let public = PublicClaims::parse(&jws.claims).map_err(|_| ReviewError::MalformedToken)?;
         let private = match which {
-            Authenticator::Legacy => {
-                Private::Legacy(LegacyClaims::parse(&jws.claims).map_err(|_| MALFORMED_TOKEN)?)
-            }
-            Authenticator::Bound => {
-                Private::Bound(BoundClaims::parse(&jws.claims).map_err(|_| MALFORMED_TOKEN)?)
-            }
+            Authenticator::Legacy => Private::Legacy(
+                LegacyClaims::parse(&jws.claims).map_err(|_| ReviewError::MalformedToken)?,
+            ),
+            Authenticator::Bound => Private::Bound(
+                BoundClaims::parse(&jws.claims).map_err(|_| ReviewError::MalformedToken)?,
+            ),
         };
 
         Ok(VerifiedToken {
@@ -202,7 +208,7 @@ impl Context<'_> {
 
     /// §3.2 steps 4–7: what depends on the settings, the clock and the objects,
     /// run on every review.
-    fn check(&mut self, v: &VerifiedToken) -> Result<Authenticated, String> {
+    fn check(&mut self, v: &VerifiedToken) -> Result<Authenticated, ReviewError> {
         let public = &v.public;
         // Step 4: issuer re-check.
         let issuer_ok = match v.which {
@@ -210,7 +216,7 @@ impl Context<'_> {
             Authenticator::Bound => self.settings.issuers.contains(&public.iss),
         };
         if !issuer_ok {
-            return Err(format!("token issuer {} is invalid", go_quote(&public.iss)));
+            return Err(ReviewError::InvalidIssuer(public.iss.clone()));
         }
 
         // Step 5: audiences.
@@ -232,11 +238,10 @@ impl Context<'_> {
             .cloned()
             .collect();
         if audiences.is_empty() && !api_audiences.is_empty() {
-            return Err(format!(
-                "token audiences {} is invalid for the target audiences {}",
-                go_quote_list(&token_audiences),
-                go_quote_list(requested)
-            ));
+            return Err(ReviewError::InvalidAudiences {
+                token: token_audiences,
+                requested: requested.to_vec(),
+            });
         }
 
         // Step 6: the validator.
@@ -252,23 +257,23 @@ impl Context<'_> {
         public: &PublicClaims,
         private: &BoundClaims,
         audiences: Vec<String>,
-    ) -> Result<Authenticated, String> {
+    ) -> Result<Authenticated, ReviewError> {
         let now = unix_nanos(self.now);
         let leeway = duration_nanos(self.settings.leeway);
         if let Some(nbf) = public.nbf
             && now.saturating_add(leeway) < seconds_nanos(nbf)
         {
-            return Err(TOKEN_NOT_VALID_YET.to_owned());
+            return Err(ReviewError::NotValidYet);
         }
         if let Some(exp) = public.exp
             && now.saturating_sub(leeway) > seconds_nanos(exp)
         {
-            return Err(TOKEN_EXPIRED.to_owned());
+            return Err(ReviewError::Expired);
         }
         if let Some(iat) = public.iat
             && now.saturating_add(leeway) < seconds_nanos(iat)
         {
-            return Err(TOKEN_ISSUED_IN_FUTURE.to_owned());
+            return Err(ReviewError::IssuedInFuture);
         }
 
         let deletion_leeway = duration_nanos(self.settings.deletion_leeway);
@@ -279,39 +284,42 @@ impl Context<'_> {
             .service_account(ns, &sa.name)
             .ok_or_else(|| not_found("serviceaccounts", &sa.name))?;
         if account.uid != sa.uid {
-            return Err(format!(
-                "service account UID ({}) does not match claim ({})",
-                account.uid, sa.uid
-            ));
+            return Err(ReviewError::ServiceAccountUid(mismatch(
+                &account.uid,
+                &sa.uid,
+            )));
         }
         if deleted(account.deletion_timestamp, deletion_leeway, now) {
-            return Err(format!("service account {ns}/{} has been deleted", sa.name));
+            return Err(ReviewError::ServiceAccountDeleted {
+                namespace: ns.to_owned(),
+                name: sa.name.clone(),
+            });
         }
 
         if let Some(r) = &private.secret {
-            let secret = self.lookup.secret(ns, &r.name).ok_or(TOKEN_INVALIDATED)?;
+            let secret = self
+                .lookup
+                .secret(ns, &r.name)
+                .ok_or(ReviewError::Invalidated)?;
             if secret.uid != r.uid {
-                return Err(format!(
-                    "secret UID ({}) does not match service account secret ref claim ({})",
-                    secret.uid, r.uid
-                ));
+                return Err(ReviewError::SecretUid(mismatch(&secret.uid, &r.uid)));
             }
             if deleted(secret.deletion_timestamp, deletion_leeway, now) {
-                return Err(TOKEN_INVALIDATED.to_owned());
+                return Err(ReviewError::Invalidated);
             }
         }
 
         let (mut pod_name, mut pod_uid) = ("", "");
         if let Some(r) = &private.pod {
-            let pod = self.lookup.pod(ns, &r.name).ok_or(TOKEN_INVALIDATED)?;
+            let pod = self
+                .lookup
+                .pod(ns, &r.name)
+                .ok_or(ReviewError::Invalidated)?;
             if pod.uid != r.uid {
-                return Err(format!(
-                    "pod UID ({}) does not match service account pod ref claim ({})",
-                    pod.uid, r.uid
-                ));
+                return Err(ReviewError::PodUid(mismatch(&pod.uid, &r.uid)));
             }
             if deleted(pod.deletion_timestamp, deletion_leeway, now) {
-                return Err(TOKEN_INVALIDATED.to_owned());
+                return Err(ReviewError::Invalidated);
             }
             (pod_name, pod_uid) = (r.name.as_str(), r.uid.as_str());
         }
@@ -320,22 +328,19 @@ impl Context<'_> {
         if let Some(r) = &private.node {
             if private.pod.is_none() {
                 // Node-bound: the node must be live. Pod-bound: informational only.
-                let node = self.lookup.node(&r.name).ok_or(TOKEN_INVALIDATED)?;
+                let node = self.lookup.node(&r.name).ok_or(ReviewError::Invalidated)?;
                 if node.uid != r.uid {
-                    return Err(format!(
-                        "node UID ({}) does not match service account node ref claim ({})",
-                        node.uid, r.uid
-                    ));
+                    return Err(ReviewError::NodeUid(mismatch(&node.uid, &r.uid)));
                 }
                 if deleted(node.deletion_timestamp, deletion_leeway, now) {
-                    return Err(TOKEN_INVALIDATED.to_owned());
+                    return Err(ReviewError::Invalidated);
                 }
             }
             (node_name, node_uid) = (r.name.as_str(), r.uid.as_str());
         }
 
         if !public.jti.is_empty() && self.lookup.revoked(&public.jti) {
-            return Err(TOKEN_REVOKED.to_owned());
+            return Err(ReviewError::Revoked);
         }
 
         let mut stale = false;
@@ -388,38 +393,38 @@ impl Context<'_> {
         public: &PublicClaims,
         private: &LegacyClaims,
         audiences: Vec<String>,
-    ) -> Result<Authenticated, String> {
+    ) -> Result<Authenticated, ReviewError> {
         if public.sub.is_empty() {
-            return Err("sub claim is missing".to_owned());
+            return Err(ReviewError::MissingClaim("sub"));
         }
         let ns = private.namespace.as_str();
         if ns.is_empty() {
-            return Err("namespace claim is missing".to_owned());
+            return Err(ReviewError::MissingClaim("namespace"));
         }
         let secret_name = private.secret_name.as_str();
         if secret_name.is_empty() {
-            return Err("secretName claim is missing".to_owned());
+            return Err(ReviewError::MissingClaim("secretName"));
         }
         let sa_name = private.sa_name.as_str();
         if sa_name.is_empty() {
-            return Err("serviceAccountName claim is missing".to_owned());
+            return Err(ReviewError::MissingClaim("serviceAccountName"));
         }
         let sa_uid = private.sa_uid.as_str();
         if sa_uid.is_empty() {
-            return Err("serviceAccountUID claim is missing".to_owned());
+            return Err(ReviewError::MissingClaim("serviceAccountUID"));
         }
         match split_username(&public.sub) {
             Some((sub_ns, sub_name)) if sub_ns == ns && sub_name == sa_name => {}
-            _ => return Err("sub claim is invalid".to_owned()),
+            _ => return Err(ReviewError::InvalidSubject),
         }
 
         // 1. The Secret.
         let secret = self
             .lookup
             .secret(ns, secret_name)
-            .ok_or(LEGACY_TOKEN_INVALIDATED)?;
+            .ok_or(ReviewError::LegacyInvalidated)?;
         if secret.deletion_timestamp.is_some() {
-            return Err(LEGACY_TOKEN_INVALIDATED.to_owned());
+            return Err(ReviewError::LegacyInvalidated);
         }
         // 2. The token matches the Secret's copy.
         let presented = token_sha256(self.token.as_bytes());
@@ -428,7 +433,7 @@ impl Context<'_> {
             .as_ref()
             .is_some_and(|stored| constant_time_eq(stored, &presented));
         if !matches {
-            return Err(LEGACY_TOKEN_MISMATCH.to_owned());
+            return Err(ReviewError::LegacyMismatch);
         }
         // 3. The service account.
         let account = self
@@ -436,13 +441,16 @@ impl Context<'_> {
             .service_account(ns, sa_name)
             .ok_or_else(|| not_found("serviceaccounts", sa_name))?;
         if account.deletion_timestamp.is_some() {
-            return Err(format!("ServiceAccount {ns}/{sa_name} has been deleted"));
+            return Err(ReviewError::LegacyServiceAccountDeleted {
+                namespace: ns.to_owned(),
+                name: sa_name.to_owned(),
+            });
         }
         if account.uid != sa_uid {
-            return Err(format!(
-                "ServiceAccount UID ({}) does not match claim ({sa_uid})",
-                account.uid
-            ));
+            return Err(ReviewError::LegacyServiceAccountUid(mismatch(
+                &account.uid,
+                sa_uid,
+            )));
         }
 
         let legacy_secret = last_used_needs_update(secret.last_used.as_deref(), self.now)
@@ -455,9 +463,11 @@ impl Context<'_> {
                 format!("{secret_name}/{ns}"),
             );
             self.legacy_secret.clone_from(&legacy_secret);
-            return Err(format!(
-                "the token in secret {ns}/{secret_name} for service account {ns}/{sa_name} has been marked invalid. Use tokens from the TokenRequest API or manually created secret-based tokens, or remove the '{INVALID_SINCE_LABEL}' label from the secret to temporarily allow use of this token"
-            ));
+            return Err(ReviewError::MarkedInvalid {
+                namespace: ns.to_owned(),
+                secret: secret_name.to_owned(),
+                service_account: sa_name.to_owned(),
+            });
         }
 
         // 5. Auto-generated or manual.
@@ -1444,7 +1454,10 @@ mod tests {
             .unwrap()
             .invalid_since = true;
         let report = env.report(&legacy_token());
-        assert_eq!(report.outcome, Err(invalid_since.to_owned()));
+        assert_eq!(
+            report.outcome.map_err(|e| e.to_string()),
+            Err(invalid_since.to_owned())
+        );
         assert_eq!(
             report.legacy_secret,
             Some(("ns".into(), LEGACY_SECRET.into()))

@@ -41,6 +41,7 @@
 
 mod authenticate;
 mod claims;
+mod error;
 mod jws;
 #[cfg(test)]
 mod testing;
@@ -50,6 +51,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
+
+pub use error::{KeyFailure, ReviewError, SignatureError, UidMismatch};
 
 use authenticate::Context;
 use claims::{Private, PublicClaims};
@@ -114,9 +117,9 @@ pub const AUDIT_LEGACY_TOKEN_MANUAL: &str = "authentication.k8s.io/legacy-token-
 
 /// Checks a JWS signature. `kid` is the header's kid ("" when absent); `alg` the
 /// header's alg. Returns `Ok(())` when some trusted key with that kid (all keys when
-/// kid is empty) verifies it with an algorithm that key supports; `Err(text)`
-/// otherwise, where text is Kubernetes' wording ([`NO_KEYS_FOUND`] when no candidate
-/// key exists; several failures aggregated with [`aggregate_errors`](crate::quote::aggregate_errors)).
+/// kid is empty) verifies it with an algorithm that key supports; otherwise
+/// [`SignatureError::NoKeysFound`] when no candidate key exists, else each
+/// candidate's [`KeyFailure`] in order (printed as Kubernetes aggregates them).
 pub trait SignatureVerifier {
     fn verify(
         &self,
@@ -124,7 +127,7 @@ pub trait SignatureVerifier {
         alg: &str,
         signing_input: &[u8],
         signature: &[u8],
-    ) -> Result<(), String>;
+    ) -> Result<(), SignatureError>;
 
     /// Whether [`Self::remember`] keeps anything (the token's digest is only
     /// computed then). Default: no cache.
@@ -251,13 +254,14 @@ pub struct Authenticated {
     pub expires_at: Option<i64>,
 }
 
-/// The result of a review: the user, or Kubernetes' `status.error` text.
-pub type ReviewOutcome = Result<Authenticated, String>;
+/// The result of a review: the user, or why not (`Display`: Kubernetes'
+/// `status.error` text).
+pub type ReviewOutcome = Result<Authenticated, ReviewError>;
 
 /// Everything [`review_with_report`] learned, for callers that audit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewReport {
-    /// Kubernetes' `status.error` text on failure.
+    /// The user, or why not (`Display`: Kubernetes' `status.error` text).
     pub outcome: ReviewOutcome,
     /// The audit annotations Kubernetes adds, in order (key, value).
     pub audit_annotations: Vec<(String, String)>,
@@ -266,7 +270,7 @@ pub struct ReviewReport {
     pub legacy_secret: Option<(String, String)>,
 }
 
-/// Full review: `requested_audiences` empty → API audiences. The error is
+/// Full review: `requested_audiences` empty → API audiences. The error displays as
 /// Kubernetes' `status.error` text.
 pub fn review(
     token: &str,
@@ -275,7 +279,7 @@ pub fn review(
     verifier: &dyn SignatureVerifier,
     lookup: &dyn ObjectLookup,
     now: SystemTime,
-) -> Result<Authenticated, String> {
+) -> ReviewOutcome {
     review_with_report(token, requested_audiences, settings, verifier, lookup, now).outcome
 }
 

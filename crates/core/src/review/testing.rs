@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 pub(crate) use super::*;
-pub(crate) use crate::quote::aggregate_errors;
 pub(crate) use std::collections::BTreeMap;
 pub(crate) use std::sync::Arc;
 pub(crate) use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -111,7 +110,7 @@ impl SignatureVerifier for TestVerifier {
         alg: &str,
         signing_input: &[u8],
         signature: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), SignatureError> {
         self.calls.set(self.calls.get() + 1);
         let candidates: Vec<&TestKey> = self
             .keys
@@ -119,19 +118,19 @@ impl SignatureVerifier for TestVerifier {
             .filter(|k| kid.is_empty() || k.kid == kid)
             .collect();
         if candidates.is_empty() {
-            return Err(NO_KEYS_FOUND.to_owned());
+            return Err(SignatureError::NoKeysFound);
         }
         let mut errors = Vec::new();
         for k in candidates {
             if k.alg != alg {
-                errors.push(UNSUPPORTED_ALGORITHM.to_owned());
+                errors.push(KeyFailure::UnsupportedAlgorithm);
             } else if mac(k.secret, signing_input) == signature {
                 return Ok(());
             } else {
-                errors.push(INVALID_SIGNATURE.to_owned());
+                errors.push(KeyFailure::InvalidSignature);
             }
         }
-        Err(aggregate_errors(&errors))
+        Err(SignatureError::Failed(errors))
     }
 
     fn caches(&self) -> bool {
@@ -338,8 +337,9 @@ impl Env {
         )
     }
 
+    /// The outcome with the error as its text, which the tests compare.
     pub(crate) fn review(&self, token: &str) -> Result<Authenticated, String> {
-        self.report(token).outcome
+        self.report(token).outcome.map_err(|e| e.to_string())
     }
 }
 
@@ -367,7 +367,7 @@ pub(crate) fn check(cases: Vec<Case>) {
         (c.edit)(&mut env);
         let fresh = env.report(&c.token);
         assert_eq!(
-            fresh.outcome.clone().map(|_| ()),
+            fresh.outcome.clone().map(|_| ()).map_err(|e| e.to_string()),
             c.want,
             "case {:?}",
             c.name
