@@ -12,9 +12,10 @@
 
 use std::sync::Arc;
 
+use badge_core::Error;
 use badge_core::rbac::{Attributes, UserInfo, allows, authorize};
 use badge_core::review::{Authenticated, INVALID_BEARER_TOKEN};
-use badge_runtime::{Authorizer, Caller, forbidden};
+use badge_runtime::{Authorizer, Caller, forbidden, status};
 use futures_util::future::BoxFuture;
 use tonic::Status;
 
@@ -46,14 +47,14 @@ impl Guard {
         token: &str,
     ) -> Result<(Caller, Authenticated), Status> {
         let Some(reviewer) = &self.reviewer else {
-            return Err(Status::unauthenticated(
-                "bearer tokens are not accepted by this server (no token issuers configured): present a client certificate",
-            ));
+            return Err(status(Error::Unauthenticated(
+                "bearer tokens are not accepted by this server (no token issuers configured): present a client certificate".into(),
+            )));
         };
         let report = reviewer
             .review(token, &[], Via::Bearer, "")
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(status)?;
         match report.outcome {
             Ok(a) => Ok((
                 Caller {
@@ -64,9 +65,9 @@ impl Guard {
                 },
                 a,
             )),
-            Err(e) => Err(Status::unauthenticated(format!(
+            Err(e) => Err(status(Error::Unauthenticated(format!(
                 "{INVALID_BEARER_TOKEN}: {e}"
-            ))),
+            )))),
         }
     }
 
@@ -104,9 +105,9 @@ impl Authorizer for Guard {
             return Ok(());
         }
         if !self.policy.is_loaded() {
-            return Err(Status::unavailable(
-                "authorization policy is still loading from the store: retry",
-            ));
+            return Err(status(Error::Unavailable(
+                "authorization policy is still loading from the store: retry".into(),
+            )));
         }
         let policy = self.policy.snapshot();
         let user = user_info(caller);

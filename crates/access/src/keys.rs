@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use badge_core::Kind;
-use badge_core::review::{SignatureVerifier, VerifiedToken};
+use badge_core::review::{SignatureError, SignatureVerifier, VerifiedToken};
 use badge_keys::{KeySet, PublicKey, StoredKey};
 use badge_store::Record;
 
@@ -221,7 +221,7 @@ impl SignatureVerifier for CachingVerifier<'_> {
         alg: &str,
         signing_input: &[u8],
         signature: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), SignatureError> {
         let known = if kid.is_empty() {
             !self.keys.set.is_empty()
         } else {
@@ -346,7 +346,9 @@ mod tests {
         let keys = store.snapshot();
         let v = CachingVerifier::new(&keys);
         let settings = ReviewSettings::new(vec![ISSUER.into()], vec![ISSUER.into()]);
-        let outcome = review(token, &[], &settings, &v, &OneAccount, now).map(|_| ());
+        let outcome = review(token, &[], &settings, &v, &OneAccount, now)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
         (outcome, v.saw_unknown_kid())
     }
 

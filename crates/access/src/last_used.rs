@@ -19,7 +19,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use badge_core::review::{LAST_USED_LABEL, last_used_needs_update, utc_date};
+use badge_core::clock::{last_used_needs_update, utc_date};
+use badge_core::review::LAST_USED_LABEL;
 use badge_core::{Clock, Error, Kind};
 use badge_proto::identity::{self as pb, secret_service_client::SecretServiceClient};
 use badge_records::{decode, encode};

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::review::utc_date;
+use crate::clock::utc_date;
 
 pub const LAST_USED_LABEL: &str = "kubernetes.io/legacy-token-last-used";
 pub const INVALID_SINCE_LABEL: &str = "kubernetes.io/legacy-token-invalid-since";

@@ -11,6 +11,7 @@ pub mod legacy_cleanup;
 pub mod names;
 pub mod oidc;
 pub mod page_token;
+pub mod quote;
 pub mod rbac;
 pub mod review;
 pub mod revocation;

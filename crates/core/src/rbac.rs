@@ -527,6 +527,89 @@ pub fn uncovered_rules(
     uncovered(&rules_for(policy, user, namespace), rules)
 }
 
+/// A list as Go's `%q` prints a `[]string`: `["a" "b"]`.
+fn go_list(v: &[String]) -> String {
+    let quoted: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+/// `{APIGroups:["batch"], Resources:["jobs"], Verbs:["get" "list"]}`, as Kubernetes
+/// lists the permissions an escalation attempt lacks (`CompactString`: groups,
+/// resources, URLs, names, verbs).
+fn describe_rule(r: &PolicyRule) -> String {
+    let mut parts = Vec::new();
+    if !r.api_groups.is_empty() {
+        parts.push(format!("APIGroups:{}", go_list(&r.api_groups)));
+    }
+    if !r.resources.is_empty() {
+        parts.push(format!("Resources:{}", go_list(&r.resources)));
+    }
+    if !r.non_resource_urls.is_empty() {
+        parts.push(format!("NonResourceURLs:{}", go_list(&r.non_resource_urls)));
+    }
+    if !r.resource_names.is_empty() {
+        parts.push(format!("ResourceNames:{}", go_list(&r.resource_names)));
+    }
+    if !r.verbs.is_empty() {
+        parts.push(format!("Verbs:{}", go_list(&r.verbs)));
+    }
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// Kubernetes' `CompactRules`: broken-down rules of one group, one resource and at
+/// most one name that differ only by verb become one rule with those verbs; other
+/// rules stay as they are.
+fn compact_rules(rules: &[PolicyRule]) -> Vec<PolicyRule> {
+    let mut out: Vec<PolicyRule> = Vec::new();
+    let mut simple: Vec<PolicyRule> = Vec::new();
+    for r in rules {
+        let is_simple = r.api_groups.len() == 1
+            && r.resources.len() == 1
+            && r.resource_names.len() <= 1
+            && r.non_resource_urls.is_empty();
+        if !is_simple {
+            out.push(r.clone());
+            continue;
+        }
+        match simple.iter_mut().find(|s| {
+            s.api_groups == r.api_groups
+                && s.resources == r.resources
+                && s.resource_names == r.resource_names
+        }) {
+            Some(s) => s.verbs.extend(r.verbs.iter().cloned()),
+            None => simple.push(r.clone()),
+        }
+    }
+    out.extend(simple);
+    out
+}
+
+/// `Err(PermissionDenied)` with Kubernetes' `ConfirmNoEscalation` text when `missing`
+/// (from [`uncovered_rules`]) is not empty: `user` in `groups` tried to write
+/// `resource` `name` with rules it does not hold.
+pub fn escalation_error(
+    user: &str,
+    groups: &[String],
+    resource: &str,
+    name: &str,
+    missing: &[PolicyRule],
+) -> crate::Result<()> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // Kubernetes' `ConfirmNoEscalation` text: the compacted missing rules, sorted
+    // and without duplicates, one a line; the groups as Go's `%q` prints them.
+    let rules: std::collections::BTreeSet<String> =
+        compact_rules(missing).iter().map(describe_rule).collect();
+    let rules: Vec<String> = rules.into_iter().collect();
+    Err(crate::Error::PermissionDenied(format!(
+        "{resource}.{RBAC_GROUP} {name:?} is forbidden: user {:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{}",
+        user,
+        go_list(groups),
+        rules.join("\n")
+    )))
+}
+
 // ---------------------------------------------------------------------------------
 // Validation and defaulting
 // ---------------------------------------------------------------------------------
@@ -1628,5 +1711,50 @@ mod tests {
         let nobody = plain_user("nobody", &[]);
         let twice = [want[0].clone(), want[0].clone()];
         assert_eq!(uncovered_rules(&p, &nobody, "dev", &twice).len(), 3);
+    }
+
+    fn esc_rule(verbs: &[&str], groups: &[&str], resources: &[&str], names: &[&str]) -> PolicyRule {
+        let v = |x: &[&str]| x.iter().map(|s| (*s).to_owned()).collect();
+        PolicyRule {
+            verbs: v(verbs),
+            api_groups: v(groups),
+            resources: v(resources),
+            resource_names: v(names),
+            non_resource_urls: Vec::new(),
+        }
+    }
+
+    /// The message Kubernetes' escalation check gives for the same missing rules:
+    /// verbs of one resource merged, lines sorted, groups as `["a" "b"]`.
+    #[test]
+    fn escalation_error_has_kubernetes_text() {
+        let groups = s(&["devs", "system:authenticated"]);
+        let missing = uncovered(
+            &[],
+            &[
+                esc_rule(&["get", "list"], &[""], &["secrets"], &[]),
+                esc_rule(&["get"], &["batch"], &["jobs"], &["nightly"]),
+                esc_rule(&["get"], &[""], &["secrets"], &[]),
+                PolicyRule {
+                    verbs: vec!["get".into()],
+                    non_resource_urls: vec!["/metrics".into()],
+                    ..PolicyRule::default()
+                },
+            ],
+        );
+        let e =
+            escalation_error("dana", &groups, "roles", "special", &missing).expect_err("missing");
+        assert_eq!(
+            e.to_string(),
+            crate::Error::PermissionDenied(
+                "roles.rbac.authorization.k8s.io \"special\" is forbidden: user \"dana\" (groups=[\"devs\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n\
+                 {APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"get\" \"list\"]}\n\
+                 {APIGroups:[\"batch\"], Resources:[\"jobs\"], ResourceNames:[\"nightly\"], Verbs:[\"get\"]}\n\
+                 {NonResourceURLs:[\"/metrics\"], Verbs:[\"get\"]}"
+                    .into()
+            )
+            .to_string()
+        );
+        assert!(escalation_error("dana", &groups, "roles", "x", &[]).is_ok());
     }
 }

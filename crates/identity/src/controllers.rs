@@ -268,7 +268,7 @@ async fn tracking_since(objects: &Objects) -> badge_core::Result<std::time::Syst
     let now = objects.clock.now();
     meta.annotations.insert(
         TRACKING_SINCE_ANNOTATION.into(),
-        badge_core::review::utc_date(now),
+        badge_core::clock::utc_date(now),
     );
     let (labels, data) = crate::objects::encode(&ns);
     objects

@@ -3,7 +3,7 @@
 //! and defaulting are Kubernetes' (reference §11), in `badge_core::rbac`.
 
 use badge_core::Kind;
-use badge_core::rbac::{Attributes, PolicyRule, RBAC_GROUP, uncovered_rules};
+use badge_core::rbac::{Attributes, PolicyRule, RBAC_GROUP, escalation_error, uncovered_rules};
 use badge_core::{Error, Result};
 use badge_proto::rbac::{
     self as pb, ClusterRole, ClusterRoleBinding, Role, RoleBinding,
@@ -75,63 +75,6 @@ fn check_binding<T: Bind>(obj: &mut T, field: &str) -> Result<badge_core::rbac::
     Ok(b)
 }
 
-/// A list as Go's `%q` prints a `[]string`: `["a" "b"]`.
-fn go_list(v: &[String]) -> String {
-    let quoted: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
-    format!("[{}]", quoted.join(" "))
-}
-
-/// `{APIGroups:["batch"], Resources:["jobs"], Verbs:["get" "list"]}`, as Kubernetes
-/// lists the permissions an escalation attempt lacks (`CompactString`: groups,
-/// resources, URLs, names, verbs).
-fn describe_rule(r: &PolicyRule) -> String {
-    let mut parts = Vec::new();
-    if !r.api_groups.is_empty() {
-        parts.push(format!("APIGroups:{}", go_list(&r.api_groups)));
-    }
-    if !r.resources.is_empty() {
-        parts.push(format!("Resources:{}", go_list(&r.resources)));
-    }
-    if !r.non_resource_urls.is_empty() {
-        parts.push(format!("NonResourceURLs:{}", go_list(&r.non_resource_urls)));
-    }
-    if !r.resource_names.is_empty() {
-        parts.push(format!("ResourceNames:{}", go_list(&r.resource_names)));
-    }
-    if !r.verbs.is_empty() {
-        parts.push(format!("Verbs:{}", go_list(&r.verbs)));
-    }
-    format!("{{{}}}", parts.join(", "))
-}
-
-/// Kubernetes' `CompactRules`: broken-down rules of one group, one resource and at
-/// most one name that differ only by verb become one rule with those verbs; other
-/// rules stay as they are.
-fn compact_rules(rules: &[PolicyRule]) -> Vec<PolicyRule> {
-    let mut out: Vec<PolicyRule> = Vec::new();
-    let mut simple: Vec<PolicyRule> = Vec::new();
-    for r in rules {
-        let is_simple = r.api_groups.len() == 1
-            && r.resources.len() == 1
-            && r.resource_names.len() <= 1
-            && r.non_resource_urls.is_empty();
-        if !is_simple {
-            out.push(r.clone());
-            continue;
-        }
-        match simple.iter_mut().find(|s| {
-            s.api_groups == r.api_groups
-                && s.resources == r.resources
-                && s.resource_names == r.resource_names
-        }) {
-            Some(s) => s.verbs.extend(r.verbs.iter().cloned()),
-            None => simple.push(r.clone()),
-        }
-    }
-    out.extend(simple);
-    out
-}
-
 fn rbac_attrs(verb: &str, resource: &str, namespace: &str, name: &str) -> Attributes {
     Attributes::Resource {
         verb: verb.to_owned(),
@@ -178,7 +121,7 @@ impl Objects {
             return Ok(());
         }
         let missing = uncovered_rules(&*guard.policy().snapshot(), &user, namespace, rules);
-        escalation_error(caller, resource, name, &missing)
+        escalation_error(&caller.user, &caller.groups, resource, name, &missing)
     }
 
     /// A caller may bind a role only when it holds every rule of that role (in the
@@ -231,7 +174,7 @@ impl Objects {
         };
         let rules: Vec<PolicyRule> = rules.iter().map(badge_records::rbac::rule).collect();
         let missing = uncovered_rules(&*guard.policy().snapshot(), &user, &b.namespace, &rules);
-        escalation_error(caller, resource, &b.name, &missing)
+        escalation_error(&caller.user, &caller.groups, resource, &b.name, &missing)
     }
 
     async fn create_rules<T: Rules>(
@@ -308,28 +251,6 @@ impl Objects {
         })
         .await
     }
-}
-
-fn escalation_error(
-    caller: &Caller,
-    resource: &str,
-    name: &str,
-    missing: &[PolicyRule],
-) -> Result<()> {
-    if missing.is_empty() {
-        return Ok(());
-    }
-    // Kubernetes' `ConfirmNoEscalation` text: the compacted missing rules, sorted
-    // and without duplicates, one a line; the groups as Go's `%q` prints them.
-    let rules: std::collections::BTreeSet<String> =
-        compact_rules(missing).iter().map(describe_rule).collect();
-    let rules: Vec<String> = rules.into_iter().collect();
-    Err(Error::PermissionDenied(format!(
-        "{resource}.{RBAC_GROUP} {name:?} is forbidden: user {:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{}",
-        caller.user,
-        go_list(&caller.groups),
-        rules.join("\n")
-    )))
 }
 
 const G: &str = badge_core::rbac::RBAC_GROUP;
@@ -661,58 +582,5 @@ impl ClusterRoleBindingService for Objects {
                 .await
                 .map_err(status)?,
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rule(verbs: &[&str], groups: &[&str], resources: &[&str], names: &[&str]) -> PolicyRule {
-        let v = |x: &[&str]| x.iter().map(|s| (*s).to_owned()).collect();
-        PolicyRule {
-            verbs: v(verbs),
-            api_groups: v(groups),
-            resources: v(resources),
-            resource_names: v(names),
-            non_resource_urls: Vec::new(),
-        }
-    }
-
-    /// The message Kubernetes' escalation check gives for the same missing rules:
-    /// verbs of one resource merged, lines sorted, groups as `["a" "b"]`.
-    #[test]
-    fn escalation_error_has_kubernetes_text() {
-        let caller = Caller {
-            user: "dana".into(),
-            groups: vec!["devs".into(), "system:authenticated".into()],
-            ..Default::default()
-        };
-        let missing = badge_core::rbac::uncovered(
-            &[],
-            &[
-                rule(&["get", "list"], &[""], &["secrets"], &[]),
-                rule(&["get"], &["batch"], &["jobs"], &["nightly"]),
-                rule(&["get"], &[""], &["secrets"], &[]),
-                PolicyRule {
-                    verbs: vec!["get".into()],
-                    non_resource_urls: vec!["/metrics".into()],
-                    ..PolicyRule::default()
-                },
-            ],
-        );
-        let e = escalation_error(&caller, "roles", "special", &missing).expect_err("missing");
-        assert_eq!(
-            e.to_string(),
-            Error::PermissionDenied(
-                "roles.rbac.authorization.k8s.io \"special\" is forbidden: user \"dana\" (groups=[\"devs\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n\
-                 {APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"get\" \"list\"]}\n\
-                 {APIGroups:[\"batch\"], Resources:[\"jobs\"], ResourceNames:[\"nightly\"], Verbs:[\"get\"]}\n\
-                 {NonResourceURLs:[\"/metrics\"], Verbs:[\"get\"]}"
-                    .into()
-            )
-            .to_string()
-        );
-        assert!(escalation_error(&caller, "roles", "x", &[]).is_ok());
     }
 }

@@ -9,9 +9,7 @@
 //! an HMAC secret), RS384/RS512/PS* and an ES* of the wrong curve are all refused, so
 //! algorithm confusion cannot turn a public key into a signing secret.
 
-use badge_core::review::{
-    INVALID_SIGNATURE, NO_KEYS_FOUND, SignatureVerifier, UNSUPPORTED_ALGORITHM, aggregate_errors,
-};
+use badge_core::review::{KeyFailure, SignatureError, SignatureVerifier};
 
 use crate::PublicKey;
 
@@ -72,21 +70,21 @@ impl SignatureVerifier for KeySet {
         alg: &str,
         signing_input: &[u8],
         signature: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), SignatureError> {
         let mut errors = Vec::new();
         for key in self.candidates(kid) {
             if key.algorithm().as_str() != alg {
-                errors.push(UNSUPPORTED_ALGORITHM.to_owned());
+                errors.push(KeyFailure::UnsupportedAlgorithm);
             } else if key.verify(signing_input, signature) {
                 return Ok(());
             } else {
-                errors.push(INVALID_SIGNATURE.to_owned());
+                errors.push(KeyFailure::InvalidSignature);
             }
         }
         if errors.is_empty() {
-            return Err(NO_KEYS_FOUND.to_owned());
+            return Err(SignatureError::NoKeysFound);
         }
-        Err(aggregate_errors(&errors))
+        Err(SignatureError::Failed(errors))
     }
 }
 
@@ -104,8 +102,9 @@ mod tests {
         ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
     };
     use badge_core::review::{
-        Authenticated, MALFORMED_TOKEN, ObjectLookup, ObjectState, ReviewSettings, SecretState,
-        TOKEN_EXPIRED, TOKEN_INVALIDATED, review, token_sha256,
+        Authenticated, INVALID_SIGNATURE, MALFORMED_TOKEN, NO_KEYS_FOUND, ObjectLookup,
+        ObjectState, ReviewSettings, SecretState, TOKEN_EXPIRED, TOKEN_INVALIDATED,
+        UNSUPPORTED_ALGORITHM, review, token_sha256,
     };
     use badge_core::token::{
         Binding, ClaimsInput, ObjectRef, TokenPlan, bound_claims_json, legacy_claims,
@@ -264,7 +263,7 @@ mod tests {
     }
 
     fn run(token: &str) -> Result<Authenticated, String> {
-        review(token, &[], &settings(), &key_set(), &world(), now())
+        review(token, &[], &settings(), &key_set(), &world(), now()).map_err(|e| e.to_string())
     }
 
     fn err(s: &str) -> Result<(), String> {
@@ -291,14 +290,18 @@ mod tests {
         let empty = KeySet::default();
         assert!(empty.is_empty());
         assert_eq!(
-            empty.verify("", "RS256", b"a.b", b"sig"),
+            empty
+                .verify("", "RS256", b"a.b", b"sig")
+                .map_err(|e| e.to_string()),
             Err(NO_KEYS_FOUND.into())
         );
         assert_eq!(run_with(&empty, &token(&k.rsa)), err(NO_KEYS_FOUND));
     }
 
     fn run_with(set: &KeySet, token: &str) -> Result<(), String> {
-        review(token, &[], &settings(), set, &world(), now()).map(|_| ())
+        review(token, &[], &settings(), set, &world(), now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -582,7 +585,8 @@ mod tests {
         let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, pem.as_bytes()), input);
         for alg in ["HS256", "none", "", "rs256", "RS512", "PS256", "ES512"] {
             assert_eq!(
-                set.verify(k.rsa.kid(), alg, input, tag.as_ref()),
+                set.verify(k.rsa.kid(), alg, input, tag.as_ref())
+                    .map_err(|e| e.to_string()),
                 Err(UNSUPPORTED_ALGORITHM.into()),
                 "{alg}"
             );
@@ -591,16 +595,19 @@ mod tests {
         assert_eq!(set.verify(k.rsa.kid(), "RS256", input, &sig), Ok(()));
         assert_eq!(set.verify("", "RS256", input, &sig), Ok(()));
         assert_eq!(
-            set.verify(k.ec.kid(), "RS256", input, &sig),
+            set.verify(k.ec.kid(), "RS256", input, &sig)
+                .map_err(|e| e.to_string()),
             Err(UNSUPPORTED_ALGORITHM.into())
         );
         assert_eq!(
-            set.verify(k.rsa.kid(), "RS256", b"header.payloaD", &sig),
+            set.verify(k.rsa.kid(), "RS256", b"header.payloaD", &sig)
+                .map_err(|e| e.to_string()),
             Err(INVALID_SIGNATURE.into())
         );
         for kid in ["../../etc/passwd", "' OR 1=1 --", "*", "%", "\0"] {
             assert_eq!(
-                set.verify(kid, "RS256", input, &sig),
+                set.verify(kid, "RS256", input, &sig)
+                    .map_err(|e| e.to_string()),
                 Err(NO_KEYS_FOUND.into()),
                 "{kid}"
             );
@@ -631,7 +638,8 @@ mod tests {
             Ok(())
         );
         assert_eq!(
-            set.verify(public.kid(), "ES256", input.as_bytes(), der.as_ref()),
+            set.verify(public.kid(), "ES256", input.as_bytes(), der.as_ref())
+                .map_err(|e| e.to_string()),
             Err(INVALID_SIGNATURE.into())
         );
         assert_eq!(
@@ -677,7 +685,9 @@ mod tests {
         let mut w = world();
         w.pod = None;
         assert_eq!(
-            review(&t, &[], &settings, &set, &w, now()).map(|_| ()),
+            review(&t, &[], &settings, &set, &w, now())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             err(TOKEN_INVALIDATED)
         );
 
@@ -687,14 +697,18 @@ mod tests {
             deletion_timestamp: Some(now() - Duration::from_secs(1)),
         });
         assert_eq!(
-            review(&t, &[], &settings, &set, &w, now()).map(|_| ()),
+            review(&t, &[], &settings, &set, &w, now())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             err("service account ns/sa has been deleted")
         );
 
         let mut w = world();
         w.sa = None;
         assert_eq!(
-            review(&t, &[], &settings, &set, &w, now()).map(|_| ()),
+            review(&t, &[], &settings, &set, &w, now())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             err(r#"serviceaccounts "sa" not found"#)
         );
     }
@@ -713,7 +727,9 @@ mod tests {
         let mut w = world();
         w.legacy = None;
         assert_eq!(
-            review(&t, &[], &settings, &set, &w, now()).map(|_| ()),
+            review(&t, &[], &settings, &set, &w, now())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             err("Token has been invalidated")
         );
 
@@ -722,7 +738,9 @@ mod tests {
             s.token_sha256 = Some(token_sha256(b"rotated"));
         }
         assert_eq!(
-            review(&t, &[], &settings, &set, &w, now()).map(|_| ()),
+            review(&t, &[], &settings, &set, &w, now())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             err("Token does not match server's copy")
         );
 
@@ -730,7 +748,9 @@ mod tests {
         if let Some(s) = w.legacy.as_mut() {
             s.invalid_since = true;
         }
-        let got = review(&t, &[], &settings, &set, &w, now()).unwrap_err();
+        let got = review(&t, &[], &settings, &set, &w, now())
+            .unwrap_err()
+            .to_string();
         assert!(got.starts_with("the token in secret ns/sa-token-abcde for service account ns/sa has been marked invalid."), "{got}");
 
         // Same claims signed by the attacker: the signature fails before any lookup.
@@ -740,7 +760,9 @@ mod tests {
             .sign_jwt(&header("RS256", keys().rsa.kid()), p.as_bytes())
             .unwrap();
         assert_eq!(
-            review(&forged, &[], &settings, &set, &world(), now()).map(|_| ()),
+            review(&forged, &[], &settings, &set, &world(), now())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             err(INVALID_SIGNATURE)
         );
     }

@@ -157,7 +157,7 @@ fn check_mutations(
         legacy_token: legacy.then(|| token_sha256(token.as_bytes())),
     };
     let s = settings();
-    let original = review(token, &[], &s, &keys().set, &lookup, now());
+    let original = review(token, &[], &s, &keys().set, &lookup, now()).map_err(|e| e.to_string());
     prop_assert!(
         original.is_ok(),
         "the unaltered token fails: {:?}",
@@ -165,7 +165,7 @@ fn check_mutations(
     );
     let altered = String::from_utf8_lossy(&apply(token.as_bytes(), edits)).into_owned();
     stats.case(altered.len(), || {
-        let r = review(&altered, &[], &s, &keys().set, &lookup, now());
+        let r = review(&altered, &[], &s, &keys().set, &lookup, now()).map_err(|e| e.to_string());
         if r.is_ok() {
             prop_assert_eq!(&altered, token, "an altered token authenticated");
         }
@@ -202,7 +202,7 @@ fn arbitrary_bearer_strings_are_refused_without_panic() {
     let s = settings();
     stats.run(4000, &strategy, |token| {
         stats.case(token.len(), || {
-            let r = review(&token, &[], &s, &keys().set, &lookup, now());
+            let r = review(&token, &[], &s, &keys().set, &lookup, now()).map_err(|e| e.to_string());
             prop_assert!(r.is_err(), "{:?} authenticated", token);
             Ok(())
         })
@@ -568,7 +568,7 @@ fn signed_payloads_are_judged_as_kubernetes_reads_them() {
             .unwrap();
         let want = expect(&p, must_fail, uncertain);
         stats.case(token.len(), || {
-            let r = review(&token, &[], &s, &keys().set, &lookup, now());
+            let r = review(&token, &[], &s, &keys().set, &lookup, now()).map_err(|e| e.to_string());
             match (&want, &r) {
                 (Expect::Authenticated, Ok(a)) => {
                     prop_assert_eq!(
@@ -612,7 +612,7 @@ fn a_deeply_nested_payload_is_refused_quickly() {
         token.len(),
         Duration::from_secs(2),
         || {
-            let r = review(&token, &[], &s, &keys().set, &lookup, now());
+            let r = review(&token, &[], &s, &keys().set, &lookup, now()).map_err(|e| e.to_string());
             assert_eq!(r.unwrap_err(), badge_core::review::INVALID_BEARER_TOKEN);
         },
     );
@@ -622,7 +622,8 @@ fn a_deeply_nested_payload_is_refused_quickly() {
         token.len(),
         Duration::from_millis(50),
         || {
-            let r = review(&token, &[], &default_cap, &keys().set, &lookup, now());
+            let r = review(&token, &[], &default_cap, &keys().set, &lookup, now())
+                .map_err(|e| e.to_string());
             assert!(r.unwrap_err().starts_with("token is too long"));
         },
     );

@@ -140,7 +140,9 @@ impl IstioCa {
         let authn = report.outcome.map_err(|e| {
             // The review's reason (expired, revoked, wrong audience, pod gone, …)
             // names no token material.
-            Status::unauthenticated(format!("request authenticate failure: {e}"))
+            status(Error::Unauthenticated(format!(
+                "request authenticate failure: {e}"
+            )))
         })?;
         let user = &authn.user;
         who.requester = user.username.clone();

@@ -703,7 +703,7 @@ impl ExtAuthz {
                     credential: Credential::Bearer,
                 }),
                 // The review's own text (Kubernetes' TokenReview `status.error`).
-                Err(e) => Err((Credential::Bearer, e)),
+                Err(e) => Err((Credential::Bearer, e.to_string())),
             });
         }
         let principal = ctx

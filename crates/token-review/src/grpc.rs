@@ -39,7 +39,7 @@ pub fn review_status(report: ReviewReport) -> pb::TokenReviewStatus {
         Ok(a) => authenticated(a),
         Err(error) => pb::TokenReviewStatus {
             authenticated: false,
-            error,
+            error: error.to_string(),
             ..Default::default()
         },
     }

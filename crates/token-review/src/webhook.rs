@@ -185,7 +185,7 @@ pub fn response_body(api_version: &str, report: &ReviewReport) -> Value {
             }
             Value::Object(status)
         }
-        Err(e) => json!({"authenticated": false, "error": e}),
+        Err(e) => json!({"authenticated": false, "error": e.to_string()}),
     };
     json!({"apiVersion": api_version, "kind": "TokenReview", "status": status})
 }
@@ -497,7 +497,7 @@ mod tests {
                 "audiences":["a"]}})
         );
         let failed = ReviewReport {
-            outcome: Err("invalid bearer token".into()),
+            outcome: Err(badge_core::review::ReviewError::InvalidBearerToken),
             audit_annotations: vec![],
             legacy_secret: None,
         };

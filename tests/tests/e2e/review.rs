@@ -173,7 +173,7 @@ fn today() -> String {
         .expect("clock")
         .as_secs()
         / 86_400;
-    badge_core::review::utc_date(UNIX_EPOCH + Duration::from_secs(days * 86_400))
+    badge_core::clock::utc_date(UNIX_EPOCH + Duration::from_secs(days * 86_400))
 }
 
 #[tokio::test]

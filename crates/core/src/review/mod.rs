@@ -1,0 +1,351 @@
+//! TokenReview for service-account tokens, with no IO, no crypto and no clock
+//! (`k8s.io/kubernetes/pkg/serviceaccount/jwt.go`, `claims.go`, `legacy.go`;
+//! reference §3.1–3.6 and §4.1).
+//!
+//! [`review`] runs what kube-apiserver's two service-account authenticators do for a
+//! bearer token: the legacy one (issuer `kubernetes/serviceaccount`, §3.6) and the
+//! bound one (the configured issuers, §3.2–3.3), combined as Kubernetes' token union
+//! (§3.1: the first success wins, errors are aggregated, a token neither claims is
+//! "invalid bearer token"). Signatures are checked through [`SignatureVerifier`]
+//! (`badge_keys::KeySet` is the real one); live objects come from [`ObjectLookup`].
+//!
+//! Check order of bound tokens (§3.4): issuer pre-filter → signature → iss → audience
+//! → nbf/exp/iat → service account (exists, uid, deletion) → secret → pod → node →
+//! (Badge) revocation → warnafter.
+//!
+//! Where Badge differs from Kubernetes on purpose:
+//!
+//! - Tokens longer than [`ReviewSettings::max_token_len`] are refused before any
+//!   decoding, with "token is too long: …".
+//! - Base64url is strict: no padding, no line breaks, canonical trailing bits (Go's
+//!   decoder skips `\r`/`\n` and go-jose strips `=` from the header and signature).
+//!   A bad segment is "not mine", so the error is "invalid bearer token".
+//! - The header must be a JSON object with a string `alg` (go-jose parses a missing
+//!   `alg` and fails later); a non-string `kid` or `crit` is "not mine" as in go-jose.
+//! - `alg` `none` and every `HS*` are refused before the verifier is called
+//!   ("invalid signature, unsupported algorithm"); the verifier accepts only the one
+//!   algorithm of each key (Kubernetes, through go-jose, also accepts RS384/RS512/PS*
+//!   for RSA keys and any ES* length for EC keys). A non-empty `crit` header is refused
+//!   ("invalid signature, unsupported critical header"; go-jose: a crypto failure).
+//!   `jwk`, `jku`, `x5c` and `x5u` headers are ignored: keys come only from the
+//!   verifier.
+//! - Duplicate keys anywhere in the header or payload JSON: "malformed token" (Go
+//!   keeps the last value). Claims of the wrong JSON type, and dates that do not fit an
+//!   int64 after truncation (Go wraps them), are "malformed token" too (go-jose returns
+//!   its unmarshal error).
+//! - Objects count as deleted when `deletion_timestamp + deletion_leeway < now`;
+//!   Kubernetes' leeway is 60 s, Badge's default 0.
+//! - A revoked `jti` ([`ObjectLookup::revoked`]) fails with "service account token
+//!   has been revoked", after every Kubernetes check.
+//! - Unassigned code points are printed as they are by [`go_quote`](crate::quote::go_quote) (Go escapes them).
+
+mod authenticate;
+mod claims;
+mod error;
+mod jws;
+#[cfg(test)]
+mod testing;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest as _, Sha256};
+
+pub use error::{KeyFailure, ReviewError, SignatureError, UidMismatch};
+
+use authenticate::Context;
+use claims::{Private, PublicClaims};
+
+/// go-jose's `DefaultLeeway` for nbf/exp/iat, and Kubernetes' deletion leeway.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+/// The default cap on a token's length, in bytes.
+pub const DEFAULT_MAX_TOKEN_LEN: usize = 64 * 1024;
+
+/// A token no authenticator claims (§3.1, `bearertoken.go`).
+pub const INVALID_BEARER_TOKEN: &str = "invalid bearer token";
+/// No trusted key has the header's kid (§3.2 step 3).
+pub const NO_KEYS_FOUND: &str = "invalid signature, no keys found";
+/// The signature does not verify with any candidate key.
+pub const INVALID_SIGNATURE: &str = "invalid signature";
+/// `alg` is `none`, `HS*`, or not the algorithm of the candidate key.
+pub const UNSUPPORTED_ALGORITHM: &str = "invalid signature, unsupported algorithm";
+/// The header lists critical extensions (`crit`), which Badge does not implement.
+pub const UNSUPPORTED_CRITICAL_HEADER: &str = "invalid signature, unsupported critical header";
+/// Duplicate JSON keys or claims of the wrong type.
+pub const MALFORMED_TOKEN: &str = "malformed token";
+/// A bound object is missing, deleted or (node-bound) gone (§3.3).
+pub const TOKEN_INVALIDATED: &str = "service account token has been invalidated";
+/// Badge: the token's jti was revoked.
+pub const TOKEN_REVOKED: &str = "service account token has been revoked";
+/// §3.3 time checks.
+pub const TOKEN_NOT_VALID_YET: &str = "service account token is not valid yet";
+pub const TOKEN_EXPIRED: &str = "service account token has expired";
+pub const TOKEN_ISSUED_IN_FUTURE: &str = "service account token is issued in the future";
+/// §3.6 step 1: the legacy token's Secret is gone or being deleted.
+pub const LEGACY_TOKEN_INVALIDATED: &str = "Token has been invalidated";
+/// §3.6 step 2.
+pub const LEGACY_TOKEN_MISMATCH: &str = "Token does not match server's copy";
+/// §3.6 step 5, the warning for tokens of auto-generated Secrets.
+pub const AUTOGENERATED_SECRET_WARNING: &str = "Use tokens from the TokenRequest API or manually created secret-based tokens instead of auto-generated secret-based tokens.";
+
+/// Label that marks a legacy token invalid (§3.6 step 4, §6.3).
+pub const INVALID_SINCE_LABEL: &str = "kubernetes.io/legacy-token-invalid-since";
+/// Label with the UTC date a legacy token was last used (§6.2).
+pub const LAST_USED_LABEL: &str = "kubernetes.io/legacy-token-last-used";
+
+/// User extra keys (§3.5).
+pub const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+pub const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+pub const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
+pub const EXTRA_NODE_UID: &str = "authentication.kubernetes.io/node-uid";
+pub const EXTRA_CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
+
+/// Groups of every service account (§3.5), plus the one the group adder puts on
+/// every authenticated user (§3.1).
+pub const ALL_SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
+pub const SERVICE_ACCOUNTS_GROUP_PREFIX: &str = "system:serviceaccounts:";
+pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
+
+/// Audit annotation keys Kubernetes adds while authenticating (§3.2, §3.3, §3.6).
+pub const AUDIT_LEGACY_TOKEN: &str = "authentication.k8s.io/legacy-token";
+pub const AUDIT_STALE_TOKEN: &str = "authentication.k8s.io/stale-token";
+pub const AUDIT_LEGACY_TOKEN_INVALIDATED: &str = "authentication.k8s.io/legacy-token-invalidated";
+pub const AUDIT_LEGACY_TOKEN_AUTOGENERATED: &str =
+    "authentication.k8s.io/legacy-token-autogenerated-secret";
+pub const AUDIT_LEGACY_TOKEN_MANUAL: &str = "authentication.k8s.io/legacy-token-manual-secret";
+
+/// Checks a JWS signature. `kid` is the header's kid ("" when absent); `alg` the
+/// header's alg. Returns `Ok(())` when some trusted key with that kid (all keys when
+/// kid is empty) verifies it with an algorithm that key supports; otherwise
+/// [`SignatureError::NoKeysFound`] when no candidate key exists, else each
+/// candidate's [`KeyFailure`] in order (printed as Kubernetes aggregates them).
+pub trait SignatureVerifier {
+    fn verify(
+        &self,
+        kid: &str,
+        alg: &str,
+        signing_input: &[u8],
+        signature: &[u8],
+    ) -> Result<(), SignatureError>;
+
+    /// Whether [`Self::remember`] keeps anything (the token's digest is only
+    /// computed then). Default: no cache.
+    fn caches(&self) -> bool {
+        false
+    }
+
+    /// A token verified before, by its SHA-256 ([`token_sha256`]).
+    fn verified(&self, _token_sha256: &[u8; 32]) -> Option<Arc<VerifiedToken>> {
+        None
+    }
+
+    /// Keeps a token whose signature verified and whose claims parsed.
+    fn remember(&self, _token_sha256: [u8; 32], _verified: Arc<VerifiedToken>) {}
+}
+
+/// A token whose signature verified and whose claims parsed (§3.2 steps 1–3 and
+/// the claim decoding). It is a pure function of the token's bytes and the key
+/// that verified it, so a [`SignatureVerifier`] may keep it by the token's SHA-256
+/// and hand it back instead of decoding and verifying again. It is never a
+/// verdict: the issuer, audiences, time and every liveness and revocation check
+/// run on each review against the current state. A verifier must forget it when
+/// the key that verified it is no longer trusted.
+pub struct VerifiedToken {
+    which: Authenticator,
+    public: PublicClaims,
+    private: Private,
+}
+
+/// What the liveness checks need of an object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectState {
+    pub uid: String,
+    pub deletion_timestamp: Option<SystemTime>,
+}
+
+/// What the checks need of a Secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretState {
+    pub uid: String,
+    pub deletion_timestamp: Option<SystemTime>,
+    /// SHA-256 of `data.token` ([`token_sha256`]); `None` when there is no token.
+    pub token_sha256: Option<[u8; 32]>,
+    /// The label `kubernetes.io/legacy-token-invalid-since` is present and non-empty.
+    pub invalid_since: bool,
+    /// The label `kubernetes.io/legacy-token-last-used`, if present.
+    pub last_used: Option<String>,
+}
+
+/// Live objects, from the service's in-memory index. `None`: not found.
+pub trait ObjectLookup {
+    fn service_account(&self, ns: &str, name: &str) -> Option<ObjectState>;
+    /// The names in the service account's `secrets` list (auto-generated token
+    /// Secrets); empty when the account is missing.
+    fn service_account_secrets(&self, ns: &str, name: &str) -> Vec<String>;
+    fn pod(&self, ns: &str, name: &str) -> Option<ObjectState>;
+    fn secret(&self, ns: &str, name: &str) -> Option<SecretState>;
+    fn node(&self, name: &str) -> Option<ObjectState>;
+    /// Badge extension: the credential id (`jti`) was revoked.
+    fn revoked(&self, jti: &str) -> bool;
+}
+
+/// The authenticator settings (`--service-account-issuer`, `--api-audiences`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewSettings {
+    /// Issuers of bound tokens. Legacy tokens (`kubernetes/serviceaccount`) are
+    /// always accepted.
+    pub issuers: Vec<String>,
+    /// The API audiences: used when the request names none, and as the audiences of
+    /// tokens without `aud`. When empty, an empty audience intersection is no error
+    /// (as in Kubernetes).
+    pub api_audiences: Vec<String>,
+    /// Clock skew allowed on nbf/exp/iat (go-jose: 60 s).
+    pub leeway: Duration,
+    /// How long a deleted service account, secret, pod or node keeps bound tokens
+    /// valid after its deletion timestamp (Kubernetes: 60 s; Badge default: 0).
+    pub deletion_leeway: Duration,
+    /// Longer tokens are refused before any decoding; 0 means
+    /// [`DEFAULT_MAX_TOKEN_LEN`].
+    pub max_token_len: usize,
+}
+
+impl ReviewSettings {
+    /// Leeway 60 s, deletion leeway 0, tokens up to 64 KiB.
+    pub fn new(issuers: Vec<String>, api_audiences: Vec<String>) -> Self {
+        ReviewSettings {
+            issuers,
+            api_audiences,
+            leeway: DEFAULT_LEEWAY,
+            deletion_leeway: Duration::ZERO,
+            max_token_len: DEFAULT_MAX_TOKEN_LEN,
+        }
+    }
+}
+
+/// The authenticated user (§3.5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserInfo {
+    pub username: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// A successful review.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Authenticated {
+    pub user: UserInfo,
+    /// The token's audiences ∩ the requested ones, in the requested order.
+    pub audiences: Vec<String>,
+    /// The `warnafter` time has passed (an extended token; still valid).
+    pub stale: bool,
+    /// A legacy (Secret-based) token.
+    pub legacy: bool,
+    /// Warnings for the response.
+    pub warnings: Vec<String>,
+    /// `(namespace, secret)` when the caller must set the Secret's
+    /// `kubernetes.io/legacy-token-last-used` label to [`utc_date`](crate::clock::utc_date)`(now)`: a legacy
+    /// token whose label is neither today nor tomorrow (UTC) (§6.2).
+    pub legacy_secret: Option<(String, String)>,
+    /// `JTI=<jti>` for bound tokens with a jti, else empty.
+    pub credential_id: String,
+    /// The JWT `exp`, unix seconds.
+    pub expires_at: Option<i64>,
+}
+
+/// The result of a review: the user, or why not (`Display`: Kubernetes'
+/// `status.error` text).
+pub type ReviewOutcome = Result<Authenticated, ReviewError>;
+
+/// Everything [`review_with_report`] learned, for callers that audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewReport {
+    /// The user, or why not (`Display`: Kubernetes' `status.error` text).
+    pub outcome: ReviewOutcome,
+    /// The audit annotations Kubernetes adds, in order (key, value).
+    pub audit_annotations: Vec<(String, String)>,
+    /// As [`Authenticated::legacy_secret`], but also set when the review failed because
+    /// the Secret is marked invalid: Kubernetes still records the use (§3.6 step 4).
+    pub legacy_secret: Option<(String, String)>,
+}
+
+/// Full review: `requested_audiences` empty → API audiences. The error displays as
+/// Kubernetes' `status.error` text.
+pub fn review(
+    token: &str,
+    requested_audiences: &[String],
+    settings: &ReviewSettings,
+    verifier: &dyn SignatureVerifier,
+    lookup: &dyn ObjectLookup,
+    now: SystemTime,
+) -> ReviewOutcome {
+    review_with_report(token, requested_audiences, settings, verifier, lookup, now).outcome
+}
+
+/// [`review`] with the audit annotations and the legacy Secret to mark as used.
+pub fn review_with_report(
+    token: &str,
+    requested_audiences: &[String],
+    settings: &ReviewSettings,
+    verifier: &dyn SignatureVerifier,
+    lookup: &dyn ObjectLookup,
+    now: SystemTime,
+) -> ReviewReport {
+    let mut ctx = Context {
+        token,
+        requested_audiences,
+        settings,
+        verifier,
+        lookup,
+        now,
+        annotations: Vec::new(),
+        legacy_secret: None,
+    };
+    let outcome = ctx.run();
+    ReviewReport {
+        outcome,
+        audit_annotations: ctx.annotations,
+        legacy_secret: ctx.legacy_secret,
+    }
+}
+
+/// SHA-256 of a token, as [`SecretState::token_sha256`] holds it.
+pub fn token_sha256(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+/// Equality of two digests in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b.iter()) {
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// Which of Kubernetes' two service-account authenticators claimed a token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Authenticator {
+    Legacy,
+    Bound,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests() {
+        assert_eq!(token_sha256(b"")[..4], [0xe3, 0xb0, 0xc4, 0x42]);
+        let a = token_sha256(b"a");
+        let mut b = a;
+        assert!(constant_time_eq(&a, &b));
+        b[31] ^= 1;
+        assert!(!constant_time_eq(&a, &b));
+        b = a;
+        b[0] ^= 0x80;
+        assert!(!constant_time_eq(&a, &b));
+    }
+}
