@@ -337,7 +337,7 @@ impl hyper::body::Body for Tracked {
 /// The first gRPC message of a buffered request body (5-byte prefix: compressed
 /// flag, big-endian length). An empty body is an empty message.
 ///
-/// Public (hidden) only so the property test `tests/tests/prop_auth_scope.rs` can
+/// Public (hidden) only so the property test `tests/tests/e2e/prop_auth_scope.rs` can
 /// check, for any body, that the scope the layer authorizes is the one the handler
 /// then decodes: a disagreement would authorize one object and act on another.
 #[doc(hidden)]

@@ -118,7 +118,7 @@ pub const CHECK_MAX_REQUEST: usize = 1024 * 1024;
 
 /// Envoy's `envoy/service/auth/v3/external_auth.proto` and its imports, as a
 /// FileDescriptorSet taken from the envoy-types crate (checked by
-/// `tests/tests/ext_authz.rs`): served by reflection, so grpcurl calls Check
+/// `tests/tests/e2e/ext_authz.rs`): served by reflection, so grpcurl calls Check
 /// without .proto files.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("../envoy-ext-authz.bin");
 
