@@ -339,6 +339,15 @@ down() {
   rm -rf "$DIR"
 }
 
+# Every process started here (etcd, Patroni as postgres, HAProxy) inherits the
+# working directory. The nodes run as postgres: started from a directory that user
+# cannot enter (e.g. a checkout under a 0700 mktemp dir), Patroni never gets its
+# first node past initdb and the cluster never becomes ready. So work from /, with
+# DIR made absolute first.
+case "$DIR" in /*) ;; *) DIR="$PWD/$DIR" ;; esac
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd /
+
 case "${1:-}" in
   up) up ;;
   down) down ;;
@@ -351,5 +360,5 @@ case "${1:-}" in
   freeze) freeze ;;
   thaw) thaw ;;
   switchover) switchover ;;
-  *) sed -n '2,24p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,24p' "$SELF" >&2; exit 2 ;;
 esac
