@@ -6,6 +6,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use badge_core::seal::DataSealer;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -239,18 +242,24 @@ pub struct EncryptionConfig {
 impl EncryptionConfig {
     /// The sealer for the store, if configured (the error never contains key
     /// material).
-    pub fn sealer(
-        &self,
-    ) -> Result<Option<std::sync::Arc<dyn badge_core::seal::DataSealer>>, ConfigError> {
-        let kek =
-            badge_keys::Kek::load(self.kek_file.as_deref(), self.kek.as_deref()).map_err(|e| {
-                ConfigError::Setting {
-                    key: "encryption.kek_file".into(),
-                    message: e.to_string(),
-                }
-            })?;
-        Ok(kek.map(|k| std::sync::Arc::new(k) as std::sync::Arc<dyn badge_core::seal::DataSealer>))
+    pub fn sealer(&self) -> Result<Option<Arc<dyn DataSealer>>, ConfigError> {
+        sealer(self.kek_file.as_deref(), self.kek.as_deref(), "encryption")
     }
+}
+
+/// The store's sealer from a key-encryption key given as a file or inline
+/// (identity's and token-review's `encryption`, the token-issuer's `keys`):
+/// `section` names the setting in the error, which never contains key material.
+pub fn sealer(
+    kek_file: Option<&Path>,
+    kek: Option<&str>,
+    section: &str,
+) -> Result<Option<Arc<dyn DataSealer>>, ConfigError> {
+    let kek = badge_keys::Kek::load(kek_file, kek).map_err(|e| ConfigError::Setting {
+        key: format!("{section}.kek_file"),
+        message: e.to_string(),
+    })?;
+    Ok(kek.map(|k| Arc::new(k) as Arc<dyn DataSealer>))
 }
 
 /// The Postgres store.

@@ -30,9 +30,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             // The same key-encryption key opens Secret data sealed by identity.
-            let sealer =
-                badge_keys::Kek::load(cfg.keys.kek_file.as_deref(), cfg.keys.kek.as_deref())?
-                    .map(|k| Arc::new(k) as Arc<dyn badge_core::seal::DataSealer>);
+            let sealer = config::sealer(
+                cfg.keys.kek_file.as_deref(),
+                cfg.keys.kek.as_deref(),
+                "keys",
+            )?;
             let store = badge_runtime::service::open_store(&cfg.database, sealer).await?;
             let listeners = Listeners {
                 grpc: tokio::net::TcpListener::bind(cfg.server.listen).await?,
