@@ -5,7 +5,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked \
+RUN cargo build --profile dist --locked \
       --bin badge --bin badge-identity --bin badge-token-issuer --bin badge-token-review
 
 FROM debian:bookworm-slim
@@ -15,10 +15,10 @@ RUN apt-get update \
  && useradd --system --uid 10001 --home-dir /var/lib/badge --shell /usr/sbin/nologin badge \
  && mkdir -p /var/lib/badge \
  && chown badge:badge /var/lib/badge
-COPY --from=build /src/target/release/badge \
-                  /src/target/release/badge-identity \
-                  /src/target/release/badge-token-issuer \
-                  /src/target/release/badge-token-review \
+COPY --from=build /src/target/dist/badge \
+                  /src/target/dist/badge-identity \
+                  /src/target/dist/badge-token-issuer \
+                  /src/target/dist/badge-token-review \
                   /usr/local/bin/
 # A new named volume mounted here starts as this directory (owned by badge), so
 # the PKI and key-encryption key written by `pki-init` are readable by the services.

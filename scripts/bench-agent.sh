@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rotation of many pods on one node agent (issue 15, "Performance"), release
+# Rotation of many pods on one node agent (issue 15, "Performance"), dist-profile
 # binaries, one `badge up` on a fresh database:
 #   (a) agent start → every pod holds its first X.509-SVID; errors;
 #   (b) SIGHUP: every SVID renewed, spread over refresh_jitter_ms: renewals per
@@ -11,7 +11,7 @@
 # Needs PostgreSQL on 127.0.0.1:5432. Loopback only (ports PORT_BASE..+4, 18443 by
 # default, so as not to meet a `badge up` on the default ports); every step is
 # bounded in time. PODS=1000 JITTER_MS=20000 by default.
-# The binaries come from $CARGO_TARGET_DIR/release, built when missing (BUILD=1:
+# The binaries come from $CARGO_TARGET_DIR/dist, built when missing (BUILD=1:
 # always, e.g. after changing the agent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,11 +20,11 @@ JITTER_MS=${JITTER_MS:-20000}
 DB=${DB:-postgres://postgres@127.0.0.1:5432}
 PORT_BASE=${PORT_BASE:-18443}
 T=${CARGO_TARGET_DIR:-$PWD/target}
-R=$T/release
+R=$T/dist
 need=${BUILD:-0}
 for b in badge badgectl badge-agent; do [ -x "$R/$b" ] || need=1; done
 if [ "$need" = 1 ]; then
-  timeout 1800 cargo build --release -q -p badge-cli -p badge-agent --bins
+  timeout 1800 cargo build --profile dist -q -p badge-cli -p badge-agent --bins
 fi
 work=$(mktemp -d)
 db="$DB/badge_bench_agent_$$"

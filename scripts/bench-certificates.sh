@@ -28,10 +28,10 @@ FLEET_CONNECTIONS=${FLEET_CONNECTIONS:-100}
 DEADLINE=${DEADLINE:-120s}
 ECHO_PORT=${ECHO_PORT:-9556}
 if [ -z "${BUILT:-}" ]; then
-  cargo build --release -q -p badge-cli -p badge-bench -p badgectl --bins
+  cargo build --profile dist -q -p badge-cli -p badge-bench -p badgectl --bins
 fi
 T=${CARGO_TARGET_DIR:-$PWD/target}
-R=$T/release
+R=$T/dist
 B=$R/badge-bench
 work=$(mktemp -d)
 db="$DB/badge_bench_certificates_$$"

@@ -12,9 +12,9 @@ N=${N:-2}
 M=${M:-64}
 DB=${DB:-postgres://postgres@127.0.0.1:5432}
 ECHO_PORT=${ECHO_PORT:-9556}
-cargo build --release -q -p badge-cli -p badge-bench --bins
+cargo build --profile dist -q -p badge-cli -p badge-bench --bins
 T=${CARGO_TARGET_DIR:-$PWD/target}
-R=$T/release
+R=$T/dist
 B=$R/badge-bench
 work=$(mktemp -d)
 db="$DB/badge_bench_check_$$"

@@ -5,7 +5,7 @@
 # Needs PostgreSQL on 127.0.0.1:5432 and grpcurl; loopback only; bounded runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-R=${BIN:-$root/target/release}
+R=${BIN:-$root/target/dist}
 DUR=${DUR:-10s}
 PG=postgres://postgres@127.0.0.1:5432
 N=${N:-1000000}

@@ -18,9 +18,9 @@ DUR=${DUR:-10s}
 N=${N:-2}
 M=${M:-64}
 DB=${DB:-postgres://postgres@127.0.0.1:5432}
-cargo build --release -q -p badge-cli -p badge-bench -p badge-keys -p badge-token-review -p badgectl --bins --example sign_rate
+cargo build --profile dist -q -p badge-cli -p badge-bench -p badge-keys -p badge-token-review -p badgectl --bins --example sign_rate
 T=${CARGO_TARGET_DIR:-$PWD/target}
-R=$T/release
+R=$T/dist
 B=$R/badge-bench
 # shellcheck source=scripts/uncached-review.sh
 source scripts/uncached-review.sh
@@ -35,13 +35,13 @@ echo_process() {
 }
 
 echo "== one-core signing (pre-parsed aws-lc-rs keys)"
-"$T/release/examples/sign_rate"
+"$T/dist/examples/sign_rate"
 
 for alg in ES256 RS256; do
   db="$DB/badge_bench_$(echo "$alg" | tr 'A-Z' 'a-z')_$$"
   # Audit events off for the measurement (they are written by a background thread,
   # but formatting them still costs CPU on these 2 cores).
-  RUST_LOG="info,audit=warn" "$T/release/badge" up --data-dir "$work/$alg" \
+  RUST_LOG="info,audit=warn" "$T/dist/badge" up --data-dir "$work/$alg" \
     --database-url "$db" --algorithm "$alg" >"$work/$alg.log" 2>&1 &
   for _ in $(seq 1 100); do [ -f "$work/$alg/badge.env" ] && break; sleep 0.2; done
   sleep 1

@@ -5,10 +5,10 @@
 # other identity replica and times how long each review replica takes to reject the
 # token; then rotates keys on one issuer and lists them on both.
 # Needs PostgreSQL on 127.0.0.1:5432, grpcurl, and the binaries (BIN, default
-# target/release: cargo build --release --bins).
+# target/dist: cargo build --profile dist --bins).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${BIN:-$root/target/release}
+BIN=${BIN:-$root/target/dist}
 DB=${DB:-postgres://postgres@127.0.0.1:5432/badge_replicas_$$}
 work=$(mktemp -d)
 cd "$work"

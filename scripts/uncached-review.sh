@@ -1,7 +1,7 @@
 # Sourced by the benchmark scripts. uncached_review <badge up data dir> <database url> <port>:
 # starts a second badge-token-review with the verified-token cache off (every review
 # decodes and verifies the token), beside a running `badge up`, and waits for it.
-# Needs $R (the directory of the release binaries).
+# Needs $R (the directory of the dist-profile binaries).
 uncached_review() {
   local dir=$1 db=$2 port=$3
   cat >"$dir/review-uncached.toml" <<TOML

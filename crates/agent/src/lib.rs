@@ -774,7 +774,7 @@ async fn run_with_clock(
     }
 }
 
-/// [`run`] as the command line runs it (`badge-agent`, `badge agent`): SIGHUP
+/// [`run`] as the command line runs it (`badge-agent`): SIGHUP
 /// refreshes every token now; SIGTERM / Ctrl-C stop, leaving the files.
 pub async fn run_with_signals(args: AgentArgs) -> anyhow::Result<()> {
     // The one wall clock of the process; every loop reads the time through it.

@@ -460,13 +460,15 @@ impl ScenarioArgs {
                     None => None,
                 };
                 Scenario::Check {
-                    request: Box::new(crate::check::envoy_request(&crate::check::CheckSpec {
-                        token,
-                        principal,
-                        method,
-                        path,
-                        audiences,
-                    })),
+                    request: Box::new(crate::check::Prepared::new(crate::check::envoy_request(
+                        &crate::check::CheckSpec {
+                            token,
+                            principal,
+                            method,
+                            path,
+                            audiences,
+                        },
+                    ))),
                     expect_allowed,
                 }
             }

@@ -40,7 +40,7 @@ pub enum Scenario {
     /// `envoy.service.auth.v3.Authorization/Check` (see [`crate::check`]); with
     /// `expect_allowed`, a denial counts as an error.
     Check {
-        request: Box<envoy_types::pb::envoy::service::auth::v3::CheckRequest>,
+        request: Box<crate::check::Prepared>,
         expect_allowed: bool,
     },
     /// `istio.v1.auth.IstioCertificateService/CreateCertificate` with the next

@@ -66,18 +66,11 @@ pub enum Command {
     /// Ask a Badge gRPC listener for its grpc.health.v1 status over mTLS; exits 0
     /// only on SERVING (for container and load-balancer health checks).
     Health(crate::health::HealthArgs),
-    /// Keep a pod's projected service-account tokens in a directory, as the
-    /// kubelet does (the same as `badge-agent`).
-    Agent(badge_agent::AgentArgs),
 }
 
 /// Runs one `badge` command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Agent(args) => {
-            badge_runtime::telemetry::init(&badge_runtime::config::LogConfig::default());
-            badge_agent::run_with_signals(args).await?;
-        }
         Command::Up(args) => {
             badge_runtime::telemetry::init(&badge_runtime::config::LogConfig::default());
             crate::up::run(args).await?;

@@ -1448,7 +1448,6 @@ async fn grpcurl_calls_check_through_reflection() {
 async fn bench_check_scenario_runs_next_to_the_echo_ceiling() {
     use badge_bench::cli::{Cli, Command};
     use clap::Parser;
-    use prost::Message as _;
     let e = Env::start().await;
     e.ns("shop").await;
     e.sa("shop", "web").await;

@@ -50,7 +50,7 @@ pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// timeout covers the handler until its response starts.
 pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// `badge-agent node` (also `badge agent node`): the connection settings are the
+/// `badge-agent node`: the connection settings are the
 /// agent's usual ones (badgectl's: flags, `BADGE_*`, `badge-data/badge.env`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct NodeOptions {
