@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Envoy's ext_authz Check (token-review) against the echo ceiling, in one run:
+# Envoy's ext_authz Check (token-review) against the echo ceiling, in one run
+# (REPEAT alternating echo/Check pairs per variant, default 3, median ratio):
 #   1. the echo-server process with a CheckRequest-sized payload (the bearer-token
 #      request, the larger of the two) and with the peer request's size;
 #   2. Check with a pod-bound ES256 bearer token (warm) and with the mesh peer's
@@ -9,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-8s}
 N=${N:-2}
+REPEAT=${REPEAT:-3}
 M=${M:-64}
 DB=${DB:-postgres://postgres@127.0.0.1:5432}
 ECHO_PORT=${ECHO_PORT:-9556}
@@ -73,16 +75,32 @@ check() {
   "$B" run --target "$BADGE_REVIEW_ENDPOINT" "${GW[@]}" --connections "$N" --in-flight "$M" \
     --duration "$DUR" "${pre[@]}" check --path /shop/orders --audience shop --expect-allowed "$@"
 }
-echo_at() {
-  echo "== echo ceiling, echo-server process ($1 B payload, $N connections x $M in flight, $DUR)"
+echo_run() {
   "$B" run --target "https://127.0.0.1:$ECHO_PORT" "${GW[@]}" --connections "$N" --in-flight "$M" \
-    --duration "$DUR" echo --payload-bytes "$1" | grep -E "rate|latency"
+    --duration "$DUR" echo --payload-bytes "$1"
+}
+# pair <label> <size> <check flags>: REPEAT alternating runs of the same-size echo and
+# of Check (this VM's rates drift by tens of percent from minute to minute, so one
+# echo run followed by one Check run can differ by the drift alone); each run's
+# rates and p99s, the ratio, and the median ratio.
+pair() {
+  local label=$1 size=$2
+  shift 2
+  echo "== $label ($size B CheckRequest; echo at the same size; $N connections x $M in flight, $DUR, $REPEAT pairs)"
+  local ratios=() e c
+  for i in $(seq 1 "$REPEAT"); do
+    e=$(echo_run "$size")
+    c=$(check "$@")
+    awk '/^errors/ && $2 != 0 {bad=1} END{exit !bad}' <<<"$c" && echo "$c"
+    read -r er ep <<<"$(awk '/^rate/{r=$2} /^latency/{p=$6} END{print r, p}' <<<"$e")"
+    read -r cr cp <<<"$(awk '/^rate/{r=$2} /^latency/{p=$6} END{print r, p}' <<<"$c")"
+    ratio=$(python3 -c 'import sys; print(f"{100*float(sys.argv[1])/float(sys.argv[2]):.1f}")' "$cr" "$er")
+    ratios+=("$ratio")
+    echo "   pair $i: echo $er/s p99 ${ep} ms | Check $cr/s p99 ${cp} ms | Check = $ratio % of echo"
+  done
+  echo "   median: $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}') % of echo"
 }
 bearer_size=$(check --size --token-file "$work/token")
 peer_size=$(check --size --principal "$principal")
-echo_at "$bearer_size"
-echo "== Check, pod-bound ES256 bearer token, warm ($bearer_size B CheckRequest)"
-check --token-file "$work/token" | grep -E "rate|latency|errors"
-echo_at "$peer_size"
-echo "== Check, mesh peer $principal, no token ($peer_size B CheckRequest)"
-check --principal "$principal" | grep -E "rate|latency|errors"
+pair "Check, pod-bound ES256 bearer token, warm" "$bearer_size" --token-file "$work/token"
+pair "Check, mesh peer $principal, no token" "$peer_size" --principal "$principal"

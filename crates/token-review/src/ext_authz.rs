@@ -84,7 +84,6 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/envoy.rs"));
 }
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
@@ -93,8 +92,8 @@ use crate::ext_authz::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
 use crate::ext_authz::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
-    authorization_server::Authorization, check_response::HttpResponse,
+    CheckResponse, DeniedHttpResponse, OkHttpResponse, authorization_server::Authorization,
+    check_response::HttpResponse,
 };
 use crate::ext_authz::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpCode};
 use crate::ext_authz::pb::google::rpc::Status as RpcStatus;
@@ -105,9 +104,13 @@ use badge_core::review::{
 };
 use badge_core::spiffe::{SpiffeId, TrustDomain};
 use badge_core::{Error, Kind};
-use badge_records::Entry;
+use badge_records::Entry as IndexEntry;
 use badge_runtime::{Caller, MethodRule, MethodTable, forbidden, status};
+use prost::bytes::Bytes;
 use tonic::{Request, Response, Status};
+use wire::{AttributeContext, CheckRequest, Entry, lookup};
+
+pub mod wire;
 
 pub use crate::ext_authz::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 
@@ -237,7 +240,7 @@ impl Verdict {
 /// The request's HTTP attributes Badge reads.
 #[derive(Debug, Default)]
 struct HttpView<'a> {
-    headers: Option<&'a HashMap<String, String>>,
+    headers: &'a [Entry],
     method: &'a str,
     path: &'a str,
 }
@@ -246,7 +249,7 @@ fn http_view(ctx: &AttributeContext) -> HttpView<'_> {
     let Some(http) = ctx.request.as_ref().and_then(|r| r.http.as_ref()) else {
         return HttpView::default();
     };
-    let header = |k: &str| http.headers.get(k).map(String::as_str);
+    let header = |k: &str| lookup(&http.headers, k);
     // Envoy sends both the pseudo-headers and the dedicated fields; the fields win
     // (they are what Envoy itself parsed), the pseudo-headers cover a client that
     // only fills headers.
@@ -261,7 +264,7 @@ fn http_view(ctx: &AttributeContext) -> HttpView<'_> {
         &http.path
     };
     HttpView {
-        headers: Some(&http.headers),
+        headers: &http.headers,
         method,
         path,
     }
@@ -284,13 +287,19 @@ pub fn merge_raw_headers(ctx: &mut AttributeContext) {
         } else {
             h.value
         };
-        http.headers
-            .entry(h.key.to_ascii_lowercase())
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(&value);
-            })
-            .or_insert(value);
+        let key = h.key.to_ascii_lowercase();
+        match http
+            .headers
+            .iter_mut()
+            .rev()
+            .find(|e| e.key == key.as_bytes())
+        {
+            Some(e) => {
+                let joined = format!("{},{value}", e.value_str());
+                e.value = Bytes::from(joined);
+            }
+            None => http.headers.push(Entry::new(key, value)),
+        }
     }
 }
 
@@ -306,8 +315,8 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
 
 /// `badge.dev/audiences`: comma-separated, blanks ignored; absent → the API
 /// audiences (empty list).
-pub fn audiences(ext: &HashMap<String, String>) -> Vec<String> {
-    ext.get(EXT_AUDIENCES)
+pub fn audiences(ext: &[Entry]) -> Vec<String> {
+    lookup(ext, EXT_AUDIENCES)
         .map(|v| {
             v.split(',')
                 .map(str::trim)
@@ -439,8 +448,8 @@ pub fn attributes(ctx: &AttributeContext) -> Result<Attributes, String> {
     if http.method.is_empty() {
         return Err("attributes.request.http.method: the HTTP method is required".into());
     }
-    if let Some(resource) = ext.get(EXT_RESOURCE) {
-        let get = |k: &str| ext.get(k).cloned().unwrap_or_default();
+    if let Some(resource) = lookup(ext, EXT_RESOURCE) {
+        let get = |k: &str| lookup(ext, k).unwrap_or_default().to_owned();
         if resource.is_empty() || resource.contains('/') {
             return Err(format!(
                 "context_extensions[{EXT_RESOURCE}]: invalid value {:?}: a resource name (put a subresource in {EXT_SUBRESOURCE})",
@@ -448,8 +457,8 @@ pub fn attributes(ctx: &AttributeContext) -> Result<Attributes, String> {
             ));
         }
         let name = get(EXT_NAME);
-        let verb = match ext.get(EXT_VERB) {
-            Some(v) if !v.is_empty() => v.clone(),
+        let verb = match lookup(ext, EXT_VERB) {
+            Some(v) if !v.is_empty() => v.to_owned(),
             Some(_) => {
                 return Err(format!(
                     "context_extensions[{EXT_VERB}]: must not be empty"
@@ -468,7 +477,7 @@ pub fn attributes(ctx: &AttributeContext) -> Result<Attributes, String> {
             verb,
             namespace: get(EXT_NAMESPACE),
             api_group: get(EXT_GROUP),
-            resource: resource.clone(),
+            resource: resource.to_owned(),
             subresource: get(EXT_SUBRESOURCE),
             name,
         });
@@ -543,7 +552,7 @@ fn denied(
 /// `authorization` header to be removed on allow.
 pub fn response(
     verdict: &Verdict,
-    client_headers: Option<&HashMap<String, String>>,
+    client_headers: Option<&[Entry]>,
     remove_authorization: bool,
 ) -> CheckResponse {
     let text = ("content-type", "text/plain; charset=utf-8");
@@ -558,9 +567,13 @@ pub fn response(
             // not listed (they are overwritten instead).
             let mut remove: Vec<String> = client_headers
                 .into_iter()
-                .flat_map(|h| h.keys())
-                .filter(|k| k.to_ascii_lowercase().starts_with(HEADER_PREFIX))
-                .map(|k| k.to_ascii_lowercase())
+                .flatten()
+                .map(Entry::key_str)
+                .filter(|k| {
+                    k.get(..HEADER_PREFIX.len())
+                        .is_some_and(|p| p.eq_ignore_ascii_case(HEADER_PREFIX))
+                })
+                .map(str::to_ascii_lowercase)
                 .filter(|k| {
                     !set.iter()
                         .any(|s| s.header.as_ref().is_some_and(|h| &h.key == k))
@@ -670,13 +683,13 @@ impl ExtAuthz {
     /// is confirmed in the store (misses are denials, rare; skipped while the store is
     /// unreachable, when the index is the answer — availability, as for reviews).
     async fn live(&self, kind: Kind, ns: &str, name: &str) -> Option<(String, Option<SystemTime>)> {
-        let state = |e: &Entry| (e.uid(), e.deletion_timestamp());
+        let state = |e: &IndexEntry| (e.uid(), e.deletion_timestamp());
         let found = self.reviewer.index.map(kind, ns, name, state);
         if found.is_some() || !self.reviewer.store_ok.load(Ordering::Relaxed) {
             return found;
         }
         match self.reviewer.index.fresh(kind, ns, name).await {
-            Ok(r) => r.map(|r| state(&Entry::new(r))),
+            Ok(r) => r.map(|r| state(&IndexEntry::new(r))),
             Err(e) => {
                 tracing::warn!(kind = ?kind, namespace = %ns, name = %name, error = %e, "ext_authz: confirming a missing object in the store failed");
                 None
@@ -692,11 +705,7 @@ impl ExtAuthz {
         http: &HttpView<'_>,
         envoy: &str,
     ) -> Result<Result<Requester, (Credential, String)>, Error> {
-        if let Some(token) = http
-            .headers
-            .and_then(|h| h.get("authorization"))
-            .and_then(|a| bearer_token(a))
-        {
+        if let Some(token) = lookup(http.headers, "authorization").and_then(bearer_token) {
             let aud = audiences(&ctx.context_extensions);
             let report = self
                 .reviewer
@@ -827,15 +836,32 @@ impl ExtAuthz {
                 "authorization policy is still loading from the store: retry".into(),
             ));
         }
-        let user = UserInfo {
-            name: requester.user.clone(),
-            groups: requester.groups.clone(),
+        // Moved into the RBAC user and back: every Check takes this path, and the
+        // copies cost more than the decision.
+        let Requester {
+            user,
+            uid,
+            groups,
+            credential,
+        } = requester;
+        let user = UserInfo { name: user, groups };
+        let allowed = self.guard.allows(&user, attrs);
+        let UserInfo { name, groups } = user;
+        let requester = Requester {
+            user: name,
+            uid,
+            groups,
+            credential,
         };
         // The allow path needs no reason (see `Guard::allows`); a denial asks again
         // for Kubernetes' text.
-        Ok(if self.guard.allows(&user, attrs) {
+        Ok(if allowed {
             Verdict::Allowed(requester)
         } else {
+            let user = UserInfo {
+                name: requester.user.clone(),
+                groups: requester.groups.clone(),
+            };
             let d = self.guard.decide(&user, attrs);
             let caller = Caller {
                 user: requester.user.clone(),
@@ -903,10 +929,15 @@ impl Authorization for ExtAuthz {
         let started = Instant::now();
         let (_, extensions, message) = req.into_parts();
         let envoy = extensions.get::<Caller>().map_or("", |c| c.user.as_str());
+        // Text Envoy could not have sent is refused before anything reads it.
+        let invalid = message.validate().err();
         let mut ctx = message.attributes.unwrap_or_default();
         merge_raw_headers(&mut ctx);
         let m = metrics::get();
-        let attrs = attributes(&ctx);
+        let attrs = match invalid {
+            Some(e) => Err(e),
+            None => attributes(&ctx),
+        };
         let verdict = match self.verdict_for(&ctx, &attrs, envoy).await {
             Ok(v) => v,
             Err(e) => {
@@ -933,13 +964,11 @@ impl Authorization for ExtAuthz {
         m.duration
             .record(started.elapsed().as_secs_f64(), &[decision]);
         let headers = http_view(&ctx).headers;
-        let remove_authorization = ctx
-            .context_extensions
-            .get(EXT_REMOVE_AUTHORIZATION)
-            .is_some_and(|v| v == "true");
+        let remove_authorization =
+            lookup(&ctx.context_extensions, EXT_REMOVE_AUTHORIZATION).is_some_and(|v| v == "true");
         Ok(Response::new(response(
             &verdict,
-            headers,
+            Some(headers),
             remove_authorization,
         )))
     }
@@ -949,27 +978,21 @@ impl Authorization for ExtAuthz {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::ext_authz::pb::envoy::service::auth::v3::attribute_context::{
-        HttpRequest, Request as AttrRequest,
-    };
+    use wire::{HttpRequest, Request as AttrRequest};
+
+    fn entries(kv: &[(&str, &str)]) -> Vec<Entry> {
+        kv.iter().map(|(k, v)| Entry::new(*k, *v)).collect()
+    }
 
     fn ctx(method: &str, path: &str, ext: &[(&str, &str)]) -> AttributeContext {
-        let headers: HashMap<String, String> = [(":method", method), (":path", path)]
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
         AttributeContext {
             request: Some(AttrRequest {
                 http: Some(HttpRequest {
-                    headers,
+                    headers: entries(&[(":method", method), (":path", path)]),
                     ..Default::default()
                 }),
-                ..Default::default()
             }),
-            context_extensions: ext
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            context_extensions: entries(ext),
             ..Default::default()
         }
     }
@@ -1074,10 +1097,9 @@ mod tests {
 
     #[test]
     fn audiences_from_the_route() {
-        let ext: HashMap<String, String> =
-            [(EXT_AUDIENCES.to_string(), " a, ,b ".to_string())].into();
+        let ext = entries(&[(EXT_AUDIENCES, " a, ,b ")]);
         assert_eq!(audiences(&ext), vec!["a", "b"]);
-        assert!(audiences(&HashMap::new()).is_empty());
+        assert!(audiences(&[]).is_empty());
     }
 
     #[test]
@@ -1101,18 +1123,16 @@ mod tests {
 
     #[test]
     fn allowed_sets_identity_headers_and_strips_forged_ones() {
-        let client: HashMap<String, String> = [
+        let client = entries(&[
             ("x-badge-user", "admin"),
             ("x-badge-uid", "forged"),
-            ("x-badge-extra", "x"),
+            ("X-Badge-Extra", "x"),
+            ("x-badge-extra", "y"),
             ("authorization", "Bearer t"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        ]);
         let r = response(
             &Verdict::Allowed(Requester::anonymous()),
-            Some(&client),
+            Some(&client[..]),
             false,
         );
         assert_eq!(r.status.as_ref().unwrap().code, 0);
@@ -1141,7 +1161,7 @@ mod tests {
 
     #[test]
     fn raw_header_maps_are_read_as_headers() {
-        use crate::ext_authz::pb::envoy::config::core::v3::HeaderMap;
+        use wire::{HeaderMap, HeaderValue};
         let mut c = ctx("GET", "/x", &[]);
         let http = c.request.as_mut().unwrap().http.as_mut().unwrap();
         http.headers.clear();
@@ -1149,17 +1169,17 @@ mod tests {
             headers: vec![
                 HeaderValue {
                     key: ":path".into(),
-                    raw_value: b"/x".to_vec(),
+                    raw_value: Bytes::from_static(b"/x"),
                     ..Default::default()
                 },
                 HeaderValue {
                     key: ":method".into(),
-                    raw_value: b"GET".to_vec(),
+                    raw_value: Bytes::from_static(b"GET"),
                     ..Default::default()
                 },
                 HeaderValue {
                     key: "X-Badge-User".into(),
-                    raw_value: b"admin".to_vec(),
+                    raw_value: Bytes::from_static(b"admin"),
                     ..Default::default()
                 },
                 HeaderValue {
@@ -1171,12 +1191,12 @@ mod tests {
         });
         merge_raw_headers(&mut c);
         let http = c.request.as_ref().unwrap().http.as_ref().unwrap();
-        assert_eq!(http.headers["x-badge-user"], "admin,root");
+        assert_eq!(lookup(&http.headers, "x-badge-user"), Some("admin,root"));
         assert!(http.header_map.is_none());
         assert!(attributes(&c).is_ok());
         let r = response(
             &Verdict::Allowed(Requester::anonymous()),
-            Some(&http.headers),
+            Some(&http.headers[..]),
             false,
         );
         let Some(HttpResponse::OkResponse(ok)) = r.http_response else {
@@ -1192,11 +1212,10 @@ mod tests {
 
     #[test]
     fn the_route_can_have_the_token_removed_on_allow() {
-        let client: HashMap<String, String> =
-            [("authorization".to_string(), "Bearer t".to_string())].into();
+        let client = entries(&[("authorization", "Bearer t")]);
         let r = response(
             &Verdict::Allowed(Requester::anonymous()),
-            Some(&client),
+            Some(&client[..]),
             true,
         );
         let Some(HttpResponse::OkResponse(ok)) = r.http_response else {
@@ -1204,7 +1223,7 @@ mod tests {
         };
         assert_eq!(ok.headers_to_remove, vec!["authorization"]);
         // Denials forward nothing upstream: nothing to remove.
-        let r = response(&Verdict::Invalid("x".into()), Some(&client), true);
+        let r = response(&Verdict::Invalid("x".into()), Some(&client[..]), true);
         assert!(matches!(
             r.http_response,
             Some(HttpResponse::DeniedResponse(_))
