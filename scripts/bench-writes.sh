@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-8s}
 N=${N:-2}
-M=${M:-64}
+M=${M:-32}
 PG_CLIENTS=${PG_CLIENTS:-16}
 PG_DUR=${PG_DUR:-8}
 SQLITE=${SQLITE:-0}
