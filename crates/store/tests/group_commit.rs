@@ -198,6 +198,19 @@ async fn failed_requests_in_a_batch_leave_no_trace(b: Backend) {
 
     // (request, whether it must succeed)
     let requests: Vec<(Vec<Op>, Option<fn(&Error) -> bool>)> = vec![
+        // Consecutive single creates (on Postgres checked and written together):
+        // the second of one name must see the first; an invalid one and a
+        // cluster-scoped one among them.
+        (vec![create(Kind::ServiceAccount, "a", "dup")], None),
+        (
+            vec![create(Kind::ServiceAccount, "a", "dup")],
+            Some(|e| matches!(e, Error::AlreadyExists(_))),
+        ),
+        (
+            vec![create(Kind::Secret, "a", "")],
+            Some(|e| matches!(e, Error::Invalid(_))),
+        ),
+        (vec![create(Kind::Node, "", "n2")], None),
         (vec![create(Kind::ServiceAccount, "a", "ok-1")], None),
         // AlreadyExists, a single op: refused before writing.
         (
@@ -326,13 +339,14 @@ async fn failed_requests_in_a_batch_leave_no_trace(b: Backend) {
     }
     let after_blocker = before + 1;
     let current = store.current_revision().await.unwrap();
-    // ok-1, ok-2, the update, the delete, ok-ns + its default, the secret.
-    assert_eq!(acked.len(), 7);
-    assert_eq!(current, after_blocker + 7, "revisions were lost or skipped");
+    // dup, n2, ok-1, ok-2, the update, the delete, ok-ns + its default, the
+    // secret.
+    assert_eq!(acked.len(), 9);
+    assert_eq!(current, after_blocker + 9, "revisions were lost or skipped");
     let feed = store.changes_since(after_blocker, 0).await.unwrap();
     assert_exactly(&feed, after_blocker, &acked, "the batch");
     if b == Backend::Postgres {
-        assert_eq!(single_op.len(), 5);
+        assert_eq!(single_op.len(), 7);
         assert_eq!(
             transactions_of(&db, &single_op).await,
             1,
