@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use badge_proto::identity::GetServiceAccountRequest;
+use badge_proto::identity::service_account_service_client::ServiceAccountServiceClient;
 use badge_proto::identity::{CreateServiceAccountRequest, ServiceAccount};
 use badge_proto::meta::ObjectMeta;
-use badge_proto::identity::service_account_service_client::ServiceAccountServiceClient;
 use badge_proto::review::access_review_service_client::AccessReviewServiceClient;
 use badge_proto::review::token_review_service_client::TokenReviewServiceClient;
 use badge_proto::review::{CreateSubjectAccessReviewRequest, CreateTokenReviewRequest};
@@ -206,9 +206,6 @@ impl CreateServiceAccounts {
     /// The request for a name no request of this run has used.
     fn next(&self) -> CreateServiceAccountRequest {
         // Relaxed: the counter only has to hand out distinct numbers.
-        self.request(
-            self.next
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        )
+        self.request(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 }

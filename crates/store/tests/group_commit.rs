@@ -164,6 +164,9 @@ fn assert_exactly(feed: &[Change], after: i64, acked: &[Change], who: &str) {
 // ---------------------------------------------------------------------------
 // (a) one batch, some requests failing mid-batch
 
+/// The error a request must fail with.
+type IsError = fn(&Error) -> bool;
+
 async fn failed_requests_in_a_batch_leave_no_trace(b: Backend) {
     let db = fresh_database_on(b).await;
     let store = db.store().await;
@@ -197,7 +200,7 @@ async fn failed_requests_in_a_batch_leave_no_trace(b: Backend) {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // (request, whether it must succeed)
-    let requests: Vec<(Vec<Op>, Option<fn(&Error) -> bool>)> = vec![
+    let requests: Vec<(Vec<Op>, Option<IsError>)> = vec![
         // Consecutive single creates (on Postgres checked and written together):
         // the second of one name must see the first; an invalid one and a
         // cluster-scoped one among them.
@@ -651,4 +654,68 @@ on_both_backends! {
     failed_requests_in_a_batch_leave_no_trace,
     a_batch_of_failures_commits_nothing,
     concurrent_writers_and_watchers_agree_on_every_acknowledged_write,
+}
+
+// ---------------------------------------------------------------------------
+// The store's own write rate, without the services in front of it: 64 tasks
+// creating service accounts for 4 s. Ignored (a measurement, not a check):
+//   cargo test --release -p badge-store --test group_commit -- --ignored --nocapture
+
+async fn store_write_rate(b: Backend) {
+    let db = fresh_database_on(b).await;
+    let store = db.store().await;
+    store.apply(vec![create_ns("rate")], t(0)).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let (store, stop) = (store.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let began = std::time::Instant::now();
+                store
+                    .apply(
+                        vec![create(Kind::ServiceAccount, "rate", &format!("w{i}-{n}"))],
+                        t(1),
+                    )
+                    .await
+                    .unwrap();
+                latencies.push(began.elapsed());
+                n += 1;
+            }
+            latencies
+        }));
+    }
+    let window = Duration::from_secs(4);
+    tokio::time::sleep(window).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    eprintln!(
+        "{b:?}: {:.0} creates/s, p50 {:?}, p99 {:?}",
+        all.len() as f64 / window.as_secs_f64(),
+        q(0.5),
+        q(0.99)
+    );
+}
+
+mod rate {
+    use badge_store::testing::Backend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement: run with --ignored --nocapture"]
+    async fn postgres() {
+        super::store_write_rate(Backend::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement: run with --ignored --nocapture"]
+    async fn sqlite() {
+        super::store_write_rate(Backend::Sqlite).await;
+    }
 }
