@@ -20,8 +20,9 @@
 //! serialised and commit order equals revision order; every changed object gets its
 //! own revision and a row in the `changes` feed, committed together with the
 //! object. `apply` hands its ops to the store's writer task, which commits every
-//! request waiting in one such transaction, each request inside its own savepoint
-//! (group commit, see `write.rs`): the lock and the commit are paid once per batch. On Postgres a `NOTIFY` in the same transaction wakes every process's
+//! request waiting in one such transaction, each request still all or nothing
+//! (group commit, see `write.rs`): the lock and the commit are paid once per
+//! batch. On Postgres a `NOTIFY` in the same transaction wakes every process's
 //! [`Store::subscribe`] receivers (see `listener.rs`); on SQLite the committing
 //! store bumps the watch its process shares.
 //!
