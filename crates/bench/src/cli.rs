@@ -25,7 +25,7 @@ use crate::certificates::{self, IstioPool, IstioSpec, PodPool, PodSpec, key_type
 use crate::echo::EchoServer;
 use crate::load::{self, LoadConfig, MAX_DURATION};
 use crate::report::Report;
-use crate::scenario::Scenario;
+use crate::scenario::{CreateServiceAccounts, Scenario};
 
 /// Largest echo payload (tonic's default message limit is 4 MiB).
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
@@ -247,6 +247,16 @@ pub enum ScenarioArgs {
         #[arg(long)]
         name: String,
     },
+    /// badge.identity.v1.ServiceAccountService/CreateServiceAccount: a new service
+    /// account per request, named <name-prefix><n> (n counts up over the run).
+    CreateServiceAccount {
+        /// An existing namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Default: bench-<process id>- (distinct for runs against one database).
+        #[arg(long)]
+        name_prefix: Option<String>,
+    },
     /// badge.review.v1.TokenReviewService/CreateTokenReview of one token, again and
     /// again (a warm signature cache); a rejected token counts as an error.
     TokenReview {
@@ -398,6 +408,13 @@ impl ScenarioArgs {
             ScenarioArgs::GetServiceAccount { namespace, name } => {
                 Scenario::GetServiceAccount(GetServiceAccountRequest { namespace, name })
             }
+            ScenarioArgs::CreateServiceAccount {
+                namespace,
+                name_prefix,
+            } => Scenario::CreateServiceAccount(Arc::new(CreateServiceAccounts::new(
+                namespace,
+                name_prefix.unwrap_or_else(|| format!("bench-{}-", std::process::id())),
+            ))),
             ScenarioArgs::TokenReview {
                 token_file,
                 audiences,

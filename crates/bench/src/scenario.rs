@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use badge_proto::identity::GetServiceAccountRequest;
 use badge_proto::identity::service_account_service_client::ServiceAccountServiceClient;
+use badge_proto::identity::{CreateServiceAccountRequest, ServiceAccount};
+use badge_proto::meta::ObjectMeta;
 use badge_proto::review::access_review_service_client::AccessReviewServiceClient;
 use badge_proto::review::token_review_service_client::TokenReviewServiceClient;
 use badge_proto::review::{CreateSubjectAccessReviewRequest, CreateTokenReviewRequest};
@@ -27,6 +29,9 @@ pub enum Scenario {
     CreateToken(CreateTokenRequest),
     /// `badge.identity.v1.ServiceAccountService/GetServiceAccount`.
     GetServiceAccount(GetServiceAccountRequest),
+    /// `badge.identity.v1.ServiceAccountService/CreateServiceAccount`, a new name
+    /// per request (see [`CreateServiceAccounts`]): every request is a write.
+    CreateServiceAccount(Arc<CreateServiceAccounts>),
     /// `badge.review.v1.TokenReviewService/CreateTokenReview`; an answer with
     /// `authenticated = false` counts as an `Unauthenticated` error.
     TokenReview(CreateTokenReviewRequest),
@@ -67,6 +72,7 @@ impl Scenario {
             Scenario::Echo { .. } => "echo",
             Scenario::CreateToken(_) => "create-token",
             Scenario::GetServiceAccount(_) => "get-service-account",
+            Scenario::CreateServiceAccount(_) => "create-service-account",
             Scenario::TokenReview(_) => "token-review",
             Scenario::SubjectAccessReview { .. } => "subject-access-review",
             Scenario::Check { .. } => "check",
@@ -87,6 +93,7 @@ impl Scenario {
             .encoded_len(),
             Scenario::CreateToken(r) => r.encoded_len(),
             Scenario::GetServiceAccount(r) => r.encoded_len(),
+            Scenario::CreateServiceAccount(c) => c.request(0).encoded_len(),
             Scenario::TokenReview(r) => r.encoded_len(),
             Scenario::SubjectAccessReview { request, .. } => request.encoded_len(),
             Scenario::Check { request, .. } => request.encoded_len(),
@@ -116,6 +123,11 @@ impl Scenario {
             Scenario::GetServiceAccount(request) => {
                 ServiceAccountServiceClient::new(channel)
                     .get_service_account(request.clone())
+                    .await?;
+            }
+            Scenario::CreateServiceAccount(creates) => {
+                ServiceAccountServiceClient::new(channel)
+                    .create_service_account(creates.next())
                     .await?;
             }
             Scenario::TokenReview(request) => {
@@ -154,5 +166,46 @@ impl Scenario {
             Scenario::PodCertificate(pool) => pool.call(channel).await?,
         }
         Ok(())
+    }
+}
+
+/// The requests of the create-service-account scenario: `<prefix><n>` in one
+/// namespace, `n` counting up across every connection of the run (one shared
+/// counter, so no two requests of a run ever ask for the same name and an
+/// `AlreadyExists` is a real error, not the benchmark colliding with itself).
+#[derive(Debug)]
+pub struct CreateServiceAccounts {
+    namespace: String,
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl CreateServiceAccounts {
+    pub fn new(namespace: String, prefix: String) -> CreateServiceAccounts {
+        CreateServiceAccounts {
+            namespace,
+            prefix,
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The request for the `n`th name.
+    pub fn request(&self, n: u64) -> CreateServiceAccountRequest {
+        CreateServiceAccountRequest {
+            service_account: Some(ServiceAccount {
+                metadata: Some(ObjectMeta {
+                    name: format!("{}{n}", self.prefix),
+                    namespace: self.namespace.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// The request for a name no request of this run has used.
+    fn next(&self) -> CreateServiceAccountRequest {
+        // Relaxed: the counter only has to hand out distinct numbers.
+        self.request(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 }

@@ -18,9 +18,16 @@ pub(crate) fn modified_concurrently(kind: Kind, name: &str) -> Error {
     ))
 }
 
-/// A failed write transaction: retried, or answered.
+/// A failed write (a request of a batch, or the batch's own statements).
 pub(crate) enum TxError {
+    /// Serialization failure or deadlock: the whole batch may succeed if run again.
     Retry(String),
+    /// A statement failed (not retryable). On Postgres the transaction is aborted
+    /// from here on unless the statement ran inside a savepoint.
+    Statement(Error),
+    /// Refused by a check that ran before anything was written (not found,
+    /// already exists, a failed precondition, invalid), or a decoding error: the
+    /// transaction itself is still usable.
     Fatal(Error),
 }
 
@@ -37,7 +44,7 @@ impl TxError {
         if is_retryable(&e) {
             TxError::Retry(e.to_string())
         } else {
-            TxError::Fatal(db_error(e, about))
+            TxError::Statement(db_error(e, about))
         }
     }
 }

@@ -19,7 +19,10 @@
 //! (SQLite: the process's writers' mutex, then `BEGIN IMMEDIATE`), so writers are
 //! serialised and commit order equals revision order; every changed object gets its
 //! own revision and a row in the `changes` feed, committed together with the
-//! object. On Postgres a `NOTIFY` in the same transaction wakes every process's
+//! object. `apply` hands its ops to the store's writer task, which commits every
+//! request waiting in one such transaction, each request still all or nothing
+//! (group commit, see `write.rs`): the lock and the commit are paid once per
+//! batch. On Postgres a `NOTIFY` in the same transaction wakes every process's
 //! [`Store::subscribe`] receivers (see `listener.rs`); on SQLite the committing
 //! store bumps the watch its process shares.
 //!
@@ -46,7 +49,7 @@ use badge_core::{Error, Result};
 use sqlx::Transaction;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 use sqlx::sqlite::Sqlite;
-use tokio::sync::{OwnedMutexGuard, oneshot, watch};
+use tokio::sync::{OwnedMutexGuard, mpsc, oneshot, watch};
 
 /// The object columns, in the order `record_from_row` reads them by name.
 macro_rules! object_columns {
@@ -154,9 +157,14 @@ struct Inner {
     /// Postgres: dropped with the last `Store` clone; its receiver stops the
     /// LISTEN task.
     _stop_listener: Option<oneshot::Sender<()>>,
+    /// The queue of this store's writer task (see `write.rs`): every `apply` is
+    /// committed there, together with the others waiting. Dropped with the last
+    /// `Store` clone, which ends the task once the queue is drained.
+    writer: mpsc::Sender<write::Request>,
 }
 
-/// The database behind a store.
+/// The database behind a store (cheap to clone: both are shared handles).
+#[derive(Clone)]
 enum Db {
     /// The current primary's pool (one fixed pool for a single-host URL).
     Postgres(Arc<primary::Primary>),
@@ -208,11 +216,13 @@ impl Store {
     pub async fn connect(url: &str, opts: StoreOptions) -> Result<Store> {
         if sqlite::is_sqlite_url(url) {
             let shared = sqlite::open(url, &opts)?;
+            let db = Db::Sqlite(shared.clone());
             return Ok(Store {
                 inner: Arc::new(Inner {
                     sealer: opts.sealer.clone(),
                     revision: shared.revision.clone(),
-                    db: Db::Sqlite(shared),
+                    writer: write::spawn_writer(db.clone(), shared.revision.clone()),
+                    db,
                     _stop_listener: None,
                 }),
             });
@@ -256,10 +266,12 @@ impl Store {
             revision.clone(),
             stop_rx,
         );
+        let db = Db::Postgres(primary);
         Ok(Store {
             inner: Arc::new(Inner {
                 sealer: opts.sealer.clone(),
-                db: Db::Postgres(primary),
+                writer: write::spawn_writer(db.clone(), revision.clone()),
+                db,
                 revision,
                 _stop_listener: Some(stop_tx),
             }),
@@ -402,18 +414,9 @@ impl Store {
         .map_err(|e| db_error(e, None))
     }
 
-    /// Begins a write transaction. Postgres serialises writers on the counter row;
-    /// SQLite takes the process's writers' mutex, then `BEGIN IMMEDIATE` (the
-    /// write lock up front, so no reader-turned-writer can fail half-way).
+    /// Begins a write transaction (see [`Db::begin_write`]).
     async fn begin_write(&self) -> sqlx::Result<Tx> {
-        match &self.inner.db {
-            Db::Postgres(primary) => Ok(Tx::Postgres(primary.begin("BEGIN").await?)),
-            Db::Sqlite(shared) => {
-                let writer = shared.writer.clone().lock_owned().await;
-                let tx = primary::begin_detached(shared.pool.clone(), "BEGIN IMMEDIATE").await?;
-                Ok(Tx::Sqlite(tx, Some(writer)))
-            }
-        }
+        self.inner.db.begin_write().await
     }
 
     /// Begins a read-only transaction whose statements all see one snapshot.
@@ -444,6 +447,22 @@ impl Store {
         .await)
         .map_err(|e| db_error(e, None))?;
         Ok((tx, revision))
+    }
+}
+
+impl Db {
+    /// Begins a write transaction. Postgres serialises writers on the counter row;
+    /// SQLite takes the process's writers' mutex, then `BEGIN IMMEDIATE` (the
+    /// write lock up front, so no reader-turned-writer can fail half-way).
+    async fn begin_write(&self) -> sqlx::Result<Tx> {
+        match self {
+            Db::Postgres(primary) => Ok(Tx::Postgres(primary.begin("BEGIN").await?)),
+            Db::Sqlite(shared) => {
+                let writer = shared.writer.clone().lock_owned().await;
+                let tx = primary::begin_detached(shared.pool.clone(), "BEGIN IMMEDIATE").await?;
+                Ok(Tx::Sqlite(tx, Some(writer)))
+            }
+        }
     }
 }
 

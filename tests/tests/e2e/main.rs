@@ -17,6 +17,7 @@ mod abuse;
 mod agent;
 mod badgectl;
 mod bench_certificates;
+mod bench_writes;
 mod certificates;
 mod common;
 mod compose;
