@@ -23,10 +23,8 @@ PGHOST=127.0.0.1
 PGUSER=postgres
 DB=${DB:-postgres://$PGUSER@$PGHOST:5432}
 T=${CARGO_TARGET_DIR:-$PWD/target}
-# Benchmark figures are measured with the dist profile; a tree that does not
-# define it yet builds release (the same optimisation level there).
+# Benchmark figures are measured with the dist profile (Cargo.toml).
 PROFILE=dist
-grep -q '^\[profile\.dist\]' Cargo.toml || PROFILE=release
 cargo build --profile "$PROFILE" -q -p badge-cli -p badge-bench --bins
 work=$(mktemp -d)
 # Copied at once: the target directory may be shared, and another build must not
