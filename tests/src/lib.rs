@@ -163,12 +163,18 @@ impl IdentityServer {
 
     /// A channel authenticated with `cert`, trusting the dev CA.
     pub async fn channel_as(&self, cert: &CertPaths) -> Channel {
+        self.channel_to(self.addr, cert)
+    }
+
+    /// A channel authenticated with `cert` to an identity process at `addr` that
+    /// serves this server's PKI (itself, or a [`IdentityServer::replica`]).
+    pub fn channel_to(&self, addr: SocketAddr, cert: &CertPaths) -> Channel {
         let ca = std::fs::read(&self.pki.ca).expect("ca");
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca))
             .identity(identity(cert))
             .domain_name("localhost");
-        Channel::from_shared(self.url())
+        Channel::from_shared(format!("https://{addr}"))
             .expect("url")
             .tls_config(tls)
             .expect("tls")
@@ -188,6 +194,85 @@ impl IdentityServer {
         match self.task.take() {
             Some(t) => t.await?,
             None => Ok(()),
+        }
+    }
+
+    /// A second identity process on the same database, PKI and key-encryption
+    /// key: its own store connections, LISTEN connection, index and listener, as
+    /// another replica behind a load balancer.
+    pub async fn replica(&self) -> IdentityReplica {
+        let sealer = self.config.encryption.sealer().expect("kek");
+        let store = badge_store::Store::connect(
+            &self.db.url,
+            badge_store::StoreOptions {
+                sealer,
+                ..badge_store::StoreOptions::default()
+            },
+        )
+        .await
+        .expect("store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let cfg = self.config.clone();
+        let task = tokio::spawn(async move {
+            badge_identity::serve(
+                &cfg,
+                store,
+                Arc::new(badge_core::SystemClock),
+                listener,
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
+        let replica = IdentityReplica {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        let mut ns =
+            pb::namespace_service_client::NamespaceServiceClient::new(self.admin_of(addr).await);
+        for _ in 0..100 {
+            let ready = ns
+                .get_namespace(pb::GetNamespaceRequest {
+                    name: "default".into(),
+                })
+                .await
+                .is_ok();
+            if ready {
+                return replica;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("identity replica did not become ready");
+    }
+
+    /// An admin channel (system:masters) to another identity process at `addr`
+    /// that serves this server's PKI (see [`IdentityServer::replica`]).
+    pub async fn admin_of(&self, addr: SocketAddr) -> Channel {
+        self.channel_to(addr, &self.pki.admin)
+    }
+}
+
+/// A second identity process (see [`IdentityServer::replica`]); stops when
+/// dropped.
+pub struct IdentityReplica {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Drop for IdentityReplica {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = &self.task {
+            t.abort();
         }
     }
 }

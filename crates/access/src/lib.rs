@@ -31,8 +31,11 @@ pub use guard::{Guard, user_info};
 pub use policy::{RBAC_KINDS, RbacPolicy};
 pub use reviewer::{Probe, Reviewer, Via};
 
-/// The kinds a review (and an RBAC decision) reads.
-pub const INDEXED_KINDS: [Kind; 11] = [
+/// The kinds a review (and an RBAC decision) reads, and Namespace: identity
+/// answers Get and List of every kind it serves from this index. Namespaces are
+/// few, so the other services pay next to nothing for holding them.
+pub const INDEXED_KINDS: [Kind; 12] = [
+    Kind::Namespace,
     Kind::ServiceAccount,
     Kind::Pod,
     Kind::Secret,

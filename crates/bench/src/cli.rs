@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use badge_core::spiffe::plan::KeyType;
-use badge_proto::identity::GetServiceAccountRequest;
+use badge_proto::identity::{GetServiceAccountRequest, ListServiceAccountsRequest};
 use badge_proto::review::{
     CreateSubjectAccessReviewRequest, CreateTokenReviewRequest, ResourceAttributes,
     SubjectAccessReviewSpec, TokenReviewSpec,
@@ -247,6 +247,17 @@ pub enum ScenarioArgs {
         #[arg(long)]
         name: String,
     },
+    /// badge.identity.v1.ServiceAccountService/ListServiceAccounts of one namespace.
+    ListServiceAccounts {
+        #[arg(long)]
+        namespace: String,
+        /// Items per page (0: the server's default).
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        /// An answer with fewer items counts as an error.
+        #[arg(long, default_value_t = 0)]
+        expect_items: usize,
+    },
     /// badge.identity.v1.ServiceAccountService/CreateServiceAccount: a new service
     /// account per request, named <name-prefix><n> (n counts up over the run).
     CreateServiceAccount {
@@ -408,6 +419,18 @@ impl ScenarioArgs {
             ScenarioArgs::GetServiceAccount { namespace, name } => {
                 Scenario::GetServiceAccount(GetServiceAccountRequest { namespace, name })
             }
+            ScenarioArgs::ListServiceAccounts {
+                namespace,
+                page_size,
+                expect_items,
+            } => Scenario::ListServiceAccounts {
+                request: ListServiceAccountsRequest {
+                    namespace,
+                    page_size,
+                    ..Default::default()
+                },
+                expect_items,
+            },
             ScenarioArgs::CreateServiceAccount {
                 namespace,
                 name_prefix,

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use badge_proto::identity::GetServiceAccountRequest;
 use badge_proto::identity::service_account_service_client::ServiceAccountServiceClient;
 use badge_proto::identity::{CreateServiceAccountRequest, ServiceAccount};
+use badge_proto::identity::{GetServiceAccountRequest, ListServiceAccountsRequest};
 use badge_proto::meta::ObjectMeta;
 use badge_proto::review::access_review_service_client::AccessReviewServiceClient;
 use badge_proto::review::token_review_service_client::TokenReviewServiceClient;
@@ -29,6 +29,13 @@ pub enum Scenario {
     CreateToken(CreateTokenRequest),
     /// `badge.identity.v1.ServiceAccountService/GetServiceAccount`.
     GetServiceAccount(GetServiceAccountRequest),
+    /// `badge.identity.v1.ServiceAccountService/ListServiceAccounts`; an answer with
+    /// fewer than `expect_items` items is an error (a list that silently shrank
+    /// would look fast).
+    ListServiceAccounts {
+        request: ListServiceAccountsRequest,
+        expect_items: usize,
+    },
     /// `badge.identity.v1.ServiceAccountService/CreateServiceAccount`, a new name
     /// per request (see [`CreateServiceAccounts`]): every request is a write.
     CreateServiceAccount(Arc<CreateServiceAccounts>),
@@ -72,6 +79,7 @@ impl Scenario {
             Scenario::Echo { .. } => "echo",
             Scenario::CreateToken(_) => "create-token",
             Scenario::GetServiceAccount(_) => "get-service-account",
+            Scenario::ListServiceAccounts { .. } => "list-service-accounts",
             Scenario::CreateServiceAccount(_) => "create-service-account",
             Scenario::TokenReview(_) => "token-review",
             Scenario::SubjectAccessReview { .. } => "subject-access-review",
@@ -93,6 +101,7 @@ impl Scenario {
             .encoded_len(),
             Scenario::CreateToken(r) => r.encoded_len(),
             Scenario::GetServiceAccount(r) => r.encoded_len(),
+            Scenario::ListServiceAccounts { request, .. } => request.encoded_len(),
             Scenario::CreateServiceAccount(c) => c.request(0).encoded_len(),
             Scenario::TokenReview(r) => r.encoded_len(),
             Scenario::SubjectAccessReview { request, .. } => request.encoded_len(),
@@ -124,6 +133,20 @@ impl Scenario {
                 ServiceAccountServiceClient::new(channel)
                     .get_service_account(request.clone())
                     .await?;
+            }
+            Scenario::ListServiceAccounts {
+                request,
+                expect_items,
+            } => {
+                let reply = ServiceAccountServiceClient::new(channel)
+                    .list_service_accounts(request.clone())
+                    .await?;
+                let got = reply.get_ref().service_accounts.len();
+                if got < *expect_items {
+                    return Err(Status::data_loss(format!(
+                        "the list had {got} items, expected at least {expect_items}"
+                    )));
+                }
             }
             Scenario::CreateServiceAccount(creates) => {
                 ServiceAccountServiceClient::new(channel)

@@ -44,6 +44,10 @@ pub struct UpArgs {
     /// Algorithm of generated signing keys.
     #[arg(long, default_value = "ES256")]
     pub algorithm: String,
+    /// Identity answers Get and List from the database instead of its in-memory
+    /// index (identity's `feed.reads_from_index = false`; for comparison).
+    #[arg(long)]
+    pub identity_reads_from_store: bool,
 }
 
 /// A PKI made before the webhook required a credential has no `kube-apiserver`
@@ -168,7 +172,10 @@ pub async fn run_until(
         },
         database: database.clone(),
         log: LogConfig::default(),
-        feed: FeedConfig::default(),
+        feed: FeedConfig {
+            reads_from_index: !a.identity_reads_from_store,
+            ..FeedConfig::default()
+        },
         encryption: badge_identity::EncryptionConfig {
             kek_file: Some(kek.clone()),
             kek: None,

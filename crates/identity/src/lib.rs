@@ -3,6 +3,7 @@
 //! change feed as `WatchService.Watch`.
 
 pub mod audit;
+pub mod cache;
 pub mod cli;
 pub mod controllers;
 pub mod objects;
@@ -133,6 +134,11 @@ pub struct FeedConfig {
     /// resource_version.
     #[serde(default = "default_watch_timeout")]
     pub watch_timeout_seconds: u64,
+    /// Answer Get and List from the in-memory index, each read first waiting until
+    /// the index has applied the store's revision as of the read's arrival (see
+    /// [`cache`]); false: every read goes to the database.
+    #[serde(default = "default_reads_from_index")]
+    pub reads_from_index: bool,
 }
 
 fn default_retention() -> u64 {
@@ -144,6 +150,9 @@ fn default_compaction_interval() -> u64 {
 fn default_watch_timeout() -> u64 {
     1800
 }
+fn default_reads_from_index() -> bool {
+    true
+}
 
 impl Default for FeedConfig {
     fn default() -> Self {
@@ -151,6 +160,7 @@ impl Default for FeedConfig {
             retention_seconds: default_retention(),
             compaction_interval_seconds: default_compaction_interval(),
             watch_timeout_seconds: default_watch_timeout(),
+            reads_from_index: default_reads_from_index(),
         }
     }
 }
@@ -382,6 +392,12 @@ pub async fn serve(
         "identity",
     );
     let mut objects = Objects::new(store.clone(), clock).with_guard(access.guard.clone());
+    if config.feed.reads_from_index {
+        objects = objects.with_cache(cache::Cache::new(
+            access.reviewer.index.clone(),
+            &badge_access::INDEXED_KINDS,
+        ));
+    }
     objects.watch_timeout = Duration::from_secs(config.feed.watch_timeout_seconds);
     controllers::bootstrap(&objects).await?;
     controllers::bootstrap_policy(&objects).await?;

@@ -9,6 +9,8 @@ use badge_core::selector::LabelSelector;
 use badge_core::{Clock, Error, Kind, Result, names};
 use badge_store::{ListQuery, Op, Precondition, Record, Store};
 
+use crate::cache::Cache;
+
 pub use badge_records::codec::{Object, decode, encode};
 
 /// Parses a client-sent resource version ("" = none).
@@ -52,6 +54,9 @@ pub struct Objects {
     /// A Watch ends (OK, after a BOOKMARK) after a random time in [½, 1½] × this
     /// (`feed.watch_timeout_seconds`).
     pub watch_timeout: std::time::Duration,
+    /// Get and List from the index, consistently (see [`crate::cache`]); `None`:
+    /// from the store.
+    pub cache: Option<Cache>,
 }
 
 /// One page of a list.
@@ -69,12 +74,19 @@ impl Objects {
             guard: None,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             watch_timeout: std::time::Duration::from_secs(1800),
+            cache: None,
         }
     }
 
     /// Checks Role and binding writes against the caller's own permissions.
     pub fn with_guard(mut self, guard: Arc<badge_access::Guard>) -> Self {
         self.guard = Some(guard);
+        self
+    }
+
+    /// Answers Get and List from `cache` (see [`crate::cache`]).
+    pub fn with_cache(mut self, cache: Cache) -> Self {
+        self.cache = Some(cache);
         self
     }
 
@@ -116,7 +128,11 @@ impl Objects {
 
     pub async fn get<T: Object>(&self, namespace: &str, name: &str) -> Result<T> {
         check_key(T::KIND, namespace, name)?;
-        decode(&self.store.get(T::KIND, namespace, name).await?)
+        let record = match &self.cache {
+            Some(cache) => cache.get(T::KIND, namespace, name).await?,
+            None => self.store.get(T::KIND, namespace, name).await?,
+        };
+        decode(&record)
     }
 
     pub async fn list<T: Object>(
@@ -139,16 +155,17 @@ impl Objects {
         let after = PageToken::decode_optional(page_token, T::KIND, namespace, &selector)?
             .map(|t| (t.after_namespace, t.after_name));
         let filter = |r: &Record| selector.matches_with(|k| r.labels.get(k).map(String::as_str));
-        let page = self
-            .store
-            .list(ListQuery {
-                kind: T::KIND,
-                namespace: (!namespace.is_empty()).then_some(namespace),
-                after,
-                limit,
-                filter: &filter,
-            })
-            .await?;
+        let query = ListQuery {
+            kind: T::KIND,
+            namespace: (!namespace.is_empty()).then_some(namespace),
+            after,
+            limit,
+            filter: &filter,
+        };
+        let page = match &self.cache {
+            Some(cache) => cache.list(query).await?,
+            None => self.store.list(query).await?,
+        };
         let next_page_token = match (page.more, page.items.last()) {
             (true, Some(last)) => {
                 PageToken::new(T::KIND, namespace, &selector, &last.namespace, &last.name).encode()

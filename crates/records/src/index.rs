@@ -210,6 +210,33 @@ impl Index {
             .unwrap_or_default()
     }
 
+    /// Calls `f` with the applied revision and the objects of `kind` (only those of
+    /// `namespace` when given; in no particular order), all read under one lock, so
+    /// the objects are exactly the state at that revision (see `follow`: the
+    /// revision is published before the lock is released). `None` if the lock is
+    /// poisoned.
+    pub fn read_kind<T>(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        f: impl FnOnce(i64, &mut dyn Iterator<Item = (&str, &Entry)>) -> T,
+    ) -> Option<T> {
+        let map = self.inner.objects.read().ok()?;
+        let revision = *self.inner.revision.borrow();
+        Some(match namespace {
+            Some(ns) => {
+                let names = map.by_kind.get(&kind).and_then(|n| n.get(ns));
+                f(revision, &mut names.into_iter().flatten().map(|e| (ns, e)))
+            }
+            None => f(revision, &mut map.of_kind(kind)),
+        })
+    }
+
+    /// The store this index follows.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
     /// A number that changes whenever an object of one of `kinds` changes.
     pub fn generation(&self, kinds: &[Kind]) -> u64 {
         self.inner
@@ -336,7 +363,8 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
             }
             continue;
         }
-        if let Ok(mut map) = inner.objects.write() {
+        let mut guard = inner.objects.write().ok();
+        if let Some(map) = guard.as_mut() {
             for entry in &batch {
                 let (kind, revision) = match entry {
                     FeedEntry::Change(ch) => (ch.record.kind, ch.revision),
@@ -374,7 +402,12 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
         // Subscribers hear of every applied batch, even one that does not move
         // the published revision (on an empty store `ready` publishes 1 before
         // revision 1 exists; the key follower must still see that write).
+        // Published while the map is still locked: a reader holding the read lock
+        // then sees exactly the state of the revision it reads
+        // ([`Index::read_kind`]: a List's resource_version must be exact, or a
+        // watch started from it would skip or repeat events).
         inner.revision.send_modify(|r| *r = (*r).max(cursor));
+        drop(guard);
     }
 }
 

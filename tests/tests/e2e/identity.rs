@@ -1997,3 +1997,151 @@ async fn identity_writes_and_secret_reads_are_audited_without_data() {
         assert!(!logs.contains(&needle), "{needle} appears in the logs");
     }
 }
+
+/// Get and List are answered from each replica's index, which hears of another
+/// replica's writes only through the change feed; yet a client that writes
+/// through one replica and reads through the other at once always sees its write
+/// (Kubernetes' consistent reads from cache): a read waits until the index has
+/// applied the store's revision as of the read's arrival.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_through_one_replica_is_read_at_once_through_another() {
+    let a = IdentityServer::start().await;
+    let b = a.replica().await;
+    let mut ca = clients(a.admin().await);
+    let mut cb = clients(a.admin_of(b.addr).await);
+    create_ns(&mut ca, "rw").await;
+    for i in 0..40 {
+        let name = format!("sa-{i}");
+        // Alternate which replica writes, so both indexes are the follower.
+        let (w, r) = if i % 2 == 0 {
+            (&mut ca, &mut cb)
+        } else {
+            (&mut cb, &mut ca)
+        };
+        let created =
+            w.sa.create_service_account(pb::CreateServiceAccountRequest {
+                service_account: Some(service_account("rw", &name)),
+            })
+            .await
+            .expect("create")
+            .into_inner();
+        let rv = created
+            .metadata
+            .as_ref()
+            .expect("m")
+            .resource_version
+            .clone();
+        let got =
+            r.sa.get_service_account(pb::GetServiceAccountRequest {
+                namespace: "rw".into(),
+                name: name.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{name} written, not read back on the other replica: {e}"))
+            .into_inner();
+        assert_eq!(got.metadata.expect("m").resource_version, rv, "{name}");
+        let list =
+            r.sa.list_service_accounts(pb::ListServiceAccountsRequest {
+                namespace: "rw".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        let names: Vec<String> = list
+            .service_accounts
+            .iter()
+            .map(|s| s.metadata.as_ref().expect("m").name.clone())
+            .collect();
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+        assert!(
+            list.resource_version.parse::<i64>().expect("rv") >= rv.parse::<i64>().expect("rv"),
+            "the list's revision {} predates the write {rv}",
+            list.resource_version
+        );
+        // A delete is seen at once too.
+        w.sa.delete_service_account(pb::DeleteServiceAccountRequest {
+            namespace: "rw".into(),
+            name: name.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+        let err =
+            r.sa.get_service_account(pb::GetServiceAccountRequest {
+                namespace: "rw".into(),
+                name: name.clone(),
+            })
+            .await
+            .expect_err("deleted on the other replica");
+        assert_eq!(err.code(), Code::NotFound, "{name}: {err}");
+    }
+}
+
+/// Proof that Get and List are served from memory: with the objects table locked
+/// by another session (every query of it waits), reads of existing objects still
+/// answer at once — only the store's revision (another table) is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_are_served_from_memory_while_the_objects_table_is_locked() {
+    let s = IdentityServer::start().await;
+    let mut c = clients(s.admin().await);
+    create_ns(&mut c, "mem").await;
+    for i in 0..3 {
+        c.sa.create_service_account(pb::CreateServiceAccountRequest {
+            service_account: Some(service_account("mem", &format!("sa-{i}"))),
+        })
+        .await
+        .expect("create");
+    }
+    // Holds ACCESS EXCLUSIVE on `objects` for 10 s in its own session.
+    let mut locker = std::process::Command::new("psql")
+        .args(["-q", "-d", &s.db.url, "-c"])
+        .arg("BEGIN; LOCK TABLE objects IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(10); COMMIT;")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    let held = || {
+        let out = std::process::Command::new("psql")
+            .args(["-qtA", "-d", &s.db.url, "-c"])
+            .arg(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 WHERE c.relname = 'objects' AND l.mode = 'AccessExclusiveLock' AND l.granted",
+            )
+            .output()
+            .expect("psql");
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    };
+    crate::common::eventually("the objects table locked", Duration::from_secs(5), held).await;
+    let get = c.sa.get_service_account(pb::GetServiceAccountRequest {
+        namespace: "mem".into(),
+        name: "sa-1".into(),
+    });
+    let got = tokio::time::timeout(Duration::from_secs(3), get)
+        .await
+        .expect("Get waited for the locked table: not served from memory")
+        .expect("get");
+    assert_eq!(got.into_inner().metadata.expect("m").name, "sa-1");
+    let list = c.sa.list_service_accounts(pb::ListServiceAccountsRequest {
+        namespace: "mem".into(),
+        ..Default::default()
+    });
+    let list = tokio::time::timeout(Duration::from_secs(3), list)
+        .await
+        .expect("List waited for the locked table: not served from memory")
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.service_accounts.len(), 4, "default + 3");
+    // The lock still held: the reads above did not wait for it.
+    assert!(held(), "the lock ended before the reads were checked");
+    // End the locking session on the server (killing psql alone would leave its
+    // backend asleep, holding the lock).
+    let _ = std::process::Command::new("psql")
+        .args(["-qtA", "-d", &s.db.url, "-c"])
+        .arg(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE '%pg_sleep(10)%' \
+             AND pid <> pg_backend_pid()",
+        )
+        .output();
+    let _ = locker.wait();
+}

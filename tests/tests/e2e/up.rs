@@ -48,6 +48,7 @@ async fn up(data_dir: &Path) -> Up {
         webhook_listen: a[4],
         issuer_url: None,
         algorithm: "ES256".into(),
+        identity_reads_from_store: false,
     };
     assert_eq!(
         args.database_url(),
@@ -181,6 +182,7 @@ async fn badge_up_webhook_requires_a_credential_and_files_are_private() {
         webhook_listen: a[4],
         issuer_url: None,
         algorithm: "ES256".into(),
+        identity_reads_from_store: false,
     };
     let webhook = a[4];
     let (stop, stopped) = oneshot::channel::<()>();
