@@ -5,6 +5,7 @@
 #      (this VM's rates drift by tens of percent between runs: the median ratio);
 #   2. ListServiceAccounts of a namespace holding 1,000 service accounts
 #      (page_size 1000: one page), against the same echo ceiling.
+# ONLY="get" or ONLY="list" runs one of the two.
 # Get and List are answered from identity's change-feed-fed index with consistent
 # reads (docs/store-reads.md); FROM_STORE=1 starts `badge up
 # --identity-reads-from-store` (every read from the database: the figure before).
@@ -90,6 +91,10 @@ pair() {
   done
   echo "   median: $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}') % of echo"
 }
-pair "GetServiceAccount" get-service-account --namespace reads --name sa-7
-pair "ListServiceAccounts, $OBJECTS objects in one page" list-service-accounts --namespace reads \
-  --page-size 1000 --expect-items "$OBJECTS"
+case " ${ONLY:-get list} " in *" get "*)
+  pair "GetServiceAccount" get-service-account --namespace reads --name sa-7 ;;
+esac
+case " ${ONLY:-get list} " in *" list "*)
+  pair "ListServiceAccounts, $OBJECTS objects in one page" list-service-accounts --namespace reads \
+    --page-size 1000 --expect-items "$OBJECTS" ;;
+esac

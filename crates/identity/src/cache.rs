@@ -18,9 +18,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use badge_core::selector::LabelSelector;
 use badge_core::{Error, Kind, Result};
+use badge_records::codec::{Object, decode, decode_entry};
 use badge_records::{Entry, Index};
-use badge_store::{ListPage, ListQuery, Record, Store};
+use badge_store::Store;
 use opentelemetry::KeyValue;
 use tokio::sync::watch;
 
@@ -54,42 +56,42 @@ impl Cache {
         self.index.store()
     }
 
-    pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Record> {
-        match self.fresh(kind).await {
+    pub async fn get<T: Object>(&self, namespace: &str, name: &str) -> Result<T> {
+        match self.fresh(T::KIND).await {
             Ok(()) => {
-                if let Some(r) = self.index.get(kind, namespace, name) {
+                let hit = self.index.map(T::KIND, namespace, name, |e| {
+                    decode_entry::<T>(e, namespace)
+                });
+                if let Some(obj) = hit {
                     count("cache", "hit");
-                    return Ok(r);
+                    return obj;
                 }
                 count("store", "miss");
             }
             Err(reason) => count("store", reason),
         }
-        self.store().get(kind, namespace, name).await
+        decode(&self.store().get(T::KIND, namespace, name).await?)
     }
 
-    pub async fn list(&self, q: ListQuery<'_>) -> Result<ListPage> {
-        match self.fresh(q.kind).await {
-            Ok(()) => {
-                let read = |revision, objects: &mut dyn Iterator<Item = (&str, &Entry)>| {
-                    page(
-                        revision,
-                        objects,
-                        q.kind,
-                        q.after.as_ref(),
-                        q.limit,
-                        q.filter,
-                    )
-                };
-                if let Some(page) = self.index.read_kind(q.kind, q.namespace, read) {
-                    count("cache", "list");
-                    return Ok(page);
-                }
-                count("store", "poisoned");
-            }
-            Err(reason) => count("store", reason),
+    /// A page as [`Store::list`] would answer it, decoded; `None` when the store
+    /// must answer (the reason is counted).
+    pub async fn list<T: Object>(
+        &self,
+        namespace: Option<&str>,
+        after: Option<&(String, String)>,
+        limit: usize,
+        selector: &LabelSelector,
+    ) -> Option<Result<Page<T>>> {
+        if let Err(reason) = self.fresh(T::KIND).await {
+            count("store", reason);
+            return None;
         }
-        self.store().list(q).await
+        let read = |revision, objects: &mut dyn Iterator<Item = (&str, &Entry)>| {
+            page(revision, objects, after, limit, selector)
+        };
+        let page = self.index.read_kind(T::KIND, namespace, read);
+        count(if page.is_some() { "cache" } else { "store" }, "list");
+        page
     }
 
     /// Ok when the index holds `kind` and has applied at least the store's
@@ -135,45 +137,56 @@ fn count(served: &'static str, reason: &'static str) {
     );
 }
 
+/// A decoded page.
+pub struct Page<T> {
+    /// Ordered by (namespace, name), bytewise.
+    pub items: Vec<T>,
+    /// True when a further matching item exists after the last one.
+    pub more: bool,
+    /// The revision of exactly the state listed.
+    pub revision: i64,
+}
+
 /// One page as [`Store::list`] would answer it at `revision`: ordered by
 /// (namespace, name) bytewise (the store's `COLLATE "C"` order), after the cursor,
-/// matching `filter`, at most `limit` (0: all).
-fn page(
+/// matching `selector`, at most `limit` (0: all). Only the page's own objects are
+/// decoded; ordering and the cursor compare the packed names in place.
+/// The sort key of an object: (namespace, name) as bytes.
+fn key<'a>(namespace: &'a str, entry: &'a Entry) -> (&'a [u8], &'a [u8]) {
+    (namespace.as_bytes(), entry.name_bytes())
+}
+
+fn page<T: Object>(
     revision: i64,
     objects: &mut dyn Iterator<Item = (&str, &Entry)>,
-    kind: Kind,
     after: Option<&(String, String)>,
     limit: usize,
-    filter: &(dyn Fn(&Record) -> bool + Send + Sync),
-) -> ListPage {
+    selector: &LabelSelector,
+) -> Result<Page<T>> {
     let limit = if limit == 0 { usize::MAX } else { limit };
-    // Names are compared without building them (an entry keeps them as bytes
-    // inside its packed form), so only the page's candidates become records.
-    let mut keyed: Vec<(&str, String, &Entry)> = objects
-        .map(|(ns, e)| (ns, e.name(), e))
-        .filter(|(ns, name, _)| {
-            after.is_none_or(|(ans, aname)| (*ns, name.as_str()) > (ans.as_str(), aname.as_str()))
+    let mut keyed: Vec<(&str, &Entry)> = objects
+        .filter(|(ns, e)| {
+            after.is_none_or(|(ans, aname)| key(ns, e) > (ans.as_bytes(), aname.as_bytes()))
         })
         .collect();
-    keyed.sort_unstable_by(|a, b| (a.0, a.1.as_str()).cmp(&(b.0, b.1.as_str())));
+    keyed.sort_unstable_by(|a, b| key(a.0, a.1).cmp(&key(b.0, b.1)));
     let mut items = Vec::new();
     let mut more = false;
-    for (ns, _, e) in keyed {
-        let record = e.record(kind, ns);
-        if !filter(&record) {
+    for (ns, e) in keyed {
+        if !selector.matches_with(|k| e.label(k)) {
             continue;
         }
         if items.len() == limit {
             more = true;
             break;
         }
-        items.push(record);
+        items.push(decode_entry::<T>(e, ns)?);
     }
-    ListPage {
+    Ok(Page {
         items,
         more,
         revision,
-    }
+    })
 }
 
 /// The store's current revision, fetched at most once at a time for every waiting
@@ -242,7 +255,15 @@ impl RevisionFetch {
     /// Runs fetch `n`, then the next ones as long as reads are waiting for them.
     async fn drive(self: Arc<Self>, mut n: u64) {
         loop {
-            let answer = self.store.current_revision().await;
+            // Bounded: a query stuck on a frozen primary must not hold every read
+            // of the process (they fall back to the store, which fails over).
+            let answer = tokio::time::timeout(CACHE_WAIT, self.store.current_revision())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Unavailable(
+                        "store unavailable: reading its revision timed out".into(),
+                    ))
+                });
             self.done.send_replace((n, Some(answer)));
             let Ok(mut s) = self.state.lock() else { return };
             if s.wanted > s.started {
@@ -260,6 +281,9 @@ impl RevisionFetch {
 mod tests {
     use super::*;
     use badge_core::clock::from_unix_micros;
+    use badge_proto::identity as pb;
+    use badge_store::Record;
+    use prost::Message as _;
 
     fn entry(name: &str, labels: &[(&str, &str)]) -> Entry {
         Entry::new(Record {
@@ -272,22 +296,25 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),
-            data: vec![1, 2, 3],
+            data: pb::ServiceAccount::default().encode_to_vec(),
             creation_timestamp: from_unix_micros(1_790_000_000_000_000),
             deletion_timestamp: None,
         })
     }
 
-    fn names(p: &ListPage) -> Vec<String> {
+    fn names(p: &Page<pb::ServiceAccount>) -> Vec<String> {
         p.items
             .iter()
-            .map(|r| format!("{}/{}", r.namespace, r.name))
+            .map(|sa| {
+                let m = sa.metadata.as_ref().expect("metadata");
+                format!("{}/{}", m.namespace, m.name)
+            })
             .collect()
     }
 
     /// A page from memory orders, resumes, filters and reports `more` as the
     /// store's page does (bytewise (namespace, name); `more` only when a further
-    /// match exists).
+    /// match exists), with the server-managed metadata filled in.
     #[test]
     fn pages_match_the_stores_order_and_cursor() {
         let objects = [
@@ -298,12 +325,12 @@ mod tests {
             ("a", entry("B", &[("app", "web")])),
             ("", entry("root", &[("app", "web")])),
         ];
-        let all = |_: &Record| true;
-        let web = |r: &Record| r.labels.get("app").is_some_and(|v| v == "web");
+        let all = LabelSelector::parse_field("label_selector", "").expect("selector");
+        let web = LabelSelector::parse_field("label_selector", "app=web").expect("selector");
         type Case<'a> = (
             Option<(&'a str, &'a str)>,
             usize,
-            &'a (dyn Fn(&Record) -> bool + Send + Sync),
+            &'a LabelSelector,
             &'a [&'a str],
             bool,
         );
@@ -320,24 +347,27 @@ mod tests {
             (Some(("a", "B")), 2, &all, &["a/a-1", "a/a.1"], true),
             (Some(("a", "a.1")), 2, &all, &["a/z", "b/x"], false),
             (Some(("b", "x")), 2, &all, &[], false),
+            (Some(("a", "b")), 1, &all, &["a/z"], true),
             (None, 4, &web, &["/root", "a/B", "a/a-1", "a/z"], false),
             (None, 3, &web, &["/root", "a/B", "a/a-1"], true),
             (Some(("a", "a-1")), 1, &web, &["a/z"], false),
         ];
-        for (after, limit, filter, want, more) in cases {
+        for (after, limit, selector, want, more) in cases {
             let after = after.map(|(a, b)| (a.to_string(), b.to_string()));
             let mut it = objects.iter().map(|(ns, e)| (*ns, e));
-            let p = page(
-                42,
-                &mut it,
-                Kind::ServiceAccount,
-                after.as_ref(),
-                *limit,
-                filter,
-            );
+            let p: Page<pb::ServiceAccount> =
+                page(42, &mut it, after.as_ref(), *limit, selector).expect("page");
             assert_eq!(names(&p), *want, "after {after:?} limit {limit}");
             assert_eq!(p.more, *more, "after {after:?} limit {limit}");
             assert_eq!(p.revision, 42);
         }
+        let mut it = objects.iter().map(|(ns, e)| (*ns, e));
+        let p: Page<pb::ServiceAccount> = page(42, &mut it, None, 1, &all).expect("page");
+        let m = p.items[0].metadata.clone().expect("metadata");
+        assert_eq!(
+            (m.uid.as_str(), m.resource_version.as_str()),
+            ("7c4b1f3e-2f6a-4d5b-9a0e-1c2d3e4f5a6b", "7")
+        );
+        assert!(m.creation_timestamp.is_some() && m.deletion_timestamp.is_none());
     }
 }

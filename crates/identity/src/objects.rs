@@ -128,11 +128,10 @@ impl Objects {
 
     pub async fn get<T: Object>(&self, namespace: &str, name: &str) -> Result<T> {
         check_key(T::KIND, namespace, name)?;
-        let record = match &self.cache {
-            Some(cache) => cache.get(T::KIND, namespace, name).await?,
-            None => self.store.get(T::KIND, namespace, name).await?,
-        };
-        decode(&record)
+        match &self.cache {
+            Some(cache) => cache.get(namespace, name).await,
+            None => decode(&self.store.get(T::KIND, namespace, name).await?),
+        }
     }
 
     pub async fn list<T: Object>(
@@ -154,29 +153,47 @@ impl Objects {
         let selector = LabelSelector::parse_field("label_selector", label_selector)?;
         let after = PageToken::decode_optional(page_token, T::KIND, namespace, &selector)?
             .map(|t| (t.after_namespace, t.after_name));
-        let filter = |r: &Record| selector.matches_with(|k| r.labels.get(k).map(String::as_str));
-        let query = ListQuery {
-            kind: T::KIND,
-            namespace: (!namespace.is_empty()).then_some(namespace),
-            after,
-            limit,
-            filter: &filter,
+        let namespace_filter = (!namespace.is_empty()).then_some(namespace);
+        let cached = match &self.cache {
+            Some(cache) => {
+                cache
+                    .list::<T>(namespace_filter, after.as_ref(), limit, &selector)
+                    .await
+            }
+            None => None,
         };
-        let page = match &self.cache {
-            Some(cache) => cache.list(query).await?,
-            None => self.store.list(query).await?,
+        let (items, more, revision) = match cached {
+            Some(page) => {
+                let page = page?;
+                (page.items, page.more, page.revision)
+            }
+            None => {
+                let filter =
+                    |r: &Record| selector.matches_with(|k| r.labels.get(k).map(String::as_str));
+                let page = self
+                    .store
+                    .list(ListQuery {
+                        kind: T::KIND,
+                        namespace: namespace_filter,
+                        after,
+                        limit,
+                        filter: &filter,
+                    })
+                    .await?;
+                let items = page.items.iter().map(decode).collect::<Result<Vec<T>>>()?;
+                (items, page.more, page.revision)
+            }
         };
-        let next_page_token = match (page.more, page.items.last()) {
+        let next_page_token = match (more, items.last().and_then(|i| i.meta())) {
             (true, Some(last)) => {
                 PageToken::new(T::KIND, namespace, &selector, &last.namespace, &last.name).encode()
             }
             _ => String::new(),
         };
-        let items = page.items.iter().map(decode).collect::<Result<Vec<T>>>()?;
         Ok(Page {
             items,
             next_page_token,
-            resource_version: page.revision.to_string(),
+            resource_version: revision.to_string(),
         })
     }
 

@@ -74,7 +74,8 @@ impl Entry {
         }
     }
 
-    fn name_bytes(&self) -> &[u8] {
+    /// The name as bytes (bytewise order is the store's `COLLATE "C"` order).
+    pub fn name_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.name_len)]
     }
 
@@ -99,6 +100,10 @@ impl Entry {
 
     pub fn resource_version(&self) -> i64 {
         self.resource_version
+    }
+
+    pub fn creation_timestamp(&self) -> SystemTime {
+        from_unix_micros(self.creation_micros)
     }
 
     pub fn deletion_timestamp(&self) -> Option<SystemTime> {
