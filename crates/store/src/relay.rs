@@ -16,9 +16,9 @@
 //! order is revision order and any snapshot of the feed is a prefix with no holes.
 //! A read of "revision > tail" therefore never skips a revision that commits later,
 //! and a read that comes back short (fewer than asked) covers everything up to the
-//! counter of its snapshot. The ring holds, for `start < revision <= through`,
-//! exactly the entries the database had (minus none), so serving a cursor in that
-//! range is the same as `read_feed(cursor, ..)`.
+//! counter of its snapshot. The ring holds exactly the database's entries with
+//! `start < revision <= through`, so serving a cursor in that range is the same
+//! as `read_feed(cursor, ..)`.
 //!
 //! The task starts with the first [`crate::Store::follow`], holds only a weak
 //! reference to the store (so it never keeps it alive), and stops with the last
