@@ -771,6 +771,7 @@ impl ReviewServer {
                 max_connections: config.database.max_connections,
                 connect_timeout: Duration::from_secs(2),
                 sealer: config.encryption.sealer().expect("kek"),
+                ..badge_store::StoreOptions::default()
             },
         )
         .await

@@ -1,5 +1,5 @@
 //! The command line: `echo-server`, `run <scenario>`, `burst <scenario>`,
-//! `ceiling` and `csr-rate`.
+//! `ceiling`, `csr-rate` and `watch`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -55,6 +55,50 @@ pub enum Command {
     /// One core's rate of CSR parsing + proof-of-possession verification
     /// (badge_ca::csr, what both certificate APIs run per request), per key type.
     CsrRate(CsrRateArgs),
+    /// Change-feed fan-out: --watchers Watch streams (one connection each) while
+    /// one writer creates service accounts at --rate per second for --duration;
+    /// reports ack → event lag at every watcher and checks none missed a change.
+    Watch(Box<WatchArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// `https://host:port` of identity; the host must be 127.0.0.0/8, ::1 or localhost.
+    #[arg(long)]
+    pub target: String,
+    /// Name the server's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Watch streams, each on its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub watchers: usize,
+    /// Creates per second.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u32,
+    /// How long the writer writes (at most 300s).
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    pub duration: Duration,
+    /// After the last write, how long the watchers may take to see every change.
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
+    pub drain: Duration,
+    /// An existing namespace: watched and written to.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Default: fanout-<process id>- (distinct for runs against one database).
+    #[arg(long)]
+    pub name_prefix: Option<String>,
+    /// Written once every watcher has its initial list.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// With --ready-file: the writes start once this file exists (so a caller can
+    /// reset database statistics in between).
+    #[arg(long, requires = "ready_file")]
+    pub go_file: Option<PathBuf>,
+    /// Print a one-line JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -664,6 +708,36 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                     writeln!(out, "{r}")
                 }
                 .context("stdout")?;
+            }
+            Ok(())
+        }
+        Command::Watch(args) => {
+            let args = *args;
+            let config = crate::watch::WatchConfig {
+                target: args.target,
+                server_name: args.server_name,
+                tls: args.tls.files(),
+                watchers: args.watchers,
+                rate: args.rate,
+                duration: args.duration,
+                drain: args.drain,
+                namespace: args.namespace,
+                name_prefix: args
+                    .name_prefix
+                    .unwrap_or_else(|| format!("fanout-{}-", std::process::id())),
+                ready_file: args.ready_file,
+                go_file: args.go_file,
+            };
+            let report = crate::watch::run(&config).await?;
+            let mut out = std::io::stdout().lock();
+            if args.json {
+                writeln!(out, "{}", report.to_json())
+            } else {
+                writeln!(out, "{report}")
+            }
+            .context("stdout")?;
+            if report.written == 0 {
+                bail!("no write was acknowledged");
             }
             Ok(())
         }

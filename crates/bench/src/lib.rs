@@ -11,6 +11,8 @@
 //! - [`certificates`]: the certificate scenarios' CSR pools, and one core's CSR
 //!   verification rate.
 //! - [`burst`]: exactly N requests at once (a fleet restart), time to serve all.
+//! - [`watch`]: W Watch streams while one writer writes at a fixed rate: the
+//!   change feed's fan-out lag.
 
 pub mod burst;
 pub mod ceiling;
@@ -23,6 +25,7 @@ pub mod load;
 pub mod report;
 pub mod scenario;
 pub mod target;
+pub mod watch;
 
 /// Generated code for `proto/badge/bench/v1/echo.proto`.
 pub mod proto {

@@ -38,7 +38,6 @@ pub async fn default_service_accounts(objects: Objects) {
 
 async fn default_sa_pass(objects: &Objects) -> badge_core::Result<()> {
     let store = &objects.store;
-    let mut wake = store.subscribe();
     // Reconcile everything once, then follow the feed from that snapshot.
     let all = |_: &badge_store::Record| true;
     let page = store
@@ -59,17 +58,18 @@ async fn default_sa_pass(objects: &Objects) -> badge_core::Result<()> {
             ensure_default(objects, &ns.name).await?;
         }
     }
-    let mut cursor = page.revision;
+    // Served by the store's feed relay (one database read per change per process).
+    let mut follower = store.follow(page.revision);
     loop {
-        let batch = store.changes_since(cursor, 500).await?;
-        if batch.is_empty() {
-            if wake.changed().await.is_err() {
+        let batch = follower.next(500).await?;
+        if batch.entries.is_empty() {
+            if !follower.changed().await {
                 return Ok(());
             }
             continue;
         }
-        for ch in batch {
-            cursor = ch.revision;
+        for entry in &batch.entries {
+            let ch = entry.change()?;
             let r = &ch.record;
             let trigger = match (r.kind, &ch.event) {
                 (Kind::Namespace, EventType::Added | EventType::Modified) => Some(r.name.as_str()),

@@ -24,6 +24,8 @@ use crate::objects::{Object, Objects, decode, parse_resource_version};
 
 /// How many feed entries one store read returns.
 const BATCH: i64 = 500;
+/// How many feed entries one step of a follower hands over.
+const FOLLOW_BATCH: usize = 500;
 /// A list for list-then-watch is one snapshot; this bounds it.
 const LIST_LIMIT: usize = 1_000_000;
 
@@ -490,8 +492,7 @@ async fn follow(
         }
     };
     let store = &objects.store;
-    let mut wake = store.subscribe();
-    let mut cursor = match from {
+    let cursor = match from {
         Some(rv) => rv,
         None => {
             // List each kind as one snapshot, then replay the feed between the
@@ -568,8 +569,11 @@ async fn follow(
             high
         }
     };
+    // From here on the stream is served by the store's feed relay: each change is
+    // read from the database once per process, not once per watch stream.
+    let mut follower = store.follow(cursor);
     loop {
-        let batch = match store.changes_since(cursor, BATCH).await {
+        let batch = match follower.next(FOLLOW_BATCH).await {
             Ok(b) => b,
             Err(e) => {
                 // OUT_OF_RANGE tells the client to relist; UNAVAILABLE to resume later.
@@ -577,15 +581,24 @@ async fn follow(
                 return;
             }
         };
-        if batch.is_empty() {
+        if batch.entries.is_empty() {
+            through.store(batch.through, Ordering::Release);
             tokio::select! {
-                changed = wake.changed() => if changed.is_err() { return },
+                changed = follower.changed() => if !changed { return },
                 () = tx.closed() => return,
             }
             continue;
         }
-        for ch in &batch {
-            cursor = ch.revision;
+        for entry in &batch.entries {
+            // An entry that cannot be opened ends the stream, as before: a watch
+            // must not skip an event silently.
+            let ch = match entry.change() {
+                Ok(ch) => ch,
+                Err(e) => {
+                    let _ = send(tx, Err(e)).await;
+                    return;
+                }
+            };
             if filter.matches(&ch.record) {
                 if let Err(status) = gate(ch.revision).await {
                     let _ = tx.send(Err(status)).await;
@@ -596,8 +609,9 @@ async fn follow(
                 }
                 audit(&ch.record, ch.revision);
             }
-            through.store(cursor, Ordering::Release);
+            through.store(ch.revision, Ordering::Release);
         }
+        through.store(batch.through, Ordering::Release);
     }
 }
 

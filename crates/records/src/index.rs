@@ -293,7 +293,6 @@ impl Index {
 /// the store is gone).
 async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
     let store = &inner.store;
-    let mut wake = store.subscribe();
     let mut fresh = Objects::default();
     let mut listed_at = HashMap::new();
     // Each kind is streamed into its own packed map (the full list is never held as
@@ -328,7 +327,8 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
         listed_at.insert(kind, revision);
     }
     let wanted: HashSet<Kind> = kinds.iter().copied().collect();
-    let mut cursor = listed_at.values().copied().min().unwrap_or(0);
+    let cursor = listed_at.values().copied().min().unwrap_or(0);
+    let high_listed = listed_at.values().copied().max().unwrap_or(0);
     if let Ok(mut map) = inner.objects.write() {
         // Generations only grow, even across a relist.
         for (kind, g) in &map.generations {
@@ -336,21 +336,17 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
         }
         *map = fresh;
     }
+    // Served by the store's feed relay: every index (and watch stream) of this
+    // process shares one database read per change.
+    let mut follower = store.follow(cursor);
     loop {
-        let feed = store.read_feed(cursor, 1000).await?;
-        let batch = feed.entries;
+        let step = follower.next(1000).await?;
+        let batch = step.entries;
         if batch.is_empty() {
             // Publish progress (at least 1 so `ready` resolves on an empty store).
-            // No entry after the cursor in a snapshot whose counter is at
-            // `feed.revision` means everything up to that revision is applied.
-            let high = listed_at
-                .values()
-                .copied()
-                .max()
-                .unwrap_or(0)
-                .max(cursor)
-                .max(feed.revision)
-                .max(1);
+            // An empty step through `step.through` means everything up to that
+            // revision is applied.
+            let high = high_listed.max(step.through).max(1);
             inner.revision.send_if_modified(|r| {
                 let changed = *r < high;
                 if changed {
@@ -358,7 +354,7 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
                 }
                 changed
             });
-            if wake.changed().await.is_err() {
+            if !follower.changed().await {
                 return Ok(());
             }
             continue;
@@ -366,7 +362,7 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
         let mut guard = inner.objects.write().ok();
         if let Some(map) = guard.as_mut() {
             for entry in &batch {
-                let (kind, revision) = match entry {
+                let (kind, revision) = match &**entry {
                     FeedEntry::Change(ch) => (ch.record.kind, ch.revision),
                     FeedEntry::Unreadable(u) => (u.kind, u.revision),
                 };
@@ -374,7 +370,7 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
                 {
                     continue;
                 }
-                match entry {
+                match &**entry {
                     FeedEntry::Change(ch) => match ch.event {
                         EventType::Added | EventType::Modified => {
                             map.insert(ch.record.clone());
@@ -396,9 +392,7 @@ async fn follow(inner: &Inner, kinds: &[Kind]) -> Result<()> {
                 }
             }
         }
-        if let Some(last) = batch.last() {
-            cursor = last.revision();
-        }
+        let cursor = step.through;
         // Subscribers hear of every applied batch, even one that does not move
         // the published revision (on an empty store `ready` publishes 1 before
         // revision 1 exists; the key follower must still see that write).

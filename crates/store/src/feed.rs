@@ -38,6 +38,17 @@ impl Store {
     /// object means to it (the index drops it: fail closed). Also returns the
     /// revision counter of the snapshot read.
     pub async fn read_feed(&self, after: i64, limit: i64) -> Result<Feed> {
+        self.read_feed_marked(after, limit)
+            .await
+            .map(|(feed, _)| feed)
+    }
+
+    /// [`Store::read_feed`], and the compaction mark of the snapshot read (the
+    /// relay drops what the database no longer has).
+    pub(crate) async fn read_feed_marked(&self, after: i64, limit: i64) -> Result<(Feed, i64)> {
+        self.inner
+            .feed_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Followers (watch streams, the reviewer's index, key and CA watchers) read
         // the feed from background tasks that have no caller deadline. A query in
         // flight on a server that froze (SIGSTOP, a hung host: the kernel still
@@ -58,7 +69,7 @@ impl Store {
         }
     }
 
-    async fn read_feed_once(&self, after: i64, limit: i64) -> Result<Feed> {
+    async fn read_feed_once(&self, after: i64, limit: i64) -> Result<(Feed, i64)> {
         let limit = if limit <= 0 { i64::MAX } else { limit };
         // One snapshot for the compaction mark, the counter and the rows, so a
         // compaction that commits in between cannot silently cut a hole in what
@@ -110,10 +121,13 @@ impl Store {
                 }
             })
             .collect();
-        Ok(Feed {
-            entries,
-            revision: counter,
-        })
+        Ok((
+            Feed {
+                entries,
+                revision: counter,
+            },
+            compacted,
+        ))
     }
 
     /// Removes the prefix of the feed committed before `older_than` and records the
@@ -150,6 +164,11 @@ impl Store {
         .map(drop))
         .map_err(|e| db_error(e, None))?;
         tx.commit().await.map_err(|e| db_error(e, None))?;
+        // Followers of this process behind the cut now read the database (and get
+        // OutOfRange) at once, not only after the relay's next read.
+        if let Some(handle) = self.inner.relay.get() {
+            handle.relay.compacted(cutoff);
+        }
         Ok(removed)
     }
 }

@@ -36,12 +36,14 @@
 //!
 //! Modules: `types` (what callers pass and get back), `read` (get, list, scan),
 //! `feed` (the change feed and its compaction), `write` (`apply` and its
-//! transaction), `seal` (Secret data at rest), `row` (rows to records), `error`
+//! transaction), `relay` (one reader of the feed per store, serving every
+//! [`Follower`]), `seal` (Secret data at rest), `row` (rows to records), `error`
 //! (sqlx errors to domain errors); this file keeps the handle, the connection
 //! and the transactions every module shares.
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use badge_core::seal::DataSealer;
@@ -96,6 +98,7 @@ mod feed;
 mod listener;
 mod primary;
 mod read;
+mod relay;
 mod row;
 mod schema;
 mod seal;
@@ -106,6 +109,7 @@ mod types;
 mod write;
 
 use error::db_error;
+pub use relay::{FollowBatch, Follower};
 pub use seal::SEALED_KINDS;
 pub use types::{
     Change, EventType, Feed, FeedEntry, ListPage, ListQuery, Op, Precondition, Record, Unreadable,
@@ -120,6 +124,10 @@ pub struct StoreOptions {
     /// Encrypts the data of sensitive kinds (Secrets) at rest. Every process that
     /// reads them needs the same key.
     pub sealer: Option<Arc<dyn DataSealer>>,
+    /// Feed entries the store's relay keeps in memory for its followers (see
+    /// [`Store::follow`]): a follower further behind than this reads the
+    /// database itself.
+    pub feed_ring: usize,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -128,6 +136,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
             .field("sealed", &self.sealer.is_some())
+            .field("feed_ring", &self.feed_ring)
             .finish()
     }
 }
@@ -137,9 +146,14 @@ impl Default for StoreOptions {
             max_connections: 10,
             connect_timeout: Duration::from_secs(5),
             sealer: None,
+            feed_ring: DEFAULT_FEED_RING,
         }
     }
 }
+
+/// Default of [`StoreOptions::feed_ring`]: a few seconds of a busy store's
+/// writes, a few megabytes of memory.
+pub const DEFAULT_FEED_RING: usize = 10_000;
 /// A handle on the store; cheap to clone. The background LISTEN task ends when the
 /// last clone is dropped.
 #[derive(Debug, Clone)]
@@ -161,6 +175,11 @@ struct Inner {
     /// committed there, together with the others waiting. Dropped with the last
     /// `Store` clone, which ends the task once the queue is drained.
     writer: mpsc::Sender<write::Request>,
+    /// The feed relay, started by the first [`Store::follow`].
+    relay: OnceLock<relay::RelayHandle>,
+    feed_ring: usize,
+    /// Reads of the change feed from the database (see [`Store::feed_reads`]).
+    feed_reads: AtomicU64,
 }
 
 /// The database behind a store (cheap to clone: both are shared handles).
@@ -224,6 +243,9 @@ impl Store {
                     writer: write::spawn_writer(db.clone(), shared.revision.clone()),
                     db,
                     _stop_listener: None,
+                    relay: OnceLock::new(),
+                    feed_ring: opts.feed_ring,
+                    feed_reads: AtomicU64::new(0),
                 }),
             });
         }
@@ -274,6 +296,9 @@ impl Store {
                 db,
                 revision,
                 _stop_listener: Some(stop_tx),
+                relay: OnceLock::new(),
+                feed_ring: opts.feed_ring,
+                feed_reads: AtomicU64::new(0),
             }),
         })
     }
@@ -402,6 +427,34 @@ impl Store {
     /// commit.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.inner.revision.subscribe()
+    }
+
+    /// A cursor on the change feed after revision `after`, served by this store's
+    /// feed relay: one task per store reads each change from the database once
+    /// and every follower takes it from memory, so the database's work per change
+    /// does not grow with the followers (see `relay.rs`). The order, the entries
+    /// and the errors are those of [`Store::read_feed`]: ascending revisions with
+    /// no gaps, unreadable entries in their place, `OutOfRange` for a cursor
+    /// behind the compaction mark. The relay starts with the first call; must be
+    /// called inside a Tokio runtime.
+    ///
+    /// For the steady state of a follower. What must be everything committed up
+    /// to now (the replay after a list) is read with [`Store::changes_since`] or
+    /// [`Store::read_feed`].
+    pub fn follow(&self, after: i64) -> Follower {
+        let handle = self
+            .inner
+            .relay
+            .get_or_init(|| relay::start(self, self.inner.feed_ring));
+        Follower::new(self.clone(), handle.relay.clone(), after)
+    }
+
+    /// How many times this store has read the change feed from the database
+    /// (its relay, followers behind the relay, [`Store::read_feed`] and
+    /// [`Store::changes_since`] callers): what the relay keeps flat as followers
+    /// are added.
+    pub fn feed_reads(&self) -> u64 {
+        self.inner.feed_reads.load(Ordering::Relaxed)
     }
 
     /// The revision of the last committed write (0 when none yet).

@@ -100,6 +100,15 @@ impl FeedEntry {
             FeedEntry::Unreadable(u) => u.revision,
         }
     }
+
+    /// The change; for an unreadable entry, the error [`Store::changes_since`]
+    /// answers (for a follower that must not skip an event silently).
+    pub fn change(&self) -> Result<&Change> {
+        match self {
+            FeedEntry::Change(c) => Ok(c),
+            FeedEntry::Unreadable(u) => Err(Error::Internal(u.reason.clone())),
+        }
+    }
 }
 
 /// A batch of [`Store::read_feed`].

@@ -1197,6 +1197,7 @@ async fn ping_answers_and_an_unreachable_server_is_unavailable(b: Backend) {
             max_connections: 2,
             connect_timeout: Duration::from_millis(500),
             sealer: None,
+            ..StoreOptions::default()
         },
     )
     .await

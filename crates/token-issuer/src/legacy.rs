@@ -200,21 +200,22 @@ impl LegacyTokens {
     }
 
     async fn pass(&self) -> Result<()> {
-        let mut wake = self.store.subscribe();
-        let (secrets, mut cursor) = self.all_secrets(None).await?;
+        let (secrets, cursor) = self.all_secrets(None).await?;
         self.reconcile_all(&secrets).await;
+        // Served by the store's feed relay (one database read per change per process).
+        let mut follower = self.store.follow(cursor);
         loop {
-            let batch = self.store.changes_since(cursor, 500).await?;
-            if batch.is_empty() {
-                if wake.changed().await.is_err() {
+            let batch = follower.next(500).await?;
+            if batch.entries.is_empty() {
+                if !follower.changed().await {
                     return Ok(());
                 }
                 continue;
             }
             let mut full_resync = false;
             let mut namespaces = std::collections::BTreeSet::new();
-            for ch in &batch {
-                cursor = ch.revision;
+            for entry in &batch.entries {
+                let ch = entry.change()?;
                 match (ch.record.kind, ch.event) {
                     (Kind::Secret, EventType::Added | EventType::Modified) => {
                         if let Err(e) = self.reconcile(&ch.record).await {
