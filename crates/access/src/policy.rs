@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use badge_core::Kind;
-use badge_core::rbac::{Binding, Policy, Role};
+use badge_core::rbac::{Binding, IndexedBindings, Policy, Role, UserInfo};
 use badge_proto::rbac as pb;
 use badge_records::{Index, decode};
 
@@ -25,9 +25,13 @@ pub const RBAC_KINDS: [Kind; 4] = [
 pub struct Snapshot {
     generation: u64,
     cluster_roles: HashMap<String, Role>,
-    roles: HashMap<(String, String), Role>,
-    cluster_role_bindings: Vec<Binding>,
-    role_bindings: HashMap<String, Vec<Binding>>,
+    /// Namespace → name → Role (looked up by `&str`, without building a key).
+    roles: HashMap<String, HashMap<String, Role>>,
+    /// Sorted by name and indexed by subject: a decision visits only the bindings
+    /// that name the user or one of its groups.
+    cluster_role_bindings: IndexedBindings,
+    /// Namespace → its RoleBindings, likewise.
+    role_bindings: HashMap<String, IndexedBindings>,
 }
 
 impl Snapshot {
@@ -36,6 +40,8 @@ impl Snapshot {
             generation,
             ..Snapshot::default()
         };
+        let mut cluster_role_bindings = Vec::new();
+        let mut role_bindings: HashMap<String, Vec<Binding>> = HashMap::new();
         // A record that does not decode (never written by this version) grants
         // nothing rather than failing every decision.
         for r in index.list(Kind::ClusterRole) {
@@ -48,12 +54,14 @@ impl Snapshot {
             if let Ok(o) = decode::<pb::Role>(&r) {
                 let role = badge_records::rbac::role(o.metadata.as_ref(), &o.rules);
                 s.roles
-                    .insert((role.namespace.clone(), role.name.clone()), role);
+                    .entry(role.namespace.clone())
+                    .or_default()
+                    .insert(role.name.clone(), role);
             }
         }
         for r in index.list(Kind::ClusterRoleBinding) {
             if let Ok(o) = decode::<pb::ClusterRoleBinding>(&r) {
-                s.cluster_role_bindings.push(badge_records::rbac::binding(
+                cluster_role_bindings.push(badge_records::rbac::binding(
                     o.metadata.as_ref(),
                     &o.subjects,
                     o.role_ref.as_ref(),
@@ -67,7 +75,7 @@ impl Snapshot {
                     &o.subjects,
                     o.role_ref.as_ref(),
                 );
-                s.role_bindings
+                role_bindings
                     .entry(b.namespace.clone())
                     .or_default()
                     .push(b);
@@ -75,10 +83,15 @@ impl Snapshot {
         }
         // Deterministic order, so the binding named in a reason does not depend on
         // hash order.
-        s.cluster_role_bindings.sort_by(|a, b| a.name.cmp(&b.name));
-        for list in s.role_bindings.values_mut() {
-            list.sort_by(|a, b| a.name.cmp(&b.name));
-        }
+        cluster_role_bindings.sort_by(|a, b| a.name.cmp(&b.name));
+        s.cluster_role_bindings = IndexedBindings::new(cluster_role_bindings);
+        s.role_bindings = role_bindings
+            .into_iter()
+            .map(|(ns, mut list)| {
+                list.sort_by(|a, b| a.name.cmp(&b.name));
+                (ns, IndexedBindings::new(list))
+            })
+            .collect();
         s
     }
 }
@@ -90,18 +103,33 @@ impl Policy for Snapshot {
 
     fn role(&self, ns: &str, name: &str) -> Option<Cow<'_, Role>> {
         self.roles
-            .get(&(ns.to_owned(), name.to_owned()))
+            .get(ns)
+            .and_then(|roles| roles.get(name))
             .map(Cow::Borrowed)
     }
 
     fn cluster_role_bindings(&self) -> Cow<'_, [Binding]> {
-        Cow::Borrowed(&self.cluster_role_bindings)
+        Cow::Borrowed(self.cluster_role_bindings.bindings())
     }
 
     fn role_bindings(&self, ns: &str) -> Cow<'_, [Binding]> {
         self.role_bindings
             .get(ns)
-            .map_or(Cow::Borrowed(&[]), |b| Cow::Borrowed(b))
+            .map_or(Cow::Borrowed(&[]), |b| Cow::Borrowed(b.bindings()))
+    }
+
+    fn visit_candidate_bindings(
+        &self,
+        namespace: &str,
+        user: &UserInfo,
+        visit: &mut dyn FnMut(&Binding) -> bool,
+    ) -> bool {
+        let bindings = if namespace.is_empty() {
+            Some(&self.cluster_role_bindings)
+        } else {
+            self.role_bindings.get(namespace)
+        };
+        bindings.is_none_or(|b| b.visit_candidates(user, visit))
     }
 }
 

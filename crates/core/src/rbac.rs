@@ -22,6 +22,7 @@
 //! - A ServiceAccount subject's namespace, when given, must be a DNS label.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use crate::FieldViolation;
 use crate::names::{invalid_value, quote, validate_dns_label, validate_dns_subdomain};
@@ -171,6 +172,168 @@ pub trait Policy {
     fn role(&self, ns: &str, name: &str) -> Option<Cow<'_, Role>>;
     fn cluster_role_bindings(&self) -> Cow<'_, [Binding]>;
     fn role_bindings(&self, ns: &str) -> Cow<'_, [Binding]>;
+
+    /// Calls `visit` for the bindings of `namespace` (empty: the
+    /// ClusterRoleBindings) that may apply to `user`, in the order of
+    /// [`Policy::cluster_role_bindings`] / [`Policy::role_bindings`], until it
+    /// returns false; returns false if it stopped. A superset is correct (the
+    /// evaluator matches every subject again), so the default is every binding; an
+    /// index ([`IndexedBindings`]) skips the ones that name none of the user's
+    /// names or groups.
+    fn visit_candidate_bindings(
+        &self,
+        namespace: &str,
+        user: &UserInfo,
+        visit: &mut dyn FnMut(&Binding) -> bool,
+    ) -> bool {
+        let _ = user;
+        let bindings = if namespace.is_empty() {
+            self.cluster_role_bindings()
+        } else {
+            self.role_bindings(namespace)
+        };
+        bindings.iter().all(visit)
+    }
+}
+
+/// Bindings (one namespace's RoleBindings, or the ClusterRoleBindings) in a fixed
+/// order, with the positions of the bindings that name each user and each group.
+///
+/// Why: every authorized RPC and every ext_authz Check (twice: Envoy's own `create
+/// checks`, then the request) decides by walking the bindings, and matching every
+/// subject of every binding was most of RBAC's cost. The index only narrows the
+/// walk: [`applies_to`] still decides each candidate, so the semantics are those of
+/// the full walk by construction, and candidates are visited in the bindings'
+/// order, so the binding named in a reason is the one the full walk names.
+///
+/// Keys, as [`applies_to`] matches:
+/// - `User` subjects by name;
+/// - `ServiceAccount` subjects by the username they match,
+///   `system:serviceaccount:<ns>:<name>` (`<ns>` defaulting to the binding's
+///   namespace; none in a ClusterRoleBinding matches nobody and is not indexed) —
+///   the same map as users: a `User` subject `system:serviceaccount:a:b` matches
+///   that service account too;
+/// - `Group` subjects by group name (`system:authenticated` and the other
+///   system groups are ordinary groups here: the user carries them);
+/// - any other kind matches nobody and is not indexed.
+#[derive(Debug, Clone, Default)]
+pub struct IndexedBindings {
+    bindings: Vec<Binding>,
+    /// Username → ascending positions in `bindings`.
+    by_user: HashMap<String, Vec<usize>>,
+    /// Group → ascending positions in `bindings`.
+    by_group: HashMap<String, Vec<usize>>,
+}
+
+/// How many position lists [`IndexedBindings::visit_candidates`] merges on the
+/// stack; a user with more bound names and groups takes a sorted copy instead.
+const MERGE_WAYS: usize = 8;
+
+impl IndexedBindings {
+    /// Indexes `bindings`, keeping their order (the caller's: sorted by name in the
+    /// service).
+    pub fn new(bindings: Vec<Binding>) -> Self {
+        let mut by_user: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_group: HashMap<String, Vec<usize>> = HashMap::new();
+        // Positions are pushed in ascending order; a binding naming the same key
+        // twice is listed once.
+        let add = |map: &mut HashMap<String, Vec<usize>>, key: String, at: usize| {
+            let list = map.entry(key).or_default();
+            if list.last() != Some(&at) {
+                list.push(at);
+            }
+        };
+        for (at, b) in bindings.iter().enumerate() {
+            for s in &b.subjects {
+                match s.kind.as_str() {
+                    KIND_USER => add(&mut by_user, s.name.clone(), at),
+                    KIND_GROUP => add(&mut by_group, s.name.clone(), at),
+                    KIND_SERVICE_ACCOUNT => {
+                        let ns = if s.namespace.is_empty() {
+                            &b.namespace
+                        } else {
+                            &s.namespace
+                        };
+                        if !ns.is_empty() {
+                            add(
+                                &mut by_user,
+                                crate::service_account_username(ns, &s.name),
+                                at,
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        IndexedBindings {
+            bindings,
+            by_user,
+            by_group,
+        }
+    }
+
+    /// Every binding, in order.
+    pub fn bindings(&self) -> &[Binding] {
+        &self.bindings
+    }
+
+    /// Calls `visit` for every binding that names `user`'s name or one of its
+    /// groups, each once and in order, until it returns false; returns false if it
+    /// stopped.
+    pub fn visit_candidates(
+        &self,
+        user: &UserInfo,
+        visit: &mut dyn FnMut(&Binding) -> bool,
+    ) -> bool {
+        let lists = std::iter::once(self.by_user.get(user.name.as_str()))
+            .chain(user.groups.iter().map(|g| self.by_group.get(g.as_str())))
+            .flatten()
+            .filter(|l| !l.is_empty());
+        // A k-way merge of the ascending lists, without allocating for the usual
+        // few (the name, three or four groups).
+        let mut heads: [&[usize]; MERGE_WAYS] = [&[]; MERGE_WAYS];
+        let mut n = 0;
+        for list in lists {
+            let Some(slot) = heads.get_mut(n) else {
+                return self.visit_sorted(user, visit);
+            };
+            *slot = list;
+            n += 1;
+        }
+        let heads = heads.get_mut(..n).unwrap_or_default();
+        loop {
+            let Some(next) = heads.iter().filter_map(|h| h.first()).min().copied() else {
+                return true;
+            };
+            for h in heads.iter_mut() {
+                if let Some((&first, rest)) = h.split_first()
+                    && first == next
+                {
+                    *h = rest;
+                }
+            }
+            if let Some(b) = self.bindings.get(next)
+                && !visit(b)
+            {
+                return false;
+            }
+        }
+    }
+
+    /// [`IndexedBindings::visit_candidates`] through a sorted copy of the
+    /// positions: for a user with more than [`MERGE_WAYS`] bound names and groups.
+    fn visit_sorted(&self, user: &UserInfo, visit: &mut dyn FnMut(&Binding) -> bool) -> bool {
+        let mut at: Vec<usize> = std::iter::once(self.by_user.get(user.name.as_str()))
+            .chain(user.groups.iter().map(|g| self.by_group.get(g.as_str())))
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
+        at.sort_unstable();
+        at.dedup();
+        at.iter().filter_map(|&i| self.bindings.get(i)).all(visit)
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -312,26 +475,25 @@ fn visit_bindings(
     namespace: &str,
     visit: &mut dyn FnMut(&Binding, &Subject, Option<&Role>) -> bool,
 ) {
-    let mut walk = |bindings: Cow<'_, [Binding]>, binding_ns: &str| -> bool {
-        for b in bindings.iter() {
+    let mut walk = |binding_ns: &str| -> bool {
+        // The policy may narrow the bindings to candidates (an index); whether one
+        // applies is decided here, subject by subject, either way.
+        policy.visit_candidate_bindings(binding_ns, user, &mut |b| {
             if b.namespace != binding_ns {
-                continue; // a RoleBinding grants only in its own namespace
+                return true; // a RoleBinding grants only in its own namespace
             }
             let Some(subject) = b.subjects.iter().find(|s| applies_to(s, user, binding_ns)) else {
-                continue;
+                return true;
             };
             let role = referenced_role(policy, binding_ns, &b.role_ref);
-            if !visit(b, subject, role.as_deref()) {
-                return false;
-            }
-        }
-        true
+            visit(b, subject, role.as_deref())
+        })
     };
-    if !walk(policy.cluster_role_bindings(), "") {
+    if !walk("") {
         return;
     }
     if !namespace.is_empty() {
-        walk(policy.role_bindings(namespace), namespace);
+        walk(namespace);
     }
 }
 
@@ -1360,6 +1522,230 @@ mod tests {
         let get_node = |ns: &str| req("get", ns, "", "nodes", "", "n1");
         assert!(authorize(&p, &carol, &get_node("team")).allowed);
         assert!(!authorize(&p, &carol, &get_node("other")).allowed);
+    }
+
+    /// [`MemPolicy`] with its bindings in [`IndexedBindings`], as the service holds
+    /// them.
+    struct Indexed {
+        roles: MemPolicy,
+        cluster: IndexedBindings,
+        namespaced: HashMap<String, IndexedBindings>,
+    }
+
+    impl Indexed {
+        fn new(p: MemPolicy) -> Self {
+            let cluster = IndexedBindings::new(p.cluster_role_bindings().into_owned());
+            let mut by_ns: HashMap<String, Vec<Binding>> = HashMap::new();
+            for b in p.bindings.iter().filter(|b| !b.namespace.is_empty()) {
+                by_ns
+                    .entry(b.namespace.clone())
+                    .or_default()
+                    .push(b.clone());
+            }
+            Indexed {
+                roles: p,
+                cluster,
+                namespaced: by_ns
+                    .into_iter()
+                    .map(|(ns, list)| (ns, IndexedBindings::new(list)))
+                    .collect(),
+            }
+        }
+    }
+
+    impl Policy for Indexed {
+        fn cluster_role(&self, name: &str) -> Option<Cow<'_, Role>> {
+            self.roles.cluster_role(name)
+        }
+        fn role(&self, ns: &str, name: &str) -> Option<Cow<'_, Role>> {
+            self.roles.role(ns, name)
+        }
+        fn cluster_role_bindings(&self) -> Cow<'_, [Binding]> {
+            Cow::Borrowed(self.cluster.bindings())
+        }
+        fn role_bindings(&self, ns: &str) -> Cow<'_, [Binding]> {
+            self.namespaced
+                .get(ns)
+                .map_or(Cow::Borrowed(&[]), |b| Cow::Borrowed(b.bindings()))
+        }
+        fn visit_candidate_bindings(
+            &self,
+            namespace: &str,
+            user: &UserInfo,
+            visit: &mut dyn FnMut(&Binding) -> bool,
+        ) -> bool {
+            let b = if namespace.is_empty() {
+                Some(&self.cluster)
+            } else {
+                self.namespaced.get(namespace)
+            };
+            b.is_none_or(|b| b.visit_candidates(user, visit))
+        }
+    }
+
+    fn candidate_names(b: &IndexedBindings, user: &UserInfo) -> Vec<String> {
+        let mut out = Vec::new();
+        b.visit_candidates(user, &mut |b| {
+            out.push(b.name.clone());
+            true
+        });
+        out
+    }
+
+    #[test]
+    fn binding_index_candidates_table() {
+        let other = Subject {
+            kind: "Robot".into(),
+            name: "alice".into(),
+            ..Subject::default()
+        };
+        // Cluster bindings, in name order as the service sorts them.
+        #[rustfmt::skip]
+        let cluster = IndexedBindings::new(vec![
+            binding("", "a-authenticated", KIND_CLUSTER_ROLE, "r", vec![group_subject("system:authenticated")]),
+            binding("", "b-alice", KIND_CLUSTER_ROLE, "r", vec![user_subject("alice")]),
+            binding("", "c-alice-twice", KIND_CLUSTER_ROLE, "r", vec![user_subject("alice"), group_subject("team-a"), user_subject("alice")]),
+            binding("", "d-sa", KIND_CLUSTER_ROLE, "r", vec![sa("dev", "builder")]),
+            binding("", "e-sa-no-namespace", KIND_CLUSTER_ROLE, "r", vec![sa("", "builder")]),
+            binding("", "f-sa-as-user", KIND_CLUSTER_ROLE, "r", vec![user_subject("system:serviceaccount:dev:builder")]),
+            binding("", "g-dev-sas", KIND_CLUSTER_ROLE, "r", vec![group_subject("system:serviceaccounts:dev")]),
+            binding("", "h-robot", KIND_CLUSTER_ROLE, "r", vec![other]),
+            binding("", "i-team-a", KIND_CLUSTER_ROLE, "r", vec![group_subject("team-a")]),
+            binding("", "j-unauthenticated", KIND_CLUSTER_ROLE, "r", vec![group_subject("system:unauthenticated")]),
+        ]);
+        // RoleBindings of `dev`: a ServiceAccount subject without a namespace is one
+        // of the binding's.
+        #[rustfmt::skip]
+        let dev = IndexedBindings::new(vec![
+            binding("dev", "a-default-sa", KIND_ROLE, "r", vec![sa("", "builder")]),
+            binding("dev", "b-other-ns-sa", KIND_ROLE, "r", vec![sa("ops", "builder")]),
+            binding("dev", "c-alice", KIND_ROLE, "r", vec![user_subject("alice")]),
+        ]);
+        let builder = sa_user("dev", "builder");
+        let ops_builder = sa_user("ops", "builder");
+        let alice = plain_user("alice", &["team-a", "system:authenticated", "team-a"]);
+        let anonymous = plain_user("system:anonymous", &["system:unauthenticated"]);
+        let nobody = plain_user("nobody", &[]);
+        #[rustfmt::skip]
+        let cases: Vec<(&str, &IndexedBindings, &UserInfo, &[&str])> = vec![
+            ("user, groups, in order, once each", &cluster, &alice, &["a-authenticated", "b-alice", "c-alice-twice", "i-team-a"]),
+            ("sa: its username, as a User subject too, and its groups", &cluster, &builder, &["a-authenticated", "d-sa", "f-sa-as-user", "g-dev-sas"]),
+            ("sa of another namespace", &cluster, &ops_builder, &["a-authenticated"]),
+            ("unauthenticated group", &cluster, &anonymous, &["j-unauthenticated"]),
+            ("no subject names the user", &cluster, &nobody, &[]),
+            ("rb: sa defaults to the binding namespace", &dev, &builder, &["a-default-sa"]),
+            ("rb: sa of another namespace named", &dev, &ops_builder, &["b-other-ns-sa"]),
+            ("rb: user", &dev, &alice, &["c-alice"]),
+        ];
+        for (what, b, user, want) in cases {
+            assert_eq!(candidate_names(b, user), *want, "{what}");
+        }
+        // Every binding that applies is a candidate (the index may only narrow).
+        for user in [&builder, &ops_builder, &alice, &anonymous, &nobody] {
+            for (ns, b) in [("", &cluster), ("dev", &dev)] {
+                let applies: Vec<String> = b
+                    .bindings()
+                    .iter()
+                    .filter(|x| x.subjects.iter().any(|s| applies_to(s, user, ns)))
+                    .map(|x| x.name.clone())
+                    .collect();
+                assert_eq!(candidate_names(b, user), applies, "{}", user.name);
+            }
+        }
+        // Stopping: the visit ends at the first false.
+        let mut seen = 0;
+        assert!(!cluster.visit_candidates(&alice, &mut |_| {
+            seen += 1;
+            seen < 2
+        }));
+        assert_eq!(seen, 2);
+    }
+
+    #[test]
+    fn binding_index_merges_many_groups_in_order() {
+        // More bound groups than the stack merge holds: the sorted fallback, same
+        // answer.
+        let groups: Vec<String> = (0..2 * MERGE_WAYS).map(|i| format!("g{i:02}")).collect();
+        let bindings: Vec<Binding> = groups
+            .iter()
+            .rev()
+            .enumerate()
+            .map(|(i, g)| {
+                binding(
+                    "",
+                    &format!("b{i:02}"),
+                    KIND_CLUSTER_ROLE,
+                    "r",
+                    vec![group_subject(g), group_subject("all")],
+                )
+            })
+            .collect();
+        let index = IndexedBindings::new(bindings.clone());
+        let mut user_groups = groups.clone();
+        user_groups.push("all".into());
+        let user = UserInfo {
+            name: "u".into(),
+            groups: user_groups,
+        };
+        let all: Vec<String> = bindings.iter().map(|b| b.name.clone()).collect();
+        assert_eq!(candidate_names(&index, &user), all);
+        let few = UserInfo {
+            name: "u".into(),
+            groups: vec!["g03".into(), "g01".into()],
+        };
+        // g01 is bound by the binding at position 2*MERGE_WAYS-2, g03 before it.
+        let want = [
+            format!("b{:02}", 2 * MERGE_WAYS - 4),
+            format!("b{:02}", 2 * MERGE_WAYS - 2),
+        ];
+        assert_eq!(candidate_names(&index, &few), want);
+    }
+
+    #[test]
+    fn indexed_policy_decides_as_the_full_walk() {
+        // The fixture's every decision, reason included, through the index.
+        let full = fixture();
+        let indexed = Indexed::new(fixture());
+        let users = [
+            sa_user("dev", "builder"),
+            sa_user("dev", "other"),
+            sa_user("ops", "default"),
+            sa_user("dev", "default"),
+            plain_user("alice", &["system:authenticated"]),
+            plain_user("bob", &["system:authenticated"]),
+            plain_user("carol", &[]),
+            plain_user("dave", &[]),
+            plain_user("erin", &[]),
+            plain_user("frank", &[]),
+        ];
+        let mut requests = vec![
+            url("get", "/healthz"),
+            url("get", "/metrics"),
+            url("get", "/version"),
+        ];
+        for ns in ["", "maintenance", "team", "ops", "dev", "other"] {
+            requests.extend([
+                req("list", ns, "batch", "jobs", "", ""),
+                req("get", ns, "", "pods", "", "p"),
+                req("list", ns, "apps", "deployments", "", ""),
+                req("get", ns, "", "nodes", "", "n1"),
+                req("list", ns, "", "nodes", "", ""),
+                req("delete", ns, "", "configmaps", "", "c"),
+                req("get", ns, "", "secrets", "", "db"),
+                req("patch", ns, "apps", "statefulsets", "scale", "s"),
+            ]);
+        }
+        for user in &users {
+            for attrs in &requests {
+                let want = authorize(&full, user, attrs);
+                assert_eq!(authorize(&indexed, user, attrs), want, "{user:?} {attrs:?}");
+                assert_eq!(allows(&indexed, user, attrs), want.allowed);
+                assert_eq!(
+                    rules_for(&indexed, user, attrs.namespace()),
+                    rules_for(&full, user, attrs.namespace())
+                );
+            }
+        }
     }
 
     #[test]
