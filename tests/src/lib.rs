@@ -107,24 +107,7 @@ impl IdentityServer {
         };
         let mut config = config;
         configure(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let cfg = config.clone();
-        let task = tokio::spawn(async move {
-            badge_identity::serve(
-                &cfg,
-                store,
-                Arc::new(badge_core::SystemClock),
-                listener,
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        });
+        let (addr, stop, task) = spawn_identity(&config, store).await;
         let s = IdentityServer {
             addr,
             pki,
@@ -211,24 +194,7 @@ impl IdentityServer {
         )
         .await
         .expect("store");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let cfg = self.config.clone();
-        let task = tokio::spawn(async move {
-            badge_identity::serve(
-                &cfg,
-                store,
-                Arc::new(badge_core::SystemClock),
-                listener,
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        });
+        let (addr, stop, task) = spawn_identity(&self.config, store).await;
         let replica = IdentityReplica {
             addr,
             stop: Some(stop),
@@ -256,6 +222,37 @@ impl IdentityServer {
     pub async fn admin_of(&self, addr: SocketAddr) -> Channel {
         self.channel_to(addr, &self.pki.admin)
     }
+}
+
+/// Serves identity with `config` on `store` on 127.0.0.1:0, in a task; stops when
+/// the sender fires.
+async fn spawn_identity(
+    config: &IdentityConfig,
+    store: badge_store::Store,
+) -> (
+    SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let cfg = config.clone();
+    let task = tokio::spawn(async move {
+        badge_identity::serve(
+            &cfg,
+            store,
+            Arc::new(badge_core::SystemClock),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
+    (addr, stop, task)
 }
 
 /// A second identity process (see [`IdentityServer::replica`]); stops when

@@ -90,7 +90,10 @@ impl Cache {
             page(revision, objects, after, limit, selector)
         };
         let page = self.index.read_kind(T::KIND, namespace, read);
-        count(if page.is_some() { "cache" } else { "store" }, "list");
+        match page {
+            Some(_) => count("cache", "list"),
+            None => count("store", "poisoned"),
+        }
         page
     }
 
