@@ -4,7 +4,10 @@
 #      INSERT into a scratch table of a scratch database, for $PG_DUR;
 #   2. CreateServiceAccount against `badge up` on a fresh Postgres database,
 #      $N connections x $M in flight for $DUR, a new name per request;
-#   3. with SQLITE=1, the same against `badge up` on its embedded SQLite default.
+#   3. service-account-churn on the same `badge up`: Create, Update (a label, with the
+#      resource_version) and Delete (resource_version and uid preconditions), a
+#      third each, every request one write;
+#   4. with SQLITE=1, both against `badge up` on its embedded SQLite default.
 # Prints each rate, p50/p99 and the ratio of the writes to the pgbench ceiling.
 # Needs PostgreSQL (and pgbench, psql) on 127.0.0.1:5432. Loopback only; every run
 # is bounded in time; the databases, processes and files it made are removed on
@@ -76,14 +79,14 @@ up() {
   sleep 1
   env_file="$dir/badge.env"
 }
-# creates <label>: the run against the `badge up` whose env file is $env_file.
-creates() {
+# writes <scenario> <label>: the run against the `badge up` whose env file is $env_file.
+writes() {
   # shellcheck disable=SC1090
   source "$env_file"
-  echo "== CreateServiceAccount, $1 ($N connections x $M in flight, $DUR)"
+  echo "== $1, $2 ($N connections x $M in flight, $DUR)"
   out=$(timeout 300 "$B" run --target "$BADGE_IDENTITY_ENDPOINT" --ca "$BADGE_CA" \
     --cert "$BADGE_CLIENT_CERT" --key "$BADGE_CLIENT_KEY" --connections "$N" --in-flight "$M" \
-    --duration "$DUR" create-service-account --namespace default)
+    --duration "$DUR" "$1" --namespace default)
   echo "$out" | grep -E "rate|latency|errors"
   rate=$(echo "$out" | sed -n 's/^rate.*(ok \([0-9.]*\) req.*/\1/p' | head -1)
 }
@@ -93,19 +96,25 @@ stop() {
   sleep 1
 }
 
-up postgres "$DB/$db"
-creates "Postgres"
-pg_rate=$rate
-stop
-python3 - "$pg_rate" "$ceiling" <<'PY'
+share() {
+  python3 - "$1" "$2" "$ceiling" <<'PY'
 import sys
-rate, ceiling = float(sys.argv[1] or 0), float(sys.argv[2] or 0)
-print(f"== writes/s of the pgbench ceiling: {rate:.0f} / {ceiling:.0f} = {100 * rate / ceiling:.0f} %"
+what, rate, ceiling = sys.argv[1], float(sys.argv[2] or 0), float(sys.argv[3] or 0)
+print(f"== {what}/s of the pgbench ceiling: {rate:.0f} / {ceiling:.0f} = {100 * rate / ceiling:.0f} %"
       if ceiling else "== no pgbench ceiling measured")
 PY
+}
+
+up postgres "$DB/$db"
+writes create-service-account "Postgres"
+share creates "$rate"
+writes service-account-churn "Postgres"
+share "churn writes" "$rate"
+stop
 
 if [ "$SQLITE" = 1 ]; then
   up sqlite "sqlite://$work/sqlite/badge.db"
-  creates "embedded SQLite"
+  writes create-service-account "embedded SQLite"
+  writes service-account-churn "embedded SQLite"
   stop
 fi

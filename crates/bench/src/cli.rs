@@ -25,7 +25,7 @@ use crate::certificates::{self, IstioPool, IstioSpec, PodPool, PodSpec, key_type
 use crate::echo::EchoServer;
 use crate::load::{self, LoadConfig, MAX_DURATION};
 use crate::report::Report;
-use crate::scenario::{CreateServiceAccounts, Scenario};
+use crate::scenario::{CreateServiceAccounts, Scenario, ServiceAccountChurn};
 
 /// Largest echo payload (tonic's default message limit is 4 MiB).
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
@@ -312,6 +312,18 @@ pub enum ScenarioArgs {
         #[arg(long)]
         name_prefix: Option<String>,
     },
+    /// CreateServiceAccount, UpdateServiceAccount and DeleteServiceAccount in turn, a
+    /// third each: an update changes a label of an account an earlier request
+    /// created (sending its resource_version), a delete removes one an earlier
+    /// request updated (resource_version and uid preconditions).
+    ServiceAccountChurn {
+        /// An existing namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Default: bench-<process id>- (distinct for runs against one database).
+        #[arg(long)]
+        name_prefix: Option<String>,
+    },
     /// badge.review.v1.TokenReviewService/CreateTokenReview of one token, again and
     /// again (a warm signature cache); a rejected token counts as an error.
     TokenReview {
@@ -479,6 +491,13 @@ impl ScenarioArgs {
                 namespace,
                 name_prefix,
             } => Scenario::CreateServiceAccount(Arc::new(CreateServiceAccounts::new(
+                namespace,
+                name_prefix.unwrap_or_else(|| format!("bench-{}-", std::process::id())),
+            ))),
+            ScenarioArgs::ServiceAccountChurn {
+                namespace,
+                name_prefix,
+            } => Scenario::ServiceAccountChurn(Arc::new(ServiceAccountChurn::new(
                 namespace,
                 name_prefix.unwrap_or_else(|| format!("bench-{}-", std::process::id())),
             ))),

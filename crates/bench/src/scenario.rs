@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use badge_proto::identity::service_account_service_client::ServiceAccountServiceClient;
-use badge_proto::identity::{CreateServiceAccountRequest, ServiceAccount};
+use badge_proto::identity::{
+    CreateServiceAccountRequest, DeleteServiceAccountRequest, ServiceAccount,
+    UpdateServiceAccountRequest,
+};
 use badge_proto::identity::{GetServiceAccountRequest, ListServiceAccountsRequest};
 use badge_proto::meta::ObjectMeta;
 use badge_proto::review::access_review_service_client::AccessReviewServiceClient;
@@ -39,6 +42,9 @@ pub enum Scenario {
     /// `badge.identity.v1.ServiceAccountService/CreateServiceAccount`, a new name
     /// per request (see [`CreateServiceAccounts`]): every request is a write.
     CreateServiceAccount(Arc<CreateServiceAccounts>),
+    /// Create, Update and Delete of service accounts in turn (see
+    /// [`ServiceAccountChurn`]): every request is one write of the three kinds.
+    ServiceAccountChurn(Arc<ServiceAccountChurn>),
     /// `badge.review.v1.TokenReviewService/CreateTokenReview`; an answer with
     /// `authenticated = false` counts as an `Unauthenticated` error.
     TokenReview(CreateTokenReviewRequest),
@@ -81,6 +87,7 @@ impl Scenario {
             Scenario::GetServiceAccount(_) => "get-service-account",
             Scenario::ListServiceAccounts { .. } => "list-service-accounts",
             Scenario::CreateServiceAccount(_) => "create-service-account",
+            Scenario::ServiceAccountChurn(_) => "service-account-churn",
             Scenario::TokenReview(_) => "token-review",
             Scenario::SubjectAccessReview { .. } => "subject-access-review",
             Scenario::Check { .. } => "check",
@@ -103,6 +110,7 @@ impl Scenario {
             Scenario::GetServiceAccount(r) => r.encoded_len(),
             Scenario::ListServiceAccounts { request, .. } => request.encoded_len(),
             Scenario::CreateServiceAccount(c) => c.request(0).encoded_len(),
+            Scenario::ServiceAccountChurn(c) => c.creates.request(0).encoded_len(),
             Scenario::TokenReview(r) => r.encoded_len(),
             Scenario::SubjectAccessReview { request, .. } => request.encoded_len(),
             Scenario::Check { request, .. } => request.encoded_len(),
@@ -153,6 +161,7 @@ impl Scenario {
                     .create_service_account(creates.next())
                     .await?;
             }
+            Scenario::ServiceAccountChurn(churn) => churn.call(channel).await?,
             Scenario::TokenReview(request) => {
                 let reply = TokenReviewServiceClient::new(channel)
                     .create_token_review(request.clone())
@@ -230,5 +239,87 @@ impl CreateServiceAccounts {
     fn next(&self) -> CreateServiceAccountRequest {
         // Relaxed: the counter only has to hand out distinct numbers.
         self.request(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// The requests of the service-account-churn scenario: request n of the run
+/// (counted across every connection) updates an account an earlier request
+/// created when n % 3 == 1, deletes one an earlier request updated when
+/// n % 3 == 2, and otherwise (or when no account is waiting for that step)
+/// creates a new one. So every request is exactly one write and the mix settles
+/// at a third of each, with optimistic concurrency in play: the update and the
+/// delete send the resource_version (and the delete the uid) of the previous
+/// answer, so an answer the server got wrong shows up as a Conflict. An account
+/// is taken off its queue while a request works on it: no two requests of a run
+/// touch the same account at once.
+#[derive(Debug)]
+pub struct ServiceAccountChurn {
+    creates: CreateServiceAccounts,
+    step: std::sync::atomic::AtomicU64,
+    /// Created, waiting for their update.
+    created: std::sync::Mutex<std::collections::VecDeque<ServiceAccount>>,
+    /// Updated, waiting for their delete.
+    updated: std::sync::Mutex<std::collections::VecDeque<ServiceAccount>>,
+}
+
+impl ServiceAccountChurn {
+    pub fn new(namespace: String, prefix: String) -> ServiceAccountChurn {
+        ServiceAccountChurn {
+            creates: CreateServiceAccounts::new(namespace, prefix),
+            step: std::sync::atomic::AtomicU64::new(0),
+            created: Default::default(),
+            updated: Default::default(),
+        }
+    }
+
+    async fn call(&self, channel: Channel) -> Result<(), Status> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut client = ServiceAccountServiceClient::new(channel);
+        let step = self.step.fetch_add(1, Relaxed);
+        let take = |queue: &std::sync::Mutex<std::collections::VecDeque<ServiceAccount>>| {
+            // A poisoned queue only means another task panicked mid-push.
+            queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop_front()
+        };
+        let put = |queue: &std::sync::Mutex<std::collections::VecDeque<ServiceAccount>>,
+                   sa: ServiceAccount| {
+            queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push_back(sa);
+        };
+        if step % 3 == 1
+            && let Some(mut sa) = take(&self.created)
+        {
+            let meta = sa.metadata.get_or_insert_with(Default::default);
+            meta.labels
+                .insert("bench.badge.dev/step".into(), step.to_string());
+            let updated = client
+                .update_service_account(UpdateServiceAccountRequest {
+                    service_account: Some(sa),
+                })
+                .await?;
+            put(&self.updated, updated.into_inner());
+            return Ok(());
+        }
+        if step % 3 == 2
+            && let Some(sa) = take(&self.updated)
+        {
+            let meta = sa.metadata.unwrap_or_default();
+            client
+                .delete_service_account(DeleteServiceAccountRequest {
+                    namespace: meta.namespace,
+                    name: meta.name,
+                    resource_version: meta.resource_version,
+                    uid: meta.uid,
+                })
+                .await?;
+            return Ok(());
+        }
+        let created = client.create_service_account(self.creates.next()).await?;
+        put(&self.created, created.into_inner());
+        Ok(())
     }
 }

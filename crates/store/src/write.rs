@@ -38,7 +38,6 @@ use std::time::{Duration, SystemTime};
 
 use badge_core::clock::{from_unix_micros, unix_micros};
 use badge_core::{Error, Kind, Result};
-use sqlx::Transaction;
 use sqlx::postgres::Postgres;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -108,18 +107,65 @@ impl Store {
 
 async fn writer_task(db: Db, revision: watch::Sender<i64>, mut queue: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The next batch's transaction, begun while the previous one committed (see
+    // `Locked`).
+    let mut begun: Option<Locked> = None;
     // Whatever is waiting when the previous batch is done makes the next one:
     // no timer, so a lone write is not delayed and a busy store batches more.
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // A caller that gave up before its write began is not written: the same
         // as an `apply` cancelled before its transaction started.
         batch.retain(|r| !r.reply.is_closed());
-        if !batch.is_empty() {
-            commit_batch(&db, &revision, std::mem::take(&mut batch)).await;
+        if batch.is_empty() {
+            // Nothing to write: a transaction begun for it must not sit on the
+            // counter lock (other processes' writers wait for it). Dropped, its
+            // task rolls it back.
+            begun = None;
+        } else {
+            begun = commit_batch(&db, &revision, std::mem::take(&mut batch), begun, &queue).await;
         }
         batch.clear();
     }
     tracing::debug!("store writer stopped");
+}
+
+/// The next batch's transaction, begun and waiting for (or holding) the counter
+/// lock, with the counter's value once it has it.
+///
+/// Why: a batch costs a handful of round trips to Postgres and on a busy machine
+/// each is a wait for the server process to be scheduled, so the batch's time,
+/// not the database's capacity, bounds the write rate. When requests are already
+/// waiting as a batch is about to commit, the writer begins the next transaction
+/// on a second connection and sends its lock statement at once: the pool's
+/// check, `BEGIN` and the lock's round trip then overlap the commit, and
+/// Postgres grants the lock the moment the commit releases it. The guarantees
+/// are the lock's own: the next batch still reads the counter (and every
+/// object) only after the previous batch committed, so commit order is still
+/// revision order. It is only begun when requests are waiting, and dropped when
+/// the next batch turns out empty, so an idle store never holds the lock.
+type Locked = tokio::task::JoinHandle<std::result::Result<(Tx, i64), TxError>>;
+
+/// Begins a write transaction and locks the counter row (in a task of its own,
+/// so it proceeds while the caller commits the previous batch).
+fn begin_locked(db: &Db) -> Locked {
+    let db = db.clone();
+    tokio::spawn(async move {
+        let mut tx = db.begin_write().await.map_err(TxError::db)?;
+        let base = lock_counter(&mut tx).await.map_err(TxError::db)?;
+        Ok((tx, base))
+    })
+}
+
+/// Locks the counter row: from then on this transaction is the only writer, so
+/// every read in it sees all earlier commits and no one can change what it read
+/// before it commits. (On SQLite the transaction is already the only writer;
+/// this just reads the counter.)
+async fn lock_counter(tx: &mut Tx) -> sqlx::Result<i64> {
+    with_tx!(tx, |c| sqlx::query_scalar(
+        "UPDATE revision_counter SET revision = revision WHERE id = 1 RETURNING revision",
+    )
+    .fetch_one(&mut **c)
+    .await)
 }
 
 /// What one attempt at a batch came to.
@@ -153,11 +199,28 @@ fn statement_failed(e: sqlx::Error) -> BatchError {
 }
 
 /// Commits a batch (retrying as a lone `apply` would) and answers every request.
-async fn commit_batch(db: &Db, revision: &watch::Sender<i64>, batch: Vec<Request>) {
+/// `begun`: a transaction begun for it (see [`Locked`]), used by the first
+/// attempt. Returns the one begun for the next batch, if any.
+async fn commit_batch(
+    db: &Db,
+    revision: &watch::Sender<i64>,
+    batch: Vec<Request>,
+    mut begun: Option<Locked>,
+    queue: &mpsc::Receiver<Request>,
+) -> Option<Locked> {
     let mut attempt = 1;
     let mut isolate = false;
+    let mut next = None;
     let outcome = loop {
-        let run = tokio::time::timeout(BATCH_TIMEOUT, run_batch(db, &batch, isolate)).await;
+        // A transaction an earlier attempt began for the next batch goes to this
+        // attempt: it holds (or waits for) the counter lock, so a new one would
+        // only wait behind it.
+        let begun = begun.take().or_else(|| next.take());
+        let run = tokio::time::timeout(
+            BATCH_TIMEOUT,
+            run_batch(db, &batch, isolate, begun, queue, &mut next),
+        )
+        .await;
         let Ok(run) = run else {
             if let Db::Postgres(primary) = db {
                 primary.suspect();
@@ -211,26 +274,36 @@ async fn commit_batch(db: &Db, revision: &watch::Sender<i64>, batch: Vec<Request
             }
         }
     }
+    next
 }
 
 /// One attempt at a batch: every request's answer (in order) and the last
 /// revision committed (None: nothing changed, nothing committed).
+/// `begun`: this batch's transaction, already begun and locked (see [`Locked`]);
+/// `next_batch`: where the next batch's is put when this one begins one.
 async fn run_batch(
     db: &Db,
     batch: &[Request],
     isolate: bool,
+    begun: Option<Locked>,
+    queue: &mpsc::Receiver<Request>,
+    next_batch: &mut Option<Locked>,
 ) -> std::result::Result<(Vec<Result<Vec<Change>>>, Option<i64>), BatchError> {
-    let mut tx = db.begin_write().await.map_err(TxError::db)?;
-    // Lock the counter row first: from here on this transaction is the only
-    // writer, so every read below sees all earlier commits and no one can change
-    // what it read before it commits. (On SQLite the transaction is already the
-    // only writer; this just reads the counter.)
-    let base: i64 = with_tx!(&mut tx, |c| sqlx::query_scalar(
-        "UPDATE revision_counter SET revision = revision WHERE id = 1 RETURNING revision",
-    )
-    .fetch_one(&mut **c)
-    .await)
-    .map_err(TxError::db)?;
+    let started = std::time::Instant::now();
+    // The counter row is locked first (see `lock_counter`).
+    let (tx, base) = match begun {
+        Some(begun) => begun.await.unwrap_or_else(|e| {
+            Err(TxError::Fatal(Error::Internal(format!(
+                "store error: beginning the write transaction failed: {e}"
+            ))))
+        })?,
+        None => {
+            let mut tx = db.begin_write().await.map_err(TxError::db)?;
+            let base = lock_counter(&mut tx).await.map_err(TxError::db)?;
+            (tx, base)
+        }
+    };
+    let locked = started.elapsed();
     // SQLite keeps the transaction going after a failed statement, but a request
     // of two statements could then be half-written: always a savepoint there
     // (in-process, nearly free).
@@ -238,18 +311,34 @@ async fn run_batch(
     let mut w = Writer {
         tx,
         next: base,
+        finished_at: None,
         now_us: 0,
         changes: Vec::new(),
     };
-    // Postgres: consecutive single creates are checked with one query and
-    // written with one statement (see `Writer::create_run`).
+    // Postgres: consecutive single creates, updates and deletes are checked with
+    // one query and written with one statement (see `Writer::op_run`).
     let runs = matches!(w.tx, Tx::Postgres(_)) && !isolate;
+    // Postgres: the next batch's transaction starts just before this one's last
+    // statements if requests are waiting, so that its lock is granted as this one
+    // commits (see `Locked`). Not on SQLite: one process, one writer, nothing to
+    // overlap.
+    let mut begin_next = || {
+        if runs && next_batch.is_none() && !queue.is_empty() {
+            *next_batch = Some(begin_locked(db));
+        }
+    };
     let mut answers = Vec::with_capacity(batch.len());
     let mut i = 0;
     while let Some(request) = batch.get(i) {
-        let run = if runs { create_run(&batch[i..]) } else { 0 };
+        let run = if runs { op_run(&batch[i..]) } else { 0 };
         if run > 1 {
-            answers.extend(w.create_run(&batch[i..i + run]).await?);
+            // A run that ends the batch also advances the counter (one round
+            // trip fewer).
+            let last = i + run == batch.len();
+            if last {
+                begin_next();
+            }
+            answers.extend(w.op_run(&batch[i..i + run], last).await?);
             i += run;
             continue;
         }
@@ -258,35 +347,57 @@ async fn run_batch(
         answers.push(w.request(&request.ops, savepoint).await?);
         i += 1;
     }
-    let Writer { mut tx, next, .. } = w;
+    let Writer {
+        mut tx,
+        next,
+        finished_at,
+        ..
+    } = w;
+    let ran = started.elapsed();
     if next == base {
         // Nothing changed (every request failed, or changed nothing): nothing to
         // commit.
         tx.rollback().await.map_err(TxError::db)?;
         return Ok((answers, None));
     }
-    with_tx!(&mut tx, |c| sqlx::query(
-        "UPDATE revision_counter SET revision = $1 WHERE id = 1"
-    )
-    .bind(next)
-    .execute(&mut **c)
-    .await
-    .map(drop))
-    .map_err(TxError::db)?;
-    if let Tx::Postgres(tx) = &mut tx {
-        notify(tx, next).await.map_err(TxError::db)?;
+    if finished_at != Some(next) {
+        begin_next();
+        finish(&mut tx, next).await.map_err(TxError::db)?;
     }
+    let finished = started.elapsed();
     // Only now are the requests done: a failed COMMIT fails them all (the caller
     // retries a retryable one), and nobody was answered before.
     tx.commit().await.map_err(TxError::db)?;
+    tracing::debug!(
+        requests = batch.len(),
+        locked_us = locked.as_micros(),
+        ran_us = ran.as_micros(),
+        finished_us = finished.as_micros(),
+        committed_us = started.elapsed().as_micros(),
+        "batch committed"
+    );
     Ok((answers, Some(next)))
 }
 
-/// A request of exactly one create of anything but a namespace: its fields.
-fn single_create(request: &Request) -> Option<(Kind, &str, &str)> {
+/// A request of exactly one create, update or delete of anything but a
+/// namespace: the key it writes. (Namespaces are left out of runs: a create in a
+/// run is checked against the namespaces as they were before the run.)
+fn single_op(request: &Request) -> Option<(Kind, &str, &str)> {
     match request.ops.as_slice() {
         [
             Op::Create {
+                kind,
+                namespace,
+                name,
+                ..
+            }
+            | Op::Update {
+                kind,
+                namespace,
+                name,
+                ..
+            }
+            | Op::Delete {
                 kind,
                 namespace,
                 name,
@@ -297,15 +408,16 @@ fn single_create(request: &Request) -> Option<(Kind, &str, &str)> {
     }
 }
 
-/// How many requests from the start of `batch` form a run of single creates that
+/// How many requests from the start of `batch` form a run of single ops that
 /// cannot see each other: no namespaces (a create in the run could need one made
-/// by another) and no name twice (the second must see the first). Within such a
-/// run, the outcome of each create depends only on what was committed before it.
-fn create_run(batch: &[Request]) -> usize {
+/// or removed by another) and no key twice (the second must see the first).
+/// Within such a run, the outcome of each op depends only on what was committed
+/// before the run.
+fn op_run(batch: &[Request]) -> usize {
     let mut keys = std::collections::HashSet::new();
     batch
         .iter()
-        .take_while(|r| single_create(r).is_some_and(|key| keys.insert(key)))
+        .take_while(|r| single_op(r).is_some_and(|key| keys.insert(key)))
         .count()
 }
 
@@ -340,17 +452,26 @@ fn needs_savepoint(ops: &[Op]) -> bool {
     )
 }
 
-/// Postgres-only: wakes every LISTENer when (and only if) the transaction commits.
-pub(crate) async fn notify(
-    tx: &mut Transaction<'static, Postgres>,
-    revision: i64,
-) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_notify($1, $2)")
+/// Advances the counter to `last`, the batch's last revision, and on Postgres
+/// wakes every LISTENer when (and only if) the transaction commits: one
+/// statement, one round trip.
+async fn finish(tx: &mut Tx, last: i64) -> sqlx::Result<()> {
+    match tx {
+        Tx::Postgres(tx) => sqlx::query(
+            "WITH c AS (UPDATE revision_counter SET revision = $1 WHERE id = 1 RETURNING revision) \
+             SELECT pg_notify($2, c.revision::text) FROM c",
+        )
+        .bind(last)
         .bind(CHANNEL)
-        .bind(revision.to_string())
         .execute(&mut **tx)
         .await
-        .map(|_| ())
+        .map(drop),
+        Tx::Sqlite(tx, _) => sqlx::query("UPDATE revision_counter SET revision = $1 WHERE id = 1")
+            .bind(last)
+            .execute(&mut **tx)
+            .await
+            .map(drop),
+    }
 }
 
 /// The state of one batch transaction.
@@ -358,6 +479,9 @@ struct Writer {
     tx: Tx,
     /// The last revision handed out.
     next: i64,
+    /// The revision a statement of the batch advanced the counter to (and sent
+    /// the NOTIFY for), if one did: then the batch's own [`finish`] is not needed.
+    finished_at: Option<i64>,
     /// The `now` of the request being run.
     now_us: i64,
     /// The changes of the request being run.
@@ -554,31 +678,43 @@ impl Writer {
             .await
     }
 
-    /// A run of single creates (see [`create_run`]), Postgres only: one query
-    /// checks every namespace and name, then one statement writes every object
-    /// that may be created and its feed row. Refused ones are answered without
-    /// having written anything and take no revision, so no savepoints are needed
-    /// and revisions follow the requests' order with no holes. Two round trips for
-    /// the whole run instead of two per create.
-    async fn create_run(
+    /// A run of single creates, updates and deletes (see [`op_run`]), Postgres
+    /// only: one query reads every key's object and namespace, each op is decided
+    /// here exactly as [`Writer::op`] would decide it alone, then one statement
+    /// writes every op that was not refused, with its feed row. Refused ones are
+    /// answered without having written anything and take no revision, so no
+    /// savepoints are needed and revisions follow the requests' order with no
+    /// holes. Two round trips for the whole run instead of two per op. `last`:
+    /// the run ends the batch, so its statement also does the batch's
+    /// [`finish`].
+    async fn op_run(
         &mut self,
         run: &[Request],
+        last: bool,
     ) -> std::result::Result<Vec<Result<Vec<Change>>>, BatchError> {
-        let keys: Vec<(Kind, &str, &str)> = run.iter().filter_map(single_create).collect();
+        let keys: Vec<(Kind, &str, &str)> = run.iter().filter_map(single_op).collect();
         let Tx::Postgres(tx) = &mut self.tx else {
             return Err(BatchError::Fatal(Error::Internal(
-                "store error: a create run outside Postgres".into(),
+                "store error: a run of writes outside Postgres".into(),
             )));
         };
+        if keys.len() != run.len() {
+            return Err(BatchError::Fatal(Error::Internal(
+                "store error: a run of writes holds a request of several ops".into(),
+            )));
+        }
         let kinds: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
         let namespaces: Vec<&str> = keys.iter().map(|k| k.1).collect();
         let names: Vec<&str> = keys.iter().map(|k| k.2).collect();
-        let found: Vec<(bool, bool)> = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM objects o \
-                 WHERE o.kind = $4 AND o.namespace = '' AND o.name = k.namespace), \
-             EXISTS (SELECT 1 FROM objects o \
-                 WHERE o.kind = k.kind AND o.namespace = k.namespace AND o.name = k.name) \
+        // The object columns are NULL where the key has no object (`found`).
+        let rows = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM objects n \
+                 WHERE n.kind = $4 AND n.namespace = '' AND n.name = k.namespace) AS namespace_exists, \
+             o.uid IS NOT NULL AS found, o.kind, o.namespace, o.name, o.uid, o.resource_version, \
+             o.labels, o.data, o.creation_timestamp, o.deletion_timestamp \
              FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(kind, namespace, name, i) \
+             LEFT JOIN objects o \
+                 ON o.kind = k.kind AND o.namespace = k.namespace AND o.name = k.name \
              ORDER BY k.i",
         )
         .bind(&kinds)
@@ -588,124 +724,58 @@ impl Writer {
         .fetch_all(&mut **tx)
         .await
         .map_err(statement_failed)?;
-        if found.len() != run.len() {
+        if rows.len() != run.len() {
             return Err(BatchError::Fatal(Error::Internal(
-                "store error: the create check returned the wrong number of rows".into(),
+                "store error: the check of a run of writes returned the wrong number of rows"
+                    .into(),
             )));
         }
         let mut answers = Vec::with_capacity(run.len());
-        let mut records = Vec::new();
-        for (request, (namespace_exists, taken)) in run.iter().zip(found) {
-            let Some(Op::Create {
-                kind,
-                namespace,
-                name,
-                labels,
-                data,
-            }) = request.ops.first()
-            else {
-                // Not reachable (`single_create` picked the run); answered so that
-                // every request keeps its place among the answers.
-                answers.push(Err(Error::Internal("store error: not a create".into())));
-                continue;
-            };
-            let refused = invalid_create(*kind, namespace, name).or_else(|| {
-                if kind.namespaced() && !namespace_exists {
-                    Some(not_found(Kind::Namespace, namespace))
-                } else if taken {
-                    Some(already_exists(*kind, name))
-                } else {
-                    None
-                }
+        let mut writes = RunWrites::default();
+        for (request, row) in run.iter().zip(&rows) {
+            let decided = decide_single(request, row).and_then(|(event, record, expected)| {
+                Ok((event, labels_json(&record.labels)?, record, expected))
             });
-            let labels_text = match refused.map_or_else(|| labels_json(labels), Err) {
-                Ok(l) => l,
+            let (event, labels, mut record, expected) = match decided {
+                Ok(d) => d,
                 Err(e) => {
                     answers.push(Err(e));
                     continue;
                 }
             };
-            let now_us = unix_micros(request.now);
-            let record = Record {
-                kind: *kind,
-                namespace: namespace.clone(),
-                name: name.clone(),
-                uid: uuid::Uuid::new_v4().to_string(),
-                resource_version: self.revision(),
-                labels: labels.clone(),
-                data: data.clone(),
-                creation_timestamp: from_unix_micros(now_us),
-                deletion_timestamp: None,
-            };
+            record.resource_version = self.revision();
+            writes.push(event, &record, labels, expected, unix_micros(request.now));
             answers.push(Ok(vec![Change {
                 revision: record.resource_version,
-                event: EventType::Added,
-                record: record.clone(),
+                event,
+                record,
             }]));
-            records.push((record, labels_text, now_us));
         }
-        if records.is_empty() {
+        if writes.revisions.is_empty() {
             return Ok(answers);
         }
         let Tx::Postgres(tx) = &mut self.tx else {
             return Ok(answers);
         };
-        // creation_timestamp and committed_at are both the request's `now`.
-        let written = sqlx::query(
-            "WITH r AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], \
-                 $5::text[], $6::text[], $7::bytea[], $8::bigint[]) \
-                 AS r(rv, kind, namespace, name, uid, labels, data, created)), \
-             o AS (INSERT INTO objects (kind, namespace, name, uid, resource_version, labels, \
-                 data, creation_timestamp, deletion_timestamp) \
-                 SELECT kind, namespace, name, uid, rv, labels, data, created, NULL FROM r) \
-             INSERT INTO changes (revision, event, kind, namespace, name, uid, resource_version, \
-                 labels, data, creation_timestamp, deletion_timestamp, committed_at) \
-             SELECT rv, $9, kind, namespace, name, uid, rv, labels, data, created, NULL, created \
-             FROM r",
-        )
-        .bind(
-            records
-                .iter()
-                .map(|r| r.0.resource_version)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            records
-                .iter()
-                .map(|r| r.0.kind.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            records
-                .iter()
-                .map(|r| r.0.namespace.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            records
-                .iter()
-                .map(|r| r.0.name.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(records.iter().map(|r| r.0.uid.as_str()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
-        .bind(
-            records
-                .iter()
-                .map(|r| r.0.data.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(records.iter().map(|r| r.2).collect::<Vec<_>>())
-        .bind(EventType::Added.as_str())
-        .execute(&mut **tx)
-        .await
-        .map_err(statement_failed)?
-        .rows_affected();
-        if usize::try_from(written).ok() != Some(records.len()) {
-            // Not reachable while the counter lock is held; if it were, the
-            // answers above would be wrong: fail the batch, commit nothing.
+        let expected_rows = writes.revisions.len();
+        let finish_at = last.then_some(self.next);
+        let query = writes.bind(sqlx::query_as(if last { PG_RUN_FINISH } else { PG_RUN }));
+        let query = match finish_at {
+            Some(revision) => query.bind(revision).bind(CHANNEL),
+            None => query,
+        };
+        let (objects, feed): (i64, i64) =
+            query.fetch_one(&mut **tx).await.map_err(statement_failed)?;
+        self.finished_at = finish_at;
+        if [objects, feed]
+            .iter()
+            .any(|&n| usize::try_from(n).ok() != Some(expected_rows))
+        {
+            // Not reachable while the counter lock is held (nothing else writes
+            // between the check and the write); if it were, the answers above
+            // would be wrong: fail the batch, commit nothing.
             return Err(BatchError::Fatal(Error::Internal(
-                "store error: a create run wrote an unexpected number of rows".into(),
+                "store error: a run of writes wrote an unexpected number of rows".into(),
             )));
         }
         Ok(answers)
@@ -982,6 +1052,210 @@ impl Writer {
         Ok(())
     }
 }
+
+/// One op of a run, decided against the row the run's check read for its key:
+/// the change it makes (its record without its revision yet) and, for an update
+/// or delete, the resource_version the row must still have. The same rules, in
+/// the same order, as [`Writer::create`], [`Writer::update`] and
+/// [`Writer::delete`] apply to a lone op.
+fn decide_single(
+    request: &Request,
+    row: &sqlx::postgres::PgRow,
+) -> Result<(EventType, Record, Option<i64>)> {
+    use sqlx::Row as _;
+    let db = |e| crate::error::db_error(e, None);
+    let namespace_exists: bool = row.try_get("namespace_exists").map_err(db)?;
+    let current = if row.try_get::<bool, _>("found").map_err(db)? {
+        Some(record_from_row(row)?)
+    } else {
+        None
+    };
+    let existing = |kind: Kind, name: &str, precondition: &Precondition| {
+        let current = current.clone().ok_or_else(|| not_found(kind, name))?;
+        check_precondition(&current, precondition)?;
+        Ok::<_, Error>(current)
+    };
+    match request.ops.as_slice() {
+        [
+            Op::Create {
+                kind,
+                namespace,
+                name,
+                labels,
+                data,
+            },
+        ] => {
+            if let Some(e) = invalid_create(*kind, namespace, name) {
+                return Err(e);
+            }
+            if kind.namespaced() && !namespace_exists {
+                return Err(not_found(Kind::Namespace, namespace));
+            }
+            if current.is_some() {
+                return Err(already_exists(*kind, name));
+            }
+            let record = Record {
+                kind: *kind,
+                namespace: namespace.clone(),
+                name: name.clone(),
+                uid: uuid::Uuid::new_v4().to_string(),
+                resource_version: 0,
+                labels: labels.clone(),
+                data: data.clone(),
+                // Stored in microseconds: the answer says what a read will.
+                creation_timestamp: from_unix_micros(unix_micros(request.now)),
+                deletion_timestamp: None,
+            };
+            Ok((EventType::Added, record, None))
+        }
+        [
+            Op::Update {
+                kind,
+                name,
+                precondition,
+                labels,
+                data,
+                deletion_timestamp,
+                ..
+            },
+        ] => {
+            let current = existing(*kind, name, precondition)?;
+            let expected = current.resource_version;
+            let record = Record {
+                labels: labels.clone(),
+                data: data.clone(),
+                deletion_timestamp: *deletion_timestamp,
+                ..current
+            };
+            Ok((EventType::Modified, record, Some(expected)))
+        }
+        [
+            Op::Delete {
+                kind,
+                name,
+                precondition,
+                ..
+            },
+        ] => {
+            let current = existing(*kind, name, precondition)?;
+            let expected = current.resource_version;
+            Ok((EventType::Deleted, current, Some(expected)))
+        }
+        _ => Err(Error::Internal(
+            "store error: a run of writes holds a request of several ops".into(),
+        )),
+    }
+}
+
+/// The columns of a run's write statement ([`PG_RUN`]), one entry per op.
+#[derive(Default)]
+struct RunWrites {
+    revisions: Vec<i64>,
+    events: Vec<&'static str>,
+    kinds: Vec<&'static str>,
+    namespaces: Vec<String>,
+    names: Vec<String>,
+    uids: Vec<String>,
+    labels: Vec<String>,
+    data: Vec<Vec<u8>>,
+    created: Vec<i64>,
+    deleted: Vec<Option<i64>>,
+    expected: Vec<Option<i64>>,
+    committed: Vec<i64>,
+}
+
+impl RunWrites {
+    fn push(
+        &mut self,
+        event: EventType,
+        record: &Record,
+        labels: String,
+        expected: Option<i64>,
+        now_us: i64,
+    ) {
+        self.revisions.push(record.resource_version);
+        self.events.push(event.as_str());
+        self.kinds.push(record.kind.as_str());
+        self.namespaces.push(record.namespace.clone());
+        self.names.push(record.name.clone());
+        self.uids.push(record.uid.clone());
+        self.labels.push(labels);
+        self.data.push(record.data.clone());
+        self.created.push(unix_micros(record.creation_timestamp));
+        self.deleted
+            .push(record.deletion_timestamp.map(unix_micros));
+        self.expected.push(expected);
+        self.committed.push(now_us);
+    }
+
+    fn bind<'q, O>(
+        self,
+        query: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.revisions)
+            .bind(self.events)
+            .bind(self.kinds)
+            .bind(self.namespaces)
+            .bind(self.names)
+            .bind(self.uids)
+            .bind(self.labels)
+            .bind(self.data)
+            .bind(self.created)
+            .bind(self.deleted)
+            .bind(self.expected)
+            .bind(self.committed)
+    }
+}
+
+macro_rules! pg_run {
+    ($finish:literal, $from:literal) => {
+        concat!(
+            "WITH r AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], \
+                $5::text[], $6::text[], $7::text[], $8::bytea[], $9::bigint[], $10::bigint[], \
+                $11::bigint[], $12::bigint[]) \
+                AS r(rv, event, kind, namespace, name, uid, labels, data, created, deleted, \
+                    expected, committed)), \
+            ins AS (INSERT INTO objects (kind, namespace, name, uid, resource_version, labels, \
+                    data, creation_timestamp, deletion_timestamp) \
+                SELECT kind, namespace, name, uid, rv, labels, data, created, deleted \
+                FROM r WHERE event = 'ADDED' RETURNING 1), \
+            upd AS (UPDATE objects o SET resource_version = r.rv, labels = r.labels, \
+                    data = r.data, deletion_timestamp = r.deleted \
+                FROM r WHERE r.event = 'MODIFIED' AND o.kind = r.kind \
+                    AND o.namespace = r.namespace AND o.name = r.name \
+                    AND o.resource_version = r.expected RETURNING 1), \
+            del AS (DELETE FROM objects o USING r \
+                WHERE r.event = 'DELETED' AND o.kind = r.kind AND o.namespace = r.namespace \
+                    AND o.name = r.name AND o.resource_version = r.expected RETURNING 1), \
+            feed AS (INSERT INTO changes (revision, event, kind, namespace, name, uid, \
+                    resource_version, labels, data, creation_timestamp, deletion_timestamp, \
+                    committed_at) \
+                SELECT rv, event, kind, namespace, name, uid, rv, labels, data, created, \
+                    deleted, committed \
+                FROM r RETURNING 1)",
+            $finish,
+            " SELECT (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd) \
+                + (SELECT count(*) FROM del), (SELECT count(*) FROM feed)",
+            $from
+        )
+    };
+}
+/// A run's writes in one statement: the object rows (inserted, updated or
+/// deleted; an update or delete only where the row is still at `expected`) and a
+/// feed row for each. Answers how many object rows and feed rows it wrote; the
+/// caller checks both against the number of ops. (All parts of one statement
+/// see the same snapshot, which is why a run never holds a key twice.)
+const PG_RUN: &str = pg_run!("", "");
+/// [`PG_RUN`] for a run that ends its batch: it also does the batch's [`finish`]
+/// ($13 the batch's last revision, $14 the NOTIFY channel). The NOTIFY's CTE is
+/// selected from: a plain SELECT in a WITH only runs when referenced. (The
+/// counter row always exists, so it yields exactly one row.)
+const PG_RUN_FINISH: &str = pg_run!(
+    ", c AS (UPDATE revision_counter SET revision = $13 WHERE id = 1 RETURNING revision), \
+     n AS (SELECT pg_notify($14, revision::text) FROM c)",
+    " FROM n"
+);
 
 fn check_precondition(current: &Record, p: &Precondition) -> Result<()> {
     if let Some(uid) = &p.uid

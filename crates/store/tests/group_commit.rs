@@ -381,6 +381,266 @@ async fn failed_requests_in_a_batch_leave_no_trace(b: Backend) {
     assert_eq!(next[0].revision, current + 1);
 }
 
+/// Single creates, updates and deletes of different objects waiting together are
+/// decided and written as a run (on Postgres: one check, one statement): each
+/// must come out exactly as it would alone — refused ones (stale resource_version,
+/// wrong uid, missing object or namespace, a taken name) with their own error and
+/// no revision, a second write of one object seeing the first, a delete's feed
+/// row carrying the object's last state, the feed gap-free and in request order.
+async fn a_run_of_single_writes_decides_each_as_alone(b: Backend) {
+    let db = fresh_database_on(b).await;
+    let store = db.store().await;
+    let mut setup = vec![create_ns("a")];
+    for name in ["u1", "u2", "d1", "d2", "taken"] {
+        setup.push(create(Kind::ServiceAccount, "a", name));
+    }
+    setup.push(create(Kind::Pod, "a", "p"));
+    let made = store.apply(setup, t(0)).await.unwrap();
+    let rv_of = |name: &str| {
+        made.iter()
+            .find(|c| c.record.name == name)
+            .map(|c| c.record.resource_version)
+            .unwrap()
+    };
+    let pod_created = made.last().unwrap().record.creation_timestamp;
+    let before = store.current_revision().await.unwrap();
+    // Another store (another process): only the batch's NOTIFY wakes it (on
+    // Postgres the run that ends the batch sends it).
+    let other = db.store().await;
+    let mut woken = other.subscribe();
+
+    let lock = WriteLock::take(&db).await;
+    let blocker = {
+        let store = store.clone();
+        tokio::spawn(async move { store.apply(vec![create_ns("blocker")], t(1)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gone = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let requests: Vec<(Op, Option<IsError>)> = vec![
+        (
+            update(Kind::ServiceAccount, "a", "u1", rv(rv_of("u1")), b"u1v2"),
+            None,
+        ),
+        (
+            update(Kind::ServiceAccount, "a", "u2", rv(rv_of("u2") - 1), b"x"),
+            Some(|e| matches!(e, Error::Conflict(_))),
+        ),
+        (
+            delete(Kind::ServiceAccount, "a", "d1", rv(rv_of("d1"))),
+            None,
+        ),
+        (
+            delete(
+                Kind::ServiceAccount,
+                "a",
+                "d2",
+                Precondition {
+                    resource_version: None,
+                    uid: Some("not-its-uid".into()),
+                },
+            ),
+            Some(|e| matches!(e, Error::Conflict(_))),
+        ),
+        (create(Kind::ServiceAccount, "a", "new"), None),
+        (
+            create(Kind::ServiceAccount, "a", "taken"),
+            Some(|e| matches!(e, Error::AlreadyExists(_))),
+        ),
+        (
+            update(Kind::Secret, "a", "ghost", Precondition::default(), b"x"),
+            Some(|e| matches!(e, Error::NotFound(_))),
+        ),
+        // The same object as the first request: it must see that update.
+        (
+            delete(Kind::ServiceAccount, "a", "u1", Precondition::default()),
+            None,
+        ),
+        (
+            create(Kind::ServiceAccount, "nowhere", "x"),
+            Some(|e| matches!(e, Error::NotFound(_))),
+        ),
+        (
+            Op::Update {
+                kind: Kind::Pod,
+                namespace: "a".into(),
+                name: "p".into(),
+                precondition: Precondition::default(),
+                labels: BTreeMap::new(),
+                data: b"terminating".to_vec(),
+                deletion_timestamp: Some(gone),
+            },
+            None,
+        ),
+    ];
+    let mut calls = Vec::new();
+    for (i, (op, _)) in requests.iter().enumerate() {
+        let (store, op) = (store.clone(), op.clone());
+        calls.push(tokio::spawn(async move {
+            store
+                .apply(vec![op], t(10 + u64::try_from(i).unwrap()))
+                .await
+        }));
+        // In order: the requests queue in the order they are listed.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lock.release().await;
+    blocker.await.unwrap().unwrap();
+
+    let mut acked = Vec::new();
+    for (call, (_, fails)) in calls.into_iter().zip(&requests) {
+        match (fails, call.await.unwrap()) {
+            (None, Ok(changes)) => acked.extend(changes),
+            (Some(is), Err(e)) => assert!(is(&e), "unexpected error {e:?}"),
+            (None, Err(e)) => panic!("a write that should succeed failed: {e:?}"),
+            (Some(_), Ok(c)) => panic!("a write that should fail succeeded: {c:?}"),
+        }
+    }
+    let after_blocker = before + 1;
+    assert_eq!(acked.len(), 5);
+    assert_eq!(
+        store.current_revision().await.unwrap(),
+        after_blocker + 5,
+        "refused writes took revisions"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        woken.wait_for(|seen| *seen >= after_blocker + 5),
+    )
+    .await
+    .expect("the batch's commit was not announced to the other store")
+    .unwrap();
+    let feed = store.changes_since(after_blocker, 0).await.unwrap();
+    assert_exactly(&feed, after_blocker, &acked, "the run");
+    let names: Vec<_> = feed
+        .iter()
+        .map(|c| (c.event, c.record.name.as_str()))
+        .collect();
+    use badge_store::EventType::{Added, Deleted, Modified};
+    assert_eq!(
+        names,
+        [
+            (Modified, "u1"),
+            (Deleted, "d1"),
+            (Added, "new"),
+            (Deleted, "u1"),
+            (Modified, "p")
+        ]
+    );
+    // The delete of u1 saw its update: its last state is the updated one.
+    assert_eq!(feed[3].record.data, b"u1v2");
+    assert_eq!(
+        feed[3].record.labels.get("updated").map(String::as_str),
+        Some("yes")
+    );
+    // The pod kept its identity and got its deletion timestamp.
+    let pod = store.get(Kind::Pod, "a", "p").await.unwrap();
+    assert_eq!(pod.data, b"terminating");
+    assert_eq!(pod.deletion_timestamp, Some(gone));
+    assert_eq!(pod.creation_timestamp, pod_created);
+    assert_eq!(pod, feed[4].record);
+    // What was refused is untouched; what was deleted is gone.
+    let u2 = store.get(Kind::ServiceAccount, "a", "u2").await.unwrap();
+    assert_eq!(u2.resource_version, rv_of("u2"));
+    assert!(store.get(Kind::ServiceAccount, "a", "d2").await.is_ok());
+    for name in ["u1", "d1"] {
+        assert!(matches!(
+            store.get(Kind::ServiceAccount, "a", name).await,
+            Err(Error::NotFound(_))
+        ));
+    }
+    let new = store.get(Kind::ServiceAccount, "a", "new").await.unwrap();
+    assert_eq!(new, feed[2].record);
+    if b == Backend::Postgres {
+        let revisions: Vec<i64> = acked.iter().map(|c| c.revision).collect();
+        assert_eq!(
+            transactions_of(&db, &revisions).await,
+            1,
+            "the writes were to be committed in one transaction"
+        );
+    }
+}
+
+/// Postgres: the writer begins the next batch's transaction (and queues for the
+/// counter lock) while a batch commits, when requests are waiting. It must
+/// never keep the lock once there is nothing left to write — other processes'
+/// writers queue behind it — including when the waiting requests' callers gave
+/// up before their batch began.
+async fn the_writer_holds_no_lock_when_idle(db: &TestDatabase) {
+    let store = db.store().await;
+    store.apply(vec![create_ns("a")], t(0)).await.unwrap();
+    // Many writers at once: batches follow each other with requests waiting.
+    let mut calls = Vec::new();
+    for i in 0..64 {
+        let store = store.clone();
+        calls.push(tokio::spawn(async move {
+            for n in 0..20 {
+                let name = format!("w{i}-{n}");
+                store
+                    .apply(vec![create(Kind::ServiceAccount, "a", &name)], t(1))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    // Then, alone, a batch whose callers all give up while an earlier batch
+    // holds the writer: the transaction begun for it must be let go.
+    let lock = WriteLock::take(db).await;
+    let holder = {
+        let store = store.clone();
+        tokio::spawn(async move { store.apply(vec![create_ns("b")], t(2)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let quitters: Vec<_> = (0..10)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .apply(vec![create(Kind::Secret, "a", &format!("q{i}"))], t(3))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for q in &quitters {
+        q.abort();
+    }
+    lock.release().await;
+    holder.await.unwrap().unwrap();
+    // Idle now: another writer gets the lock at once.
+    let mut other = sqlx::postgres::PgConnection::connect(&db.url)
+        .await
+        .unwrap();
+    other.execute("SET lock_timeout = '2s'").await.unwrap();
+    other.execute("BEGIN").await.unwrap();
+    let began = std::time::Instant::now();
+    other
+        .execute("UPDATE revision_counter SET revision = revision WHERE id = 1")
+        .await
+        .expect("the idle store still holds the counter lock");
+    assert!(began.elapsed() < Duration::from_secs(1));
+    other.execute("ROLLBACK").await.unwrap();
+    let written: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM objects WHERE kind = $1 AND namespace = 'a'")
+            .bind(Kind::ServiceAccount.as_str())
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+    assert_eq!(written, 64 * 20);
+}
+
+mod idle {
+    use badge_store::testing::{Backend, fresh_database_on};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_writer_holds_no_lock_when_idle() {
+        let db = fresh_database_on(Backend::Postgres).await;
+        super::the_writer_holds_no_lock_when_idle(&db).await;
+    }
+}
+
 /// A batch whose every request fails commits nothing and wakes nobody.
 async fn a_batch_of_failures_commits_nothing(b: Backend) {
     let db = fresh_database_on(b).await;
@@ -652,6 +912,7 @@ macro_rules! on_both_backends {
 
 on_both_backends! {
     failed_requests_in_a_batch_leave_no_trace,
+    a_run_of_single_writes_decides_each_as_alone,
     a_batch_of_failures_commits_nothing,
     concurrent_writers_and_watchers_agree_on_every_acknowledged_write,
 }
