@@ -335,10 +335,9 @@ async fn run_batch(
             // A run that ends the batch also advances the counter (one round
             // trip fewer).
             let last = i + run == batch.len();
-            if last {
-                begin_next();
-            }
-            answers.extend(w.op_run(&batch[i..i + run], last).await?);
+            let finishing: Option<&mut (dyn FnMut() + Send)> =
+                if last { Some(&mut begin_next) } else { None };
+            answers.extend(w.op_run(&batch[i..i + run], finishing).await?);
             i += run;
             continue;
         }
@@ -684,13 +683,14 @@ impl Writer {
     /// writes every op that was not refused, with its feed row. Refused ones are
     /// answered without having written anything and take no revision, so no
     /// savepoints are needed and revisions follow the requests' order with no
-    /// holes. Two round trips for the whole run instead of two per op. `last`:
-    /// the run ends the batch, so its statement also does the batch's
-    /// [`finish`].
+    /// holes. Two round trips for the whole run instead of two per op.
+    /// `finishing`: the run ends the batch, so its statement also does the
+    /// batch's [`finish`]; called just before that statement is sent (the
+    /// batch's `begin_next`, see [`Locked`]).
     async fn op_run(
         &mut self,
         run: &[Request],
-        last: bool,
+        finishing: Option<&mut (dyn FnMut() + Send)>,
     ) -> std::result::Result<Vec<Result<Vec<Change>>>, BatchError> {
         let keys: Vec<(Kind, &str, &str)> = run.iter().filter_map(single_op).collect();
         let Tx::Postgres(tx) = &mut self.tx else {
@@ -758,6 +758,10 @@ impl Writer {
             return Ok(answers);
         };
         let expected_rows = writes.revisions.len();
+        let last = finishing.is_some();
+        if let Some(begin_next) = finishing {
+            begin_next();
+        }
         let finish_at = last.then_some(self.next);
         let query = writes.bind(sqlx::query_as(if last { PG_RUN_FINISH } else { PG_RUN }));
         let query = match finish_at {

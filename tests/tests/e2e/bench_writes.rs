@@ -1,8 +1,9 @@
-//! `badge-bench create-service-account` (issue 17) against a real identity server
-//! on Postgres: parsed from its command line as `scripts/bench-writes.sh` gives
-//! it, it runs briefly with many requests in flight (so identity's store commits
-//! them in batches), every request a new name: no error, and every acknowledged
-//! account is there afterwards.
+//! `badge-bench create-service-account` and `service-account-churn` (issue 17)
+//! against a real identity server on Postgres: parsed from their command lines as
+//! `scripts/bench-writes.sh` gives them, each runs briefly with many requests in
+//! flight (so identity's store commits them in batches): no error, every
+//! acknowledged account is there afterwards, and the churn's creates, updates and
+//! deletes reach the change feed in each account's order.
 
 use badge_bench::cli::{Cli, Command};
 use badge_bench::load::LoadConfig;
@@ -12,11 +13,9 @@ use clap::Parser;
 
 use crate::common::{Objects as _, strings};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_service_account_scenario_writes_a_new_account_per_request() {
-    let identity = IdentityServer::start().await;
-    let id = identity.admin().await;
-    id.ns("bench").await;
+/// Runs `scenario --namespace bench --name-prefix load-` against `identity` for
+/// a second, parsed from the command line the bench script uses.
+async fn run(identity: &IdentityServer, scenario: &str) -> badge_bench::report::Report {
     let path = |p: &std::path::Path| p.to_str().expect("utf8").to_string();
     let words = strings(&[
         "badge-bench",
@@ -37,7 +36,7 @@ async fn create_service_account_scenario_writes_a_new_account_per_request() {
         "1s",
         "--warmup",
         "200ms",
-        "create-service-account",
+        scenario,
         "--namespace",
         "bench",
         "--name-prefix",
@@ -60,9 +59,17 @@ async fn create_service_account_scenario_writes_a_new_account_per_request() {
         warmup: run.load.warmup,
         threads: run.load.threads,
     };
-    let report = badge_bench::load::run(&config, run.scenario.build().expect("scenario"))
+    badge_bench::load::run(&config, run.scenario.build().expect("scenario"))
         .await
-        .expect("load");
+        .expect("load")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_service_account_scenario_writes_a_new_account_per_request() {
+    let identity = IdentityServer::start().await;
+    let id = identity.admin().await;
+    id.ns("bench").await;
+    let report = run(&identity, "create-service-account").await;
     assert!(report.ok > 0, "{report}");
     assert_eq!(report.errors_total(), 0, "{report}");
 
@@ -91,5 +98,45 @@ async fn create_service_account_scenario_writes_a_new_account_per_request() {
         "{} accounts stored, {} acknowledged",
         names.len(),
         report.ok
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_scenario_creates_updates_and_deletes_in_each_accounts_order() {
+    let identity = IdentityServer::start().await;
+    let id = identity.admin().await;
+    id.ns("bench").await;
+    let report = run(&identity, "service-account-churn").await;
+    assert!(report.ok > 0, "{report}");
+    // An update or delete answered Conflict or NotFound would mean the server
+    // answered an earlier write of the same account wrongly.
+    assert_eq!(report.errors_total(), 0, "{report}");
+
+    let store = identity.db.store().await;
+    let feed = store.changes_since(0, 0).await.expect("feed");
+    let mut seen: std::collections::BTreeMap<&str, Vec<badge_store::EventType>> =
+        Default::default();
+    for c in feed.iter().filter(|c| c.record.name.starts_with("load-")) {
+        seen.entry(c.record.name.as_str())
+            .or_default()
+            .push(c.event);
+    }
+    use badge_store::EventType::{Added, Deleted, Modified};
+    let mut counts = [0usize; 3];
+    for (name, events) in &seen {
+        assert!(
+            [Added, Modified, Deleted].starts_with(events),
+            "{name}: events {events:?} out of order"
+        );
+        counts[events.len() - 1] += 1;
+        let stored = store
+            .get(badge_core::Kind::ServiceAccount, "bench", name)
+            .await
+            .is_ok();
+        assert_eq!(stored, events.len() < 3, "{name}: {events:?}");
+    }
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "created only / updated / deleted accounts: {counts:?}"
     );
 }
