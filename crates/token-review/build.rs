@@ -16,7 +16,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let bin = dir.join("envoy-ext-authz.bin");
     println!("cargo:rerun-if-changed={}", bin.display());
-    let fds = prost_types::FileDescriptorSet::decode(std::fs::read(&bin)?.as_slice())?;
+    let mut fds = prost_types::FileDescriptorSet::decode(std::fs::read(&bin)?.as_slice())?;
+    // Check answers with `ext_authz::wire::CheckAnswer`: a CheckResponse already
+    // encoded (the same bytes prost would write), so an answer kept for a repeat
+    // request is sent without being rebuilt and re-encoded. Only the generated
+    // server's view changes: the message itself is still generated (the answers are
+    // built with it), and reflection serves the descriptor set unchanged.
+    let check = fds
+        .file
+        .iter_mut()
+        .filter(|f| f.package() == "envoy.service.auth.v3")
+        .flat_map(|f| f.service.iter_mut())
+        .filter(|s| s.name() == "Authorization")
+        .flat_map(|s| s.method.iter_mut())
+        .find(|m| m.name() == "Check")
+        .ok_or("envoy.service.auth.v3.Authorization/Check not in the descriptor set")?;
+    check.output_type = Some(".badge.ext_authz.CheckAnswer".into());
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)
@@ -28,6 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(
             ".envoy.service.auth.v3.CheckRequest",
             "crate::ext_authz::wire::CheckRequest",
+        )
+        .extern_path(
+            ".badge.ext_authz.CheckAnswer",
+            "crate::ext_authz::wire::CheckAnswer",
         )
         .compile_fds(fds)?;
     Ok(())

@@ -150,6 +150,47 @@ impl CheckRequest {
     }
 }
 
+/// Check's answer as the server sends it: an `envoy.service.auth.v3.CheckResponse`
+/// already encoded (`build.rs` makes it the generated server's response type).
+///
+/// Why: an allowed mesh peer's answer is kept and sent again for the same request
+/// ([`super::ExtAuthz`]'s answer cache); as bytes, a repeat costs a reference count,
+/// not the dozen allocations of rebuilding and re-encoding the message. Encode-only:
+/// the server never decodes one (a decode skips every field).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckAnswer(pub Bytes);
+
+impl CheckAnswer {
+    /// `response` encoded.
+    pub fn encode(response: &super::CheckResponse) -> CheckAnswer {
+        CheckAnswer(Bytes::from(prost::Message::encode_to_vec(response)))
+    }
+}
+
+impl prost::Message for CheckAnswer {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0 = Bytes::new();
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 mod tests {
