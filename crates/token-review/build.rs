@@ -38,11 +38,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Envoy's comments are reStructuredText (`.. code-block::`), not rustdoc.
         .disable_comments(["."])
         .include_file("envoy.rs")
-        // Check decodes into Badge's reading of the request (`ext_authz::wire`: the
-        // fields the decision uses, maps left as byte slices); same wire format.
+        // Check receives the request's bytes and reads them its own way
+        // (`ext_authz::wire`: a lean reading for the answer cache, else the fields
+        // the decision uses, maps left as byte slices); same wire format.
         .extern_path(
             ".envoy.service.auth.v3.CheckRequest",
-            "crate::ext_authz::wire::CheckRequest",
+            "crate::ext_authz::wire::RawCheckRequest",
         )
         .extern_path(
             ".badge.ext_authz.CheckAnswer",

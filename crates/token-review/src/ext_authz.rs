@@ -69,6 +69,15 @@
 //! gRPC errors are for Badge failures only (UNAVAILABLE while the index loads),
 //! counted as `decision = error`.
 //!
+//! # Repeat requests of a mesh peer
+//!
+//! An allowed mesh peer's answer is kept, encoded, with the index generations of
+//! what it read (the service account, the pod when a certificate binds one, the
+//! RBAC objects), and sent again for the same request while they are unchanged
+//! ([`answers`]); the request is then read from its bytes without being decoded
+//! ([`wire::Lean`]). A deletion or an RBAC change applied to the index drops it on
+//! the next Check: revocation is as immediate as without the cache.
+//!
 //! # Audit and metrics
 //!
 //! One audit event (`ext_authz.denied`) per denied check; allowed checks are
@@ -108,7 +117,7 @@ use badge_records::Entry as IndexEntry;
 use badge_runtime::{Caller, MethodRule, MethodTable, forbidden, status};
 use prost::bytes::Bytes;
 use tonic::{Request, Response, Status};
-use wire::{AttributeContext, CheckAnswer, CheckRequest, Entry, lookup};
+use wire::{AttributeContext, CheckAnswer, Entry, RawCheckRequest, lookup};
 
 pub mod answers;
 pub mod wire;
@@ -183,6 +192,40 @@ impl Credential {
             Credential::Anonymous => "anonymous",
         }
     }
+}
+
+/// The answer cache's key of a request (see `ExtAuthz::answer_key`), from either
+/// reading of it (the full decode or [`wire::Lean`]), so both give the same key.
+fn key_of<'a>(
+    principal: &'a str,
+    certificate: &'a str,
+    method: &'a str,
+    path: &'a str,
+    authorization: Option<&str>,
+    badge_header: bool,
+    extensions: Vec<(&'a [u8], &'a [u8])>,
+) -> Option<answers::Key<'a>> {
+    if principal.is_empty() {
+        return None;
+    }
+    // A bearer token is the requester whenever there is one (module docs).
+    if authorization.and_then(bearer_token).is_some() {
+        return None;
+    }
+    // Security: a client's x-badge-* headers must be removed, which a kept answer
+    // (built for a request without them) would not do.
+    if badge_header {
+        return None;
+    }
+    Some(answers::Key {
+        principal,
+        certificate,
+        method,
+        // The query and fragment are not part of what RBAC decides on
+        // (`request_path`).
+        path: path.split(['?', '#']).next().unwrap_or_default(),
+        extensions,
+    })
 }
 
 /// Who is asking.
@@ -693,35 +736,21 @@ impl ExtAuthz {
     /// header. `None`: the request takes the full path every time.
     fn answer_key<'a>(&self, ctx: &'a AttributeContext) -> Option<answers::Key<'a>> {
         let source = ctx.source.as_ref()?;
-        if source.principal.is_empty() {
-            return None;
-        }
         let http = http_view(ctx);
-        // A bearer token is the requester whenever there is one (module docs).
-        if lookup(http.headers, "authorization")
-            .and_then(bearer_token)
-            .is_some()
-        {
-            return None;
-        }
-        // Security: a client's x-badge-* headers must be removed, which a kept
-        // answer (built for a request without them) would not do.
-        if http.headers.iter().any(|e| {
-            e.key
-                .get(..HEADER_PREFIX.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(HEADER_PREFIX.as_bytes()))
-        }) {
-            return None;
-        }
-        Some(answers::Key {
-            principal: &source.principal,
-            certificate: &source.certificate,
-            method: http.method,
-            // The query and fragment are not part of what RBAC decides on
-            // (`request_path`).
-            path: http.path.split(['?', '#']).next().unwrap_or_default(),
-            extensions: &ctx.context_extensions,
-        })
+        key_of(
+            &source.principal,
+            &source.certificate,
+            http.method,
+            http.path,
+            lookup(http.headers, "authorization"),
+            http.headers
+                .iter()
+                .any(|e| wire::is_badge_header(e.key_str())),
+            ctx.context_extensions
+                .iter()
+                .map(|e| (&e.key[..], &e.value[..]))
+                .collect(),
+        )
     }
 
     /// The index generations a peer's answer depends on: its service account (and
@@ -1020,28 +1049,32 @@ fn reason(verdict: &Verdict) -> &'static str {
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
-    async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckAnswer>, Status> {
+    async fn check(&self, req: Request<RawCheckRequest>) -> Result<Response<CheckAnswer>, Status> {
         let started = Instant::now();
-        let (_, extensions, message) = req.into_parts();
+        let (_, extensions, raw) = req.into_parts();
         let envoy = extensions.get::<Caller>().map_or("", |c| c.user.as_str());
-        // Text Envoy could not have sent is refused before anything reads it.
-        let invalid = message.validate().err();
-        let mut ctx = message.attributes.unwrap_or_default();
-        merge_raw_headers(&mut ctx);
         let m = metrics::get();
         // A mesh peer's repeat request: the answer kept for it, if nothing it depends
-        // on has changed in the index since (see `answers`).
-        let key = if invalid.is_none() {
-            self.answer_key(&ctx)
-        } else {
-            None
-        };
-        let tag = key.as_ref().map(|k| self.answer_tag(k));
-        if let (Some(k), Some(tag)) = (&key, tag)
+        // on has changed in the index since (see `answers`). Looked up from the
+        // request's bytes as they are (`wire::Lean`); anything else, and every miss,
+        // takes the full path below.
+        let kept = raw
+            .lean()
+            .and_then(|l| {
+                key_of(
+                    l.principal,
+                    l.certificate,
+                    l.method,
+                    l.path,
+                    l.authorization,
+                    l.badge_header,
+                    l.extensions,
+                )
+            })
             // As on the full path: nothing is answered while the index is loading.
-            && self.reviewer.is_ready()
-            && let Some(kept) = self.answers.get(k, tag)
-        {
+            .filter(|_| self.reviewer.is_ready())
+            .and_then(|k| self.answers.get(&k, self.answer_tag(&k)));
+        if let Some(kept) = kept {
             self.audit_allowed(&kept.requester, Some(&kept.attrs), envoy);
             let decision = opentelemetry::KeyValue::new("decision", "allowed");
             m.checks.add(
@@ -1055,6 +1088,22 @@ impl Authorization for ExtAuthz {
                 .record(started.elapsed().as_secs_f64(), &[decision]);
             return Ok(Response::new(kept.encoded.clone()));
         }
+        // As tonic's decoder answers a request it cannot decode.
+        let message = raw
+            .decode_full()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        // Text Envoy could not have sent is refused before anything reads it.
+        let invalid = message.validate().err();
+        let mut ctx = message.attributes.unwrap_or_default();
+        merge_raw_headers(&mut ctx);
+        // The cache's key, and the index generations read before the answer is
+        // computed (see `answers`).
+        let key = if invalid.is_none() {
+            self.answer_key(&ctx)
+        } else {
+            None
+        };
+        let tag = key.as_ref().map(|k| self.answer_tag(k));
         let attrs = match invalid {
             Some(e) => Err(e),
             None => attributes(&ctx),

@@ -1928,7 +1928,9 @@ async fn a_kept_peer_answer_is_dropped_with_its_binding_or_account() {
         &a,
         7,
         403,
-        &format!(r#"forbidden: User "{web}" cannot get path "/shop/orders""#),
+        &format!(
+            r#"forbidden: User "{web}" cannot get path "/shop/orders": no RBAC policy matched"#
+        ),
     );
 
     // Bound again: allowed again (and kept again).

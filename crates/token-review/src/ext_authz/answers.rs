@@ -29,7 +29,7 @@ use std::sync::{Arc, RwLock};
 use badge_core::rbac::Attributes;
 
 use super::Requester;
-use super::wire::{CheckAnswer, Entry};
+use super::wire::CheckAnswer;
 
 /// The most answers kept.
 pub const MAX_ENTRIES: usize = 4096;
@@ -40,7 +40,7 @@ pub const MAX_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_KEY_BYTES: usize = 16 * 1024;
 
 /// What a request decides of its answer (see the module documentation).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Key<'a> {
     pub principal: &'a str,
     /// `source.certificate` as sent (URL-encoded PEM; empty without one).
@@ -48,7 +48,8 @@ pub struct Key<'a> {
     pub method: &'a str,
     /// `:path` without query and fragment (all RBAC reads of it).
     pub path: &'a str,
-    pub extensions: &'a [Entry],
+    /// `context_extensions` (key, value), in order.
+    pub extensions: Vec<(&'a [u8], &'a [u8])>,
 }
 
 impl Key<'_> {
@@ -60,7 +61,7 @@ impl Key<'_> {
             + self
                 .extensions
                 .iter()
-                .map(|e| e.key.len() + e.value.len())
+                .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>()
     }
 }
@@ -75,7 +76,7 @@ pub struct Answer {
     certificate: String,
     method: String,
     path: String,
-    extensions: Vec<Entry>,
+    extensions: Vec<(Box<[u8]>, Box<[u8]>)>,
     tag: Tag,
     size: usize,
     /// Who was allowed (audit and metrics of a repeat).
@@ -91,7 +92,12 @@ impl Answer {
             && self.certificate == k.certificate
             && self.method == k.method
             && self.path == k.path
-            && self.extensions.as_slice() == k.extensions
+            && self.extensions.len() == k.extensions.len()
+            && self
+                .extensions
+                .iter()
+                .zip(&k.extensions)
+                .all(|((a, b), (c, d))| **a == **c && **b == **d)
     }
 }
 
@@ -116,9 +122,9 @@ impl Answers {
         k.certificate.hash(&mut h);
         k.method.hash(&mut h);
         k.path.hash(&mut h);
-        for e in k.extensions {
-            e.key.hash(&mut h);
-            e.value.hash(&mut h);
+        for (key, value) in &k.extensions {
+            key.hash(&mut h);
+            value.hash(&mut h);
         }
         h.finish()
     }
@@ -154,10 +160,7 @@ impl Answers {
             extensions: k
                 .extensions
                 .iter()
-                .map(|e| Entry {
-                    key: prost::bytes::Bytes::copy_from_slice(&e.key),
-                    value: prost::bytes::Bytes::copy_from_slice(&e.value),
-                })
+                .map(|(key, value)| (Box::from(*key), Box::from(*value)))
                 .collect(),
             tag,
             size,
@@ -213,13 +216,12 @@ mod tests {
     #[test]
     fn an_answer_is_kept_for_its_key_and_generations_only() {
         let a = Answers::default();
-        let ext = [Entry::new("badge.dev/audiences", "shop")];
         let key = Key {
             principal: "spiffe://td/ns/apps/sa/web",
             certificate: "",
             method: "GET",
             path: "/shop/orders",
-            extensions: &ext,
+            extensions: vec![(b"badge.dev/audiences".as_slice(), b"shop".as_slice())],
         };
         let answer = CheckAnswer(prost::bytes::Bytes::from_static(b"ok"));
         assert!(a.get(&key, (1, 1)).is_none());
@@ -235,23 +237,23 @@ mod tests {
         for other in [
             Key {
                 principal: "spiffe://td/ns/apps/sa/db",
-                ..key
+                ..key.clone()
             },
             Key {
                 certificate: "-----BEGIN",
-                ..key
+                ..key.clone()
             },
             Key {
                 method: "POST",
-                ..key
+                ..key.clone()
             },
             Key {
                 path: "/shop/orders/1",
-                ..key
+                ..key.clone()
             },
             Key {
-                extensions: &[],
-                ..key
+                extensions: vec![],
+                ..key.clone()
             },
         ] {
             assert!(a.get(&other, (1, 1)).is_none(), "{other:?}");
@@ -274,7 +276,7 @@ mod tests {
                 certificate: "",
                 method: "GET",
                 path: p,
-                extensions: &[],
+                extensions: vec![],
             };
             a.insert(&key, (1, 1), &requester(), &attrs(), &answer);
         }
@@ -285,7 +287,7 @@ mod tests {
             certificate: &huge,
             method: "GET",
             path: "/",
-            extensions: &[],
+            extensions: vec![],
         };
         a.insert(&key, (1, 1), &requester(), &attrs(), &answer);
         assert!(
