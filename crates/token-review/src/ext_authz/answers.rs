@@ -70,13 +70,16 @@ impl Key<'_> {
 /// the RBAC kinds).
 pub type Tag = (u64, u64);
 
+/// A context extension's key and value, copied.
+type Extension = (Box<[u8]>, Box<[u8]>);
+
 /// One kept answer.
 pub struct Answer {
     principal: String,
     certificate: String,
     method: String,
     path: String,
-    extensions: Vec<(Box<[u8]>, Box<[u8]>)>,
+    extensions: Vec<Extension>,
     tag: Tag,
     size: usize,
     /// Who was allowed (audit and metrics of a repeat).

@@ -230,7 +230,7 @@ fn read_field<'a>(b: &mut &'a [u8]) -> Result<(u32, Field<'a>), ()> {
     if tag == 0 {
         return Err(());
     }
-    let cur: &'a [u8] = *b;
+    let cur: &'a [u8] = b;
     let field = match key & 7 {
         0 => {
             varint(b)?;
@@ -242,7 +242,7 @@ fn read_field<'a>(b: &mut &'a [u8]) -> Result<(u32, Field<'a>), ()> {
         }
         2 => {
             let len = usize::try_from(varint(b)?).map_err(|_| ())?;
-            let cur: &'a [u8] = *b;
+            let cur: &'a [u8] = b;
             let v = cur.get(..len).ok_or(())?;
             *b = &cur[len..];
             Field::Bytes(v)
