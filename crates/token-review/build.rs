@@ -16,18 +16,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let bin = dir.join("envoy-ext-authz.bin");
     println!("cargo:rerun-if-changed={}", bin.display());
-    let fds = prost_types::FileDescriptorSet::decode(std::fs::read(&bin)?.as_slice())?;
+    let mut fds = prost_types::FileDescriptorSet::decode(std::fs::read(&bin)?.as_slice())?;
+    // Check answers with `ext_authz::wire::CheckAnswer`: a CheckResponse already
+    // encoded (the same bytes prost would write), so an answer kept for a repeat
+    // request is sent without being rebuilt and re-encoded. Only the generated
+    // server's view changes: the message itself is still generated (the answers are
+    // built with it), and reflection serves the descriptor set unchanged.
+    let check = fds
+        .file
+        .iter_mut()
+        .filter(|f| f.package() == "envoy.service.auth.v3")
+        .flat_map(|f| f.service.iter_mut())
+        .filter(|s| s.name() == "Authorization")
+        .flat_map(|s| s.method.iter_mut())
+        .find(|m| m.name() == "Check")
+        .ok_or("envoy.service.auth.v3.Authorization/Check not in the descriptor set")?;
+    check.output_type = Some(".badge.ext_authz.CheckAnswer".into());
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)
         // Envoy's comments are reStructuredText (`.. code-block::`), not rustdoc.
         .disable_comments(["."])
         .include_file("envoy.rs")
-        // Check decodes into Badge's reading of the request (`ext_authz::wire`: the
-        // fields the decision uses, maps left as byte slices); same wire format.
+        // Check receives the request's bytes and reads them its own way
+        // (`ext_authz::wire`: a lean reading for the answer cache, else the fields
+        // the decision uses, maps left as byte slices); same wire format.
         .extern_path(
             ".envoy.service.auth.v3.CheckRequest",
-            "crate::ext_authz::wire::CheckRequest",
+            "crate::ext_authz::wire::RawCheckRequest",
+        )
+        .extern_path(
+            ".badge.ext_authz.CheckAnswer",
+            "crate::ext_authz::wire::CheckAnswer",
         )
         .compile_fds(fds)?;
     Ok(())

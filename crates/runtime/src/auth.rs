@@ -383,8 +383,16 @@ enum Credential {
     Certificate(Caller),
 }
 
+/// A method's rule, as the layer uses it.
+struct Rule {
+    rule: MethodRule,
+    /// The request attributes of a rule without a scope (the same for every
+    /// request of the method): built once, not per request.
+    unscoped: Option<Attributes>,
+}
+
 struct State {
-    rules: HashMap<&'static str, MethodRule>,
+    rules: HashMap<&'static str, Rule>,
     authorizer: Arc<dyn Authorizer>,
     budget: BufferBudget,
 }
@@ -397,13 +405,14 @@ impl State {
         req: http::Request<Body>,
     ) -> Result<(http::Request<Body>, Caller), Status> {
         let path = req.uri().path().to_owned();
+        let entry = self.rules.get(path.as_str());
         // Read the credential synchronously: the request body is not `Sync`, so no
         // borrow of the request may live across an await.
         let credential = self.credential(&req);
         if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return Ok((req, Caller::default()));
         }
-        if let Some(rule) = self.rules.get(path.as_str())
+        if let Some(Rule { rule, .. }) = entry
             && rule.check == Check::Handler
         {
             // The handler reviews the credential with its own audiences; the body
@@ -422,7 +431,7 @@ impl State {
         if AUTHENTICATED_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return Ok((req, caller));
         }
-        let Some(rule) = self.rules.get(path.as_str()).copied() else {
+        let Some(Rule { rule, unscoped }) = entry else {
             // Fail closed: a method nobody wrote a rule for is not callable.
             return Err(Status::permission_denied(format!(
                 "method {path} has no authorization rule"
@@ -443,8 +452,13 @@ impl State {
         drop(reserved);
         let req = http::Request::from_parts(parts, Body::new(Full::new(bytes)));
         if rule.check == Check::Rbac {
-            for attrs in rule.attributes(&target) {
-                self.authorizer.authorize(&caller, &attrs)?;
+            match unscoped {
+                Some(attrs) => self.authorizer.authorize(&caller, attrs)?,
+                None => {
+                    for attrs in rule.attributes(&target) {
+                        self.authorizer.authorize(&caller, &attrs)?;
+                    }
+                }
             }
         }
         Ok((req, caller))
@@ -468,6 +482,10 @@ impl State {
     > {
         let limit = max.saturating_add(5);
         let mut body = Limited::new(body, limit);
+        // A small unary request usually arrives as one DATA frame: it is kept as the
+        // frame's own bytes (no copy, no allocation). Only a message split across
+        // frames is gathered into `buf`.
+        let mut first: Option<hyper::body::Bytes> = None;
         let mut buf: Vec<u8> = Vec::new();
         let mut reserved = None;
         while let Some(frame) = body.frame().await {
@@ -479,9 +497,27 @@ impl State {
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            buf.extend_from_slice(&data);
-            if reserved.is_none() && buf.len() >= 5 {
-                let declared = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if data.is_empty() {
+                continue;
+            }
+            let len = match first.take() {
+                None if buf.is_empty() => {
+                    let len = data.len();
+                    first = Some(data);
+                    len
+                }
+                // A second frame: from here on, the message is gathered.
+                held => {
+                    if let Some(held) = held {
+                        buf.extend_from_slice(&held);
+                    }
+                    buf.extend_from_slice(&data);
+                    buf.len()
+                }
+            };
+            if reserved.is_none() && len >= 5 {
+                let head = first.as_deref().unwrap_or(&buf);
+                let declared = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
                 if declared > max {
                     return Err(too_large(path, max));
                 }
@@ -491,11 +527,17 @@ impl State {
                         self.budget.total()
                     )));
                 };
-                buf.reserve_exact((declared + 5).saturating_sub(buf.len()));
+                if first.is_none() {
+                    buf.reserve_exact((declared + 5).saturating_sub(buf.len()));
+                }
                 reserved = Some(permit);
             }
         }
-        Ok((buf.into(), reserved))
+        let bytes = match first {
+            Some(one) => one,
+            None => buf.into(),
+        };
+        Ok((bytes, reserved))
     }
 
     fn credential<B>(&self, req: &http::Request<B>) -> Result<Credential, Status> {
@@ -543,7 +585,17 @@ impl AuthLayer {
         authorizer: Arc<dyn Authorizer>,
         budget: BufferBudget,
     ) -> Self {
-        let rules = tables.iter().flat_map(|t| t.iter().copied()).collect();
+        let rules = tables
+            .iter()
+            .flat_map(|t| t.iter().copied())
+            .map(|(path, rule)| {
+                let unscoped = match rule.scope {
+                    None => rule.attributes(&Target::default()).pop(),
+                    Some(_) => None,
+                };
+                (path, Rule { rule, unscoped })
+            })
+            .collect();
         AuthLayer {
             state: Arc::new(State {
                 rules,

@@ -69,6 +69,15 @@
 //! gRPC errors are for Badge failures only (UNAVAILABLE while the index loads),
 //! counted as `decision = error`.
 //!
+//! # Repeat requests of a mesh peer
+//!
+//! An allowed mesh peer's answer is kept, encoded, with the index generations of
+//! what it read (the service account, the pod when a certificate binds one, the
+//! RBAC objects), and sent again for the same request while they are unchanged
+//! ([`answers`]); the request is then read from its bytes without being decoded
+//! ([`wire::Lean`]). A deletion or an RBAC change applied to the index drops it on
+//! the next Check: revocation is as immediate as without the cache.
+//!
 //! # Audit and metrics
 //!
 //! One audit event (`ext_authz.denied`) per denied check; allowed checks are
@@ -108,8 +117,9 @@ use badge_records::Entry as IndexEntry;
 use badge_runtime::{Caller, MethodRule, MethodTable, forbidden, status};
 use prost::bytes::Bytes;
 use tonic::{Request, Response, Status};
-use wire::{AttributeContext, CheckRequest, Entry, lookup};
+use wire::{AttributeContext, CheckAnswer, Entry, RawCheckRequest, lookup};
 
+pub mod answers;
 pub mod wire;
 
 pub use crate::ext_authz::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -182,6 +192,40 @@ impl Credential {
             Credential::Anonymous => "anonymous",
         }
     }
+}
+
+/// The answer cache's key of a request (see `ExtAuthz::answer_key`), from either
+/// reading of it (the full decode or [`wire::Lean`]), so both give the same key.
+fn key_of<'a>(
+    principal: &'a str,
+    certificate: &'a str,
+    method: &'a str,
+    path: &'a str,
+    authorization: Option<&str>,
+    badge_header: bool,
+    extensions: Vec<(&'a [u8], &'a [u8])>,
+) -> Option<answers::Key<'a>> {
+    if principal.is_empty() {
+        return None;
+    }
+    // A bearer token is the requester whenever there is one (module docs).
+    if authorization.and_then(bearer_token).is_some() {
+        return None;
+    }
+    // Security: a client's x-badge-* headers must be removed, which a kept answer
+    // (built for a request without them) would not do.
+    if badge_header {
+        return None;
+    }
+    Some(answers::Key {
+        principal,
+        certificate,
+        method,
+        // The query and fragment are not part of what RBAC decides on
+        // (`request_path`).
+        path: path.split(['?', '#']).next().unwrap_or_default(),
+        extensions,
+    })
 }
 
 /// Who is asking.
@@ -660,6 +704,9 @@ pub struct ExtAuthz {
     /// Every n-th allowed check is audited (with the count since the last); 0: none.
     pub audit_allowed_every: u64,
     allowed_since_audit: AtomicU64,
+    /// Allowed mesh-peer answers, by request and index generations (see
+    /// [`answers`]).
+    answers: answers::Answers,
 }
 
 impl ExtAuthz {
@@ -675,7 +722,56 @@ impl ExtAuthz {
             trust_domain,
             audit_allowed_every,
             allowed_since_audit: AtomicU64::new(0),
+            answers: answers::Answers::default(),
         }
+    }
+
+    /// How many answers are kept (tests).
+    pub fn kept_answers(&self) -> usize {
+        self.answers.len()
+    }
+
+    /// The cache's key of a request that may be answered from it: a mesh peer's
+    /// (a principal, no bearer token) whose allowed answer would remove no client
+    /// header. `None`: the request takes the full path every time.
+    fn answer_key<'a>(&self, ctx: &'a AttributeContext) -> Option<answers::Key<'a>> {
+        let source = ctx.source.as_ref()?;
+        let http = http_view(ctx);
+        key_of(
+            &source.principal,
+            &source.certificate,
+            http.method,
+            http.path,
+            lookup(http.headers, "authorization"),
+            http.headers
+                .iter()
+                .any(|e| wire::is_badge_header(e.key_str())),
+            ctx.context_extensions
+                .iter()
+                .map(|e| (&e.key[..], &e.value[..]))
+                .collect(),
+        )
+    }
+
+    /// The index generations a peer's answer depends on: its service account (and
+    /// pod, when a certificate binds one) and the RBAC objects. Read before an
+    /// answer is computed, so a change racing with it can only make it stale.
+    fn answer_tag(&self, key: &answers::Key<'_>) -> answers::Tag {
+        const ACCOUNT: [Kind; 1] = [Kind::ServiceAccount];
+        const ACCOUNT_AND_POD: [Kind; 2] = [Kind::ServiceAccount, Kind::Pod];
+        // Pods churn in a cluster: only an answer that read one depends on them.
+        let identity: &[Kind] = if key.certificate.is_empty() {
+            &ACCOUNT
+        } else {
+            &ACCOUNT_AND_POD
+        };
+        (
+            self.reviewer.index.generation(identity),
+            self.guard
+                .policy()
+                .index()
+                .generation(&badge_access::RBAC_KINDS),
+        )
     }
 
     /// The object's uid and deletion timestamp, from the index. An object created a
@@ -704,7 +800,7 @@ impl ExtAuthz {
         ctx: &AttributeContext,
         http: &HttpView<'_>,
         envoy: &str,
-    ) -> Result<Result<Requester, (Credential, String)>, Error> {
+    ) -> Result<Result<(Requester, bool), (Credential, String)>, Error> {
         if let Some(token) = lookup(http.headers, "authorization").and_then(bearer_token) {
             let aud = audiences(&ctx.context_extensions);
             let report = self
@@ -712,12 +808,15 @@ impl ExtAuthz {
                 .review(token, &aud, Via::ExtAuthz, envoy)
                 .await?;
             return Ok(match report.outcome {
-                Ok(a) => Ok(Requester {
-                    user: a.user.username,
-                    uid: a.user.uid,
-                    groups: a.user.groups,
-                    credential: Credential::Bearer,
-                }),
+                Ok(a) => Ok((
+                    Requester {
+                        user: a.user.username,
+                        uid: a.user.uid,
+                        groups: a.user.groups,
+                        credential: Credential::Bearer,
+                    },
+                    false,
+                )),
                 // The review's own text (Kubernetes' TokenReview `status.error`).
                 Err(e) => Err((Credential::Bearer, e.to_string())),
             });
@@ -741,8 +840,14 @@ impl ExtAuthz {
             // Security: the certificate may outlive its service account; the account
             // must exist now (and not be deleted past the deletion leeway), as a
             // bound token's does.
+            // An account or pod marked for deletion is still alive for the leeway:
+            // its answer then depends on the time, so it is not kept.
+            let mut keep = true;
             let uid = match self.live(Kind::ServiceAccount, &ns, &name).await {
-                Some((uid, deleted)) if alive(deleted) => uid,
+                Some((uid, deleted)) if alive(deleted) => {
+                    keep &= deleted.is_none();
+                    uid
+                }
                 Some(_) => return refuse(format!("service account {ns}/{name} has been deleted")),
                 None => return refuse(format!("service account {ns}/{name} does not exist")),
             };
@@ -773,7 +878,9 @@ impl ExtAuthz {
                 }
                 if let Some(pod) = &peer.pod {
                     match self.live(Kind::Pod, &ns, &pod.name).await {
-                        Some((live_uid, deleted)) if live_uid == pod.uid && alive(deleted) => {}
+                        Some((live_uid, deleted)) if live_uid == pod.uid && alive(deleted) => {
+                            keep &= deleted.is_none();
+                        }
                         Some((live_uid, _)) if live_uid == pod.uid => {
                             return refuse(format!("pod {ns}/{} has been deleted", pod.name));
                         }
@@ -794,41 +901,46 @@ impl ExtAuthz {
                     }
                 }
             }
-            return Ok(Ok(Requester {
-                user: format!("system:serviceaccount:{ns}:{name}"),
-                uid,
-                groups: vec![
-                    ALL_SERVICE_ACCOUNTS_GROUP.into(),
-                    format!("{SERVICE_ACCOUNTS_GROUP_PREFIX}{ns}"),
-                    AUTHENTICATED_GROUP.into(),
-                ],
-                credential: Credential::Peer,
-            }));
+            return Ok(Ok((
+                Requester {
+                    user: format!("system:serviceaccount:{ns}:{name}"),
+                    uid,
+                    groups: vec![
+                        ALL_SERVICE_ACCOUNTS_GROUP.into(),
+                        format!("{SERVICE_ACCOUNTS_GROUP_PREFIX}{ns}"),
+                        AUTHENTICATED_GROUP.into(),
+                    ],
+                    credential: Credential::Peer,
+                },
+                keep,
+            )));
         }
-        Ok(Ok(Requester::anonymous()))
+        Ok(Ok((Requester::anonymous(), false)))
     }
 
     /// The verdict for one CheckRequest. `Err`: a Badge failure.
     pub async fn verdict(&self, ctx: &AttributeContext, envoy: &str) -> Result<Verdict, Error> {
-        self.verdict_for(ctx, &attributes(ctx), envoy).await
+        Ok(self.verdict_for(ctx, &attributes(ctx), envoy).await?.0)
     }
 
-    /// [`ExtAuthz::verdict`] with the request's attributes already read.
+    /// [`ExtAuthz::verdict`] with the request's attributes already read, and
+    /// whether an allowed answer may be kept (a peer whose account and pod are not
+    /// marked for deletion).
     async fn verdict_for(
         &self,
         ctx: &AttributeContext,
         attrs: &Result<Attributes, String>,
         envoy: &str,
-    ) -> Result<Verdict, Error> {
+    ) -> Result<(Verdict, bool), Error> {
         let attrs = match attrs {
             Ok(a) => a,
-            Err(e) => return Ok(Verdict::Invalid(e.clone())),
+            Err(e) => return Ok((Verdict::Invalid(e.clone()), false)),
         };
         let http = http_view(ctx);
-        let requester = match self.requester(ctx, &http, envoy).await? {
+        let (requester, keep) = match self.requester(ctx, &http, envoy).await? {
             Ok(r) => r,
             Err((credential, reason)) => {
-                return Ok(Verdict::Unauthenticated { credential, reason });
+                return Ok((Verdict::Unauthenticated { credential, reason }, false));
             }
         };
         if !self.guard.policy().is_loaded() {
@@ -856,7 +968,7 @@ impl ExtAuthz {
         // The allow path needs no reason (see `Guard::allows`); a denial asks again
         // for Kubernetes' text.
         Ok(if allowed {
-            Verdict::Allowed(requester)
+            (Verdict::Allowed(requester), keep)
         } else {
             let user = UserInfo {
                 name: requester.user.clone(),
@@ -868,40 +980,17 @@ impl ExtAuthz {
                 ..Default::default()
             };
             let message = forbidden(&caller, attrs, &d.reason).message().to_owned();
-            Verdict::Forbidden { requester, message }
+            (Verdict::Forbidden { requester, message }, false)
         })
     }
 
     fn audit(&self, verdict: &Verdict, attrs: Option<&Attributes>, envoy: &str) {
-        // The request's method and path (no query: it may carry secrets), never
-        // header values or tokens.
-        let (verb, target) = match attrs {
-            Some(Attributes::NonResource { verb, path }) => (verb.as_str(), path.clone()),
-            Some(Attributes::Resource {
-                verb,
-                namespace,
-                api_group,
-                resource,
-                subresource,
-                name,
-            }) => (
-                verb.as_str(),
-                format!("{api_group}/{resource}/{subresource} {namespace}/{name}"),
-            ),
-            None => ("", String::new()),
-        };
+        if let Verdict::Allowed(r) = verdict {
+            return self.audit_allowed(r, attrs, envoy);
+        }
+        let (verb, target) = audit_target(attrs);
         match verdict {
-            Verdict::Allowed(r) => {
-                let every = self.audit_allowed_every;
-                if every == 0 {
-                    return;
-                }
-                let n = self.allowed_since_audit.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= every {
-                    self.allowed_since_audit.fetch_sub(n, Ordering::Relaxed);
-                    tracing::info!(target: "audit", event = "ext_authz.allowed", requester = envoy, allowed_checks = n, user = %r.user, credential = r.credential.as_str(), verb, target = %target, "ext_authz: allowed checks (sampled)");
-                }
-            }
+            Verdict::Allowed(_) => {}
             Verdict::Unauthenticated { credential, reason } => {
                 tracing::info!(target: "audit", event = "ext_authz.denied", requester = envoy, code = 401, credential = credential.as_str(), verb, target = %target, reason = %reason, "ext_authz: denied");
             }
@@ -912,6 +1001,41 @@ impl ExtAuthz {
                 tracing::info!(target: "audit", event = "ext_authz.denied", requester = envoy, code = 400, reason = %message, "ext_authz: denied");
             }
         }
+    }
+
+    /// Allowed checks are aggregated: every `audit_allowed_every`-th is an event.
+    fn audit_allowed(&self, r: &Requester, attrs: Option<&Attributes>, envoy: &str) {
+        let every = self.audit_allowed_every;
+        if every == 0 {
+            return;
+        }
+        let n = self.allowed_since_audit.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= every {
+            self.allowed_since_audit.fetch_sub(n, Ordering::Relaxed);
+            // Only a sampled check pays for its target's text.
+            let (verb, target) = audit_target(attrs);
+            tracing::info!(target: "audit", event = "ext_authz.allowed", requester = envoy, allowed_checks = n, user = %r.user, credential = r.credential.as_str(), verb, target = %target, "ext_authz: allowed checks (sampled)");
+        }
+    }
+}
+
+/// The request's method and path as audited (no query: it may carry secrets),
+/// never header values or tokens.
+fn audit_target(attrs: Option<&Attributes>) -> (&str, String) {
+    match attrs {
+        Some(Attributes::NonResource { verb, path }) => (verb.as_str(), path.clone()),
+        Some(Attributes::Resource {
+            verb,
+            namespace,
+            api_group,
+            resource,
+            subresource,
+            name,
+        }) => (
+            verb.as_str(),
+            format!("{api_group}/{resource}/{subresource} {namespace}/{name}"),
+        ),
+        None => ("", String::new()),
     }
 }
 
@@ -925,20 +1049,66 @@ fn reason(verdict: &Verdict) -> &'static str {
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
-    async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, req: Request<RawCheckRequest>) -> Result<Response<CheckAnswer>, Status> {
         let started = Instant::now();
-        let (_, extensions, message) = req.into_parts();
+        let (_, extensions, raw) = req.into_parts();
         let envoy = extensions.get::<Caller>().map_or("", |c| c.user.as_str());
+        let m = metrics::get();
+        // A mesh peer's repeat request: the answer kept for it, if nothing it depends
+        // on has changed in the index since (see `answers`). Looked up from the
+        // request's bytes as they are (`wire::Lean`); anything else, and every miss,
+        // takes the full path below.
+        let kept = raw
+            .lean()
+            .and_then(|l| {
+                key_of(
+                    l.principal,
+                    l.certificate,
+                    l.method,
+                    l.path,
+                    l.authorization,
+                    l.badge_header,
+                    l.extensions,
+                )
+            })
+            // As on the full path: nothing is answered while the index is loading.
+            .filter(|_| self.reviewer.is_ready())
+            .and_then(|k| self.answers.get(&k, self.answer_tag(&k)));
+        if let Some(kept) = kept {
+            self.audit_allowed(&kept.requester, Some(&kept.attrs), envoy);
+            let decision = opentelemetry::KeyValue::new("decision", "allowed");
+            m.checks.add(
+                1,
+                &[
+                    decision.clone(),
+                    opentelemetry::KeyValue::new("reason", kept.requester.credential.as_str()),
+                ],
+            );
+            m.duration
+                .record(started.elapsed().as_secs_f64(), &[decision]);
+            return Ok(Response::new(kept.encoded.clone()));
+        }
+        // As tonic's decoder answers a request it cannot decode.
+        let message = raw
+            .decode_full()
+            .map_err(|e| Status::internal(e.to_string()))?;
         // Text Envoy could not have sent is refused before anything reads it.
         let invalid = message.validate().err();
         let mut ctx = message.attributes.unwrap_or_default();
         merge_raw_headers(&mut ctx);
-        let m = metrics::get();
+        // The cache's key, and the index generations read before the answer is
+        // computed (see `answers`).
+        let key = if invalid.is_none() {
+            self.answer_key(&ctx)
+        } else {
+            None
+        };
+        let tag = key.as_ref().map(|k| self.answer_tag(k));
         let attrs = match invalid {
             Some(e) => Err(e),
             None => attributes(&ctx),
         };
-        let verdict = match self.verdict_for(&ctx, &attrs, envoy).await {
+        let (verdict, keep) = match self.verdict_for(&ctx, &attrs, envoy).await {
             Ok(v) => v,
             Err(e) => {
                 let attrs = [
@@ -966,11 +1136,13 @@ impl Authorization for ExtAuthz {
         let headers = http_view(&ctx).headers;
         let remove_authorization =
             lookup(&ctx.context_extensions, EXT_REMOVE_AUTHORIZATION).is_some_and(|v| v == "true");
-        Ok(Response::new(response(
-            &verdict,
-            Some(headers),
-            remove_authorization,
-        )))
+        let encoded = CheckAnswer::encode(&response(&verdict, Some(headers), remove_authorization));
+        if keep
+            && let (Some(k), Some(tag), Verdict::Allowed(r), Ok(a)) = (&key, tag, &verdict, &attrs)
+        {
+            self.answers.insert(k, tag, r, a, &encoded);
+        }
+        Ok(Response::new(encoded))
     }
 }
 

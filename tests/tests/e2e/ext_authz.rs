@@ -121,7 +121,7 @@ fn envoy_check(
 }
 
 /// What Envoy would do with a CheckResponse.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 enum Answer {
     Allowed {
         /// (key, value) set with OVERWRITE_IF_EXISTS_OR_ADD.
@@ -1870,4 +1870,96 @@ async fn checks_are_counted_by_decision_and_reason() {
     for w in wanted {
         assert!(got.iter().any(|g| g == w), "{w} not received: {got:?}");
     }
+}
+
+/// A mesh peer's allowed answer is kept and sent again for the same request
+/// (token-review's answer cache); once the index has a change the answer depends
+/// on — the binding deleted, the service account deleted — the very next Check of
+/// the kept request is decided anew. The same request with a client `x-badge-*`
+/// header never takes the cache (its answer must remove that header), so it shows
+/// when the index has the change; the kept request must then agree at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_peer_answer_is_dropped_with_its_binding_or_account() {
+    let e = Env::start().await;
+    e.ns("apps").await;
+    e.sa("apps", "web").await;
+    cluster_role(
+        &e.admin,
+        "shop-api",
+        vec![urls(&["get"], &["/shop/orders"])],
+    )
+    .await;
+    bind(
+        &e.admin,
+        "shop-api",
+        "shop-api",
+        vec![subject("ServiceAccount", "web", "apps")],
+    )
+    .await;
+    let peer = format!("spiffe://{}/ns/apps/sa/web", e.trust_domain);
+    let web = "system:serviceaccount:apps:web";
+    let kept = envoy_check("GET", "/shop/orders?page=2", &[], &peer, &[]);
+    let uncached = envoy_check(
+        "GET",
+        "/shop/orders",
+        &[("x-badge-user", "forged")],
+        &peer,
+        &[],
+    );
+    e.until(&kept, allowed).await;
+    // Repeats (answered from the cache) are the same answer.
+    let first = e.send(kept.clone()).await;
+    for _ in 0..3 {
+        assert_eq!(e.send(kept.clone()).await, first);
+    }
+    assert!(allowed(&first), "{first:?}");
+
+    // The binding goes away.
+    rb::cluster_role_binding_service_client::ClusterRoleBindingServiceClient::new(e.admin.clone())
+        .delete_cluster_role_binding(rb::DeleteClusterRoleBindingRequest {
+            name: "shop-api".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete binding");
+    e.until(&uncached, denied).await;
+    let a = e.send(kept.clone()).await;
+    assert_denied(
+        &a,
+        7,
+        403,
+        &format!(
+            r#"forbidden: User "{web}" cannot get path "/shop/orders": no RBAC policy matched"#
+        ),
+    );
+
+    // Bound again: allowed again (and kept again).
+    bind(
+        &e.admin,
+        "shop-api",
+        "shop-api",
+        vec![subject("ServiceAccount", "web", "apps")],
+    )
+    .await;
+    e.until(&uncached, allowed).await;
+    assert!(allowed(&e.send(kept.clone()).await));
+    assert!(allowed(&e.send(kept.clone()).await));
+
+    // The service account goes away.
+    pb::service_account_service_client::ServiceAccountServiceClient::new(e.admin.clone())
+        .delete_service_account(pb::DeleteServiceAccountRequest {
+            namespace: "apps".into(),
+            name: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete sa");
+    e.until(&uncached, denied).await;
+    let a = e.send(kept.clone()).await;
+    assert_denied(
+        &a,
+        16,
+        401,
+        &format!("peer {peer}: service account apps/web does not exist"),
+    );
 }
