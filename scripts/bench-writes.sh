@@ -7,7 +7,12 @@
 #   3. service-account-churn on the same `badge up`: Create, Update (a label, with the
 #      resource_version) and Delete (resource_version and uid preconditions), a
 #      third each, every request one write;
-#   4. with SQLITE=1, both against `badge up` on its embedded SQLite default.
+#   4. pod churn on the same `badge up` (badge-bench pod-churn): $POD_WORKERS loops
+#      create a pod, issue a token bound to it, review it, delete the pod and
+#      review until the token is refused, while $REVIEWERS more reviews of live
+#      pods' tokens stay in flight; its identity writes (pod creates + deletes)
+#      are set against the ceiling too;
+#   5. with SQLITE=1, all three against `badge up` on its embedded SQLite default.
 # Prints each rate, p50/p99 and the ratio of the writes to the pgbench ceiling.
 # Needs PostgreSQL (and pgbench, psql) on 127.0.0.1:5432. Loopback only; every run
 # is bounded in time; the databases, processes and files it made are removed on
@@ -18,6 +23,8 @@ cd "$(dirname "$0")/.."
 DUR=${DUR:-8s}
 N=${N:-2}
 M=${M:-32}
+POD_WORKERS=${POD_WORKERS:-64}
+REVIEWERS=${REVIEWERS:-32}
 PG_CLIENTS=${PG_CLIENTS:-16}
 PG_DUR=${PG_DUR:-8}
 SQLITE=${SQLITE:-0}
@@ -90,6 +97,18 @@ writes() {
   echo "$out" | grep -E "rate|latency|errors"
   rate=$(echo "$out" | sed -n 's/^rate.*(ok \([0-9.]*\) req.*/\1/p' | head -1)
 }
+# pods <label>: badge-bench pod-churn against the `badge up` whose env file is $env_file.
+pods() {
+  # shellcheck disable=SC1090
+  source "$env_file"
+  echo "== pod churn, $1 ($POD_WORKERS pod loops + $REVIEWERS reviews in flight, $DUR)"
+  out=$(timeout 300 "$B" pod-churn --identity "$BADGE_IDENTITY_ENDPOINT" \
+    --issuer "$BADGE_ISSUER_ENDPOINT" --review "$BADGE_REVIEW_ENDPOINT" --ca "$BADGE_CA" \
+    --cert "$BADGE_CLIENT_CERT" --key "$BADGE_CLIENT_KEY" --workers "$POD_WORKERS" \
+    --reviewers "$REVIEWERS" --duration "$DUR")
+  echo "$out"
+  rate=$(echo "$out" | sed -n 's/^pods .*, \([0-9.]*\) identity writes.*/\1/p' | head -1)
+}
 stop() {
   kill "$up_pid" 2>/dev/null || true
   wait "$up_pid" 2>/dev/null || true
@@ -110,11 +129,14 @@ writes create-service-account "Postgres"
 share creates "$rate"
 writes service-account-churn "Postgres"
 share "churn writes" "$rate"
+pods "Postgres"
+share "pod churn writes" "$rate"
 stop
 
 if [ "$SQLITE" = 1 ]; then
   up sqlite "sqlite://$work/sqlite/badge.db"
   writes create-service-account "embedded SQLite"
   writes service-account-churn "embedded SQLite"
+  pods "embedded SQLite"
   stop
 fi

@@ -10,7 +10,11 @@
 #      token-review process: every review decodes and verifies); SubjectAccessReview;
 #   4. workload certificates (scripts/bench-certificates.sh): CSR verification per core,
 #      Istio CreateCertificate (ECDSA P-256, RSA-3072), CreatePodCertificate and a
-#      10,000-workload fleet restart, beside the echo ceiling of that run.
+#      10,000-workload fleet restart, beside the echo ceiling of that run;
+#   5. identity writes (scripts/bench-writes.sh): pgbench's one-row INSERT ceiling,
+#      then CreateServiceAccount, service-account churn and pod churn beside it;
+#   6. identity reads (scripts/bench-reads.sh): GetServiceAccount and a List of 1,000
+#      beside the echo ceiling of that run.
 # Needs PostgreSQL on 127.0.0.1:5432. Loopback only; every run is bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,3 +91,5 @@ for alg in ES256 RS256; do
 done
 
 BUILT=1 DUR=$DUR N=$N M=$M DB=$DB scripts/bench-certificates.sh
+DUR=8s N=$N M=32 DB=$DB scripts/bench-writes.sh
+BUILT=1 DUR=8s N=$N M=$M DB=$DB scripts/bench-reads.sh

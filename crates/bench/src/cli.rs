@@ -1,5 +1,5 @@
 //! The command line: `echo-server`, `run <scenario>`, `burst <scenario>`,
-//! `ceiling`, `csr-rate` and `watch`.
+//! `ceiling`, `csr-rate`, `watch` and `pod-churn`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -59,6 +59,56 @@ pub enum Command {
     /// one writer creates service accounts at --rate per second for --duration;
     /// reports ack → event lag at every watcher and checks none missed a change.
     Watch(Box<WatchArgs>),
+    /// A fleet rolling: --workers loops create a pod, issue a token bound to it,
+    /// review it, delete the pod and review again until the token is refused,
+    /// while --reviewers more reviews of live pods' tokens stay in flight; reports
+    /// each call's rate and latency and the revocation lag. Fails on any error.
+    PodChurn(Box<PodChurnArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct PodChurnArgs {
+    /// `https://host:port` of identity (pods); loopback only.
+    #[arg(long)]
+    pub identity: String,
+    /// `https://host:port` of token-issuer (bound tokens); loopback only.
+    #[arg(long)]
+    pub issuer: String,
+    /// `https://host:port` of token-review (reviews); loopback only.
+    #[arg(long)]
+    pub review: String,
+    /// Name the servers' certificates must carry.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// An existing namespace.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// The pods' service account (it must exist).
+    #[arg(long, default_value = "default")]
+    pub service_account: String,
+    /// Pod loops at once (each has one request in flight).
+    #[arg(long, default_value_t = 32)]
+    pub workers: usize,
+    /// Reviews of live pods' tokens in flight besides the loops.
+    #[arg(long, default_value_t = 32)]
+    pub reviewers: usize,
+    /// Measured window (at most 300s); loops finish the pod they are on.
+    #[arg(long, default_value = "10s", value_parser = window)]
+    pub duration: Duration,
+    /// How long each pod lives once its token has been reviewed.
+    #[arg(long, default_value = "0s", value_parser = crate::duration::parse)]
+    pub pod_lifetime: Duration,
+    /// A deleted pod's token still accepted after this is an error.
+    #[arg(long, default_value = "1s", value_parser = crate::duration::parse)]
+    pub revocation_deadline: Duration,
+    /// Default: churn-<process id>- (distinct for runs against one database).
+    #[arg(long)]
+    pub name_prefix: Option<String>,
+    /// Print a one-line JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -757,6 +807,44 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             .context("stdout")?;
             if report.written == 0 {
                 bail!("no write was acknowledged");
+            }
+            Ok(())
+        }
+        Command::PodChurn(args) => {
+            let args = *args;
+            let report = crate::pod_churn::run(crate::pod_churn::PodChurnConfig {
+                identity: args.identity,
+                issuer: args.issuer,
+                review: args.review,
+                server_name: args.server_name,
+                tls: args.tls.files(),
+                namespace: args.namespace,
+                service_account: args.service_account,
+                workers: args.workers,
+                reviewers: args.reviewers,
+                duration: args.duration,
+                pod_lifetime: args.pod_lifetime,
+                revocation_deadline: args.revocation_deadline,
+                name_prefix: args
+                    .name_prefix
+                    .unwrap_or_else(|| format!("churn-{}-", std::process::id())),
+            })
+            .await?;
+            {
+                let mut out = std::io::stdout().lock();
+                if args.json {
+                    writeln!(out, "{}", report.to_json())
+                } else {
+                    writeln!(out, "{report}")
+                }
+                .context("stdout")?;
+            }
+            if report.pods_completed == 0 || report.errors() > 0 {
+                bail!(
+                    "{} pods completed, {} errors",
+                    report.pods_completed,
+                    report.errors()
+                );
             }
             Ok(())
         }

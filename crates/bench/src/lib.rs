@@ -13,6 +13,8 @@
 //! - [`burst`]: exactly N requests at once (a fleet restart), time to serve all.
 //! - [`watch`]: W Watch streams while one writer writes at a fixed rate: the
 //!   change feed's fan-out lag.
+//! - [`pod_churn`]: pods created and deleted with their bound tokens issued and
+//!   reviewed meanwhile: a fleet rolling, and the revocation lag.
 
 pub mod burst;
 pub mod ceiling;
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod duration;
 pub mod echo;
 pub mod load;
+pub mod pod_churn;
 pub mod report;
 pub mod scenario;
 pub mod target;

@@ -264,12 +264,11 @@ impl Store {
         // must not hang for the whole connect timeout while the store is down.
         let acquire_timeout = opts.connect_timeout.min(primary::PROBE_TIMEOUT);
         let primary = match hosts {
-            None => primary::Primary::single(
-                PgPoolOptions::new()
-                    .max_connections(opts.max_connections.max(1))
-                    .acquire_timeout(acquire_timeout)
-                    .connect_lazy_with(parse(url)?),
-            ),
+            None => primary::Primary::single(primary::build_pool(
+                parse(url)?,
+                opts.max_connections,
+                acquire_timeout,
+            )),
             Some(list) => {
                 let hosts = list
                     .urls

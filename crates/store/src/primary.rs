@@ -204,12 +204,31 @@ pub(crate) async fn begin_detached<DB: sqlx::Database>(
         .unwrap_or(Err(sqlx::Error::WorkerCrashed))
 }
 
-fn build_pool(opts: PgConnectOptions, max: u32, acquire_timeout: Duration) -> PgPool {
+/// The pool of one database host. Every connection starts with sequential scans
+/// off (see [`SESSION_SETUP`]).
+pub(crate) fn build_pool(opts: PgConnectOptions, max: u32, acquire_timeout: Duration) -> PgPool {
     PgPoolOptions::new()
         .max_connections(max.max(1))
         .acquire_timeout(acquire_timeout)
+        .after_connect(|conn, _| {
+            Box::pin(async move { sqlx::query(SESSION_SETUP).execute(conn).await.map(drop) })
+        })
         .connect_lazy_with(opts)
 }
+
+/// Run on every new connection. Every query Badge sends is a point or range
+/// lookup that an index serves, but the planner only knows that from
+/// statistics, and `objects` and `changes` grow by thousands of rows a second
+/// between autovacuum's ANALYZE runs (a minute apart at best). With statistics
+/// that still said "nearly empty" it planned a run's check as a hash join over a
+/// whole-table scan and the relay's feed read as a scan and a sort, and the
+/// generic plans of prepared statements kept those plans while the tables grew:
+/// every batch read every row, and writes fell from ~5,000/s to ~2,500/s within
+/// seconds of a fresh database filling up (docs/store-writes.md). With
+/// sequential scans off the planner takes an index wherever one exists, whatever
+/// its statistics say. A `SET` rather than a startup option, so that a
+/// connection pooler passes it through.
+const SESSION_SETUP: &str = "SET enable_seqscan = off";
 
 impl Primary {
     pub(crate) fn single(pool: PgPool) -> Arc<Primary> {
