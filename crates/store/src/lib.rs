@@ -49,7 +49,7 @@ use std::time::Duration;
 use badge_core::seal::DataSealer;
 use badge_core::{Error, Result};
 use sqlx::Transaction;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgPool, Postgres};
 use sqlx::sqlite::Sqlite;
 use tokio::sync::{OwnedMutexGuard, mpsc, oneshot, watch};
 
