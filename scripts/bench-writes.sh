@@ -4,6 +4,7 @@
 #      INSERT into a scratch table of a scratch database, for $PG_DUR;
 #   2. CreateServiceAccount against `badge up` on a fresh Postgres database,
 #      $N connections x $M in flight for $DUR, a new name per request;
+#   2b. CreatePod on the same `badge up` (pods of `default`, through admission);
 #   3. service-account-churn on the same `badge up`: Create, Update (a label, with the
 #      resource_version) and Delete (resource_version and uid preconditions), a
 #      third each, every request one write;
@@ -12,7 +13,7 @@
 #      review until the token is refused, while $REVIEWERS more reviews of live
 #      pods' tokens stay in flight; its identity writes (pod creates + deletes)
 #      are set against the ceiling too;
-#   5. with SQLITE=1, all three against `badge up` on its embedded SQLite default.
+#   5. with SQLITE=1, all four against `badge up` on its embedded SQLite default.
 # Prints each rate, p50/p99 and the ratio of the writes to the pgbench ceiling.
 # Needs PostgreSQL (and pgbench, psql) on 127.0.0.1:5432. Loopback only; every run
 # is bounded in time; the databases, processes and files it made are removed on
@@ -127,6 +128,8 @@ PY
 up postgres "$DB/$db"
 writes create-service-account "Postgres"
 share creates "$rate"
+writes create-pod "Postgres"
+share "pod creates" "$rate"
 writes service-account-churn "Postgres"
 share "churn writes" "$rate"
 pods "Postgres"
@@ -136,6 +139,7 @@ stop
 if [ "$SQLITE" = 1 ]; then
   up sqlite "sqlite://$work/sqlite/badge.db"
   writes create-service-account "embedded SQLite"
+  writes create-pod "embedded SQLite"
   writes service-account-churn "embedded SQLite"
   pods "embedded SQLite"
   stop

@@ -25,7 +25,7 @@ use crate::certificates::{self, IstioPool, IstioSpec, PodPool, PodSpec, key_type
 use crate::echo::EchoServer;
 use crate::load::{self, LoadConfig, MAX_DURATION};
 use crate::report::Report;
-use crate::scenario::{CreateServiceAccounts, Scenario, ServiceAccountChurn};
+use crate::scenario::{CreatePods, CreateServiceAccounts, Scenario, ServiceAccountChurn};
 
 /// Largest echo payload (tonic's default message limit is 4 MiB).
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
@@ -149,6 +149,29 @@ pub struct WatchArgs {
     /// Print a one-line JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+impl PodChurnArgs {
+    /// The run these arguments ask for.
+    pub fn config(self) -> crate::pod_churn::PodChurnConfig {
+        crate::pod_churn::PodChurnConfig {
+            identity: self.identity,
+            issuer: self.issuer,
+            review: self.review,
+            server_name: self.server_name,
+            tls: self.tls.files(),
+            namespace: self.namespace,
+            service_account: self.service_account,
+            workers: self.workers,
+            reviewers: self.reviewers,
+            duration: self.duration,
+            pod_lifetime: self.pod_lifetime,
+            revocation_deadline: self.revocation_deadline,
+            name_prefix: self
+                .name_prefix
+                .unwrap_or_else(|| format!("churn-{}-", std::process::id())),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -362,6 +385,19 @@ pub enum ScenarioArgs {
         #[arg(long)]
         name_prefix: Option<String>,
     },
+    /// badge.identity.v1.PodService/CreatePod: a new pod per request, named
+    /// <name-prefix><n>, of --service-account (admission runs on each).
+    CreatePod {
+        /// An existing namespace.
+        #[arg(long)]
+        namespace: String,
+        /// An existing service account of that namespace.
+        #[arg(long, default_value = "default")]
+        service_account: String,
+        /// Default: bench-<process id>- (distinct for runs against one database).
+        #[arg(long)]
+        name_prefix: Option<String>,
+    },
     /// CreateServiceAccount, UpdateServiceAccount and DeleteServiceAccount in turn, a
     /// third each: an update changes a label of an account an earlier request
     /// created (sending its resource_version), a delete removes one an earlier
@@ -542,6 +578,15 @@ impl ScenarioArgs {
                 name_prefix,
             } => Scenario::CreateServiceAccount(Arc::new(CreateServiceAccounts::new(
                 namespace,
+                name_prefix.unwrap_or_else(|| format!("bench-{}-", std::process::id())),
+            ))),
+            ScenarioArgs::CreatePod {
+                namespace,
+                service_account,
+                name_prefix,
+            } => Scenario::CreatePod(Arc::new(CreatePods::new(
+                namespace,
+                service_account,
                 name_prefix.unwrap_or_else(|| format!("bench-{}-", std::process::id())),
             ))),
             ScenarioArgs::ServiceAccountChurn {
@@ -812,27 +857,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::PodChurn(args) => {
             let args = *args;
-            let report = crate::pod_churn::run(crate::pod_churn::PodChurnConfig {
-                identity: args.identity,
-                issuer: args.issuer,
-                review: args.review,
-                server_name: args.server_name,
-                tls: args.tls.files(),
-                namespace: args.namespace,
-                service_account: args.service_account,
-                workers: args.workers,
-                reviewers: args.reviewers,
-                duration: args.duration,
-                pod_lifetime: args.pod_lifetime,
-                revocation_deadline: args.revocation_deadline,
-                name_prefix: args
-                    .name_prefix
-                    .unwrap_or_else(|| format!("churn-{}-", std::process::id())),
-            })
-            .await?;
+            let json = args.json;
+            let report = crate::pod_churn::run(args.config()).await?;
             {
                 let mut out = std::io::stdout().lock();
-                if args.json {
+                if json {
                     writeln!(out, "{}", report.to_json())
                 } else {
                     writeln!(out, "{report}")

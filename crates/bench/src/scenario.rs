@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
+use badge_proto::identity::pod_service_client::PodServiceClient;
 use badge_proto::identity::service_account_service_client::ServiceAccountServiceClient;
+use badge_proto::identity::{CreatePodRequest, Pod, PodSpec};
 use badge_proto::identity::{
     CreateServiceAccountRequest, DeleteServiceAccountRequest, ServiceAccount,
     UpdateServiceAccountRequest,
@@ -42,6 +44,9 @@ pub enum Scenario {
     /// `badge.identity.v1.ServiceAccountService/CreateServiceAccount`, a new name
     /// per request (see [`CreateServiceAccounts`]): every request is a write.
     CreateServiceAccount(Arc<CreateServiceAccounts>),
+    /// `badge.identity.v1.PodService/CreatePod`, a new name per request (see
+    /// [`CreatePods`]): every request is a write through pod admission.
+    CreatePod(Arc<CreatePods>),
     /// Create, Update and Delete of service accounts in turn (see
     /// [`ServiceAccountChurn`]): every request is one write of the three kinds.
     ServiceAccountChurn(Arc<ServiceAccountChurn>),
@@ -87,6 +92,7 @@ impl Scenario {
             Scenario::GetServiceAccount(_) => "get-service-account",
             Scenario::ListServiceAccounts { .. } => "list-service-accounts",
             Scenario::CreateServiceAccount(_) => "create-service-account",
+            Scenario::CreatePod(_) => "create-pod",
             Scenario::ServiceAccountChurn(_) => "service-account-churn",
             Scenario::TokenReview(_) => "token-review",
             Scenario::SubjectAccessReview { .. } => "subject-access-review",
@@ -110,6 +116,7 @@ impl Scenario {
             Scenario::GetServiceAccount(r) => r.encoded_len(),
             Scenario::ListServiceAccounts { request, .. } => request.encoded_len(),
             Scenario::CreateServiceAccount(c) => c.request(0).encoded_len(),
+            Scenario::CreatePod(c) => c.request(0).encoded_len(),
             Scenario::ServiceAccountChurn(c) => c.creates.request(0).encoded_len(),
             Scenario::TokenReview(r) => r.encoded_len(),
             Scenario::SubjectAccessReview { request, .. } => request.encoded_len(),
@@ -159,6 +166,11 @@ impl Scenario {
             Scenario::CreateServiceAccount(creates) => {
                 ServiceAccountServiceClient::new(channel)
                     .create_service_account(creates.next())
+                    .await?;
+            }
+            Scenario::CreatePod(creates) => {
+                PodServiceClient::new(channel)
+                    .create_pod(creates.next())
                     .await?;
             }
             Scenario::ServiceAccountChurn(churn) => churn.call(channel).await?,
@@ -237,6 +249,51 @@ impl CreateServiceAccounts {
 
     /// The request for a name no request of this run has used.
     fn next(&self) -> CreateServiceAccountRequest {
+        // Relaxed: the counter only has to hand out distinct numbers.
+        self.request(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// The requests of the create-pod scenario: pods `<prefix><n>` of one service
+/// account in one namespace, `n` counting up across every connection (as for
+/// [`CreateServiceAccounts`]). Admission fills in the token volume; the service
+/// account must exist.
+#[derive(Debug)]
+pub struct CreatePods {
+    namespace: String,
+    service_account: String,
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl CreatePods {
+    pub fn new(namespace: String, service_account: String, prefix: String) -> CreatePods {
+        CreatePods {
+            namespace,
+            service_account,
+            prefix,
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The request for the `n`th name.
+    pub fn request(&self, n: u64) -> CreatePodRequest {
+        CreatePodRequest {
+            pod: Some(Pod {
+                metadata: Some(ObjectMeta {
+                    name: format!("{}{n}", self.prefix),
+                    namespace: self.namespace.clone(),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: self.service_account.clone(),
+                    ..Default::default()
+                }),
+            }),
+        }
+    }
+
+    fn next(&self) -> CreatePodRequest {
         // Relaxed: the counter only has to hand out distinct numbers.
         self.request(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
