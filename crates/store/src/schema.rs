@@ -22,16 +22,30 @@ use crate::error::db_error;
 /// `embedded_migrations_are_the_directories` fails when a file is added, renamed
 /// or edited without this list following it; the checksums are sqlx's (SHA-384 of
 /// the file), so databases migrated by earlier binaries verify unchanged.
-const POSTGRES_FILES: &[(i64, &str, &str)] = &[(
-    1,
-    "objects",
-    include_str!("../../../migrations/0001_objects.sql"),
-)];
-const SQLITE_FILES: &[(i64, &str, &str)] = &[(
-    1,
-    "objects",
-    include_str!("../../../migrations/sqlite/0001_objects.sql"),
-)];
+const POSTGRES_FILES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "objects",
+        include_str!("../../../migrations/0001_objects.sql"),
+    ),
+    (
+        2,
+        "lean indexes",
+        include_str!("../../../migrations/0002_lean_indexes.sql"),
+    ),
+];
+const SQLITE_FILES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "objects",
+        include_str!("../../../migrations/sqlite/0001_objects.sql"),
+    ),
+    (
+        2,
+        "lean indexes",
+        include_str!("../../../migrations/sqlite/0002_lean_indexes.sql"),
+    ),
+];
 
 fn embed(files: &'static [(i64, &'static str, &'static str)]) -> Migrator {
     Migrator::with_migrations(

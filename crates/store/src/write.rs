@@ -500,6 +500,18 @@ enum ObjectWrite {
     },
 }
 
+/// `kind IN ($2, …)` with one placeholder per [`Kind::ALL`] (bound in that
+/// order after the namespace): the primary key (kind, namespace, name) then
+/// serves a namespace's objects without an index of their own (migration 2
+/// dropped `objects_by_namespace` to save an index insert per write).
+macro_rules! namespace_kinds {
+    () => {
+        "kind IN ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    };
+}
+// The placeholders above must be exactly the kinds.
+const _: () = assert!(Kind::ALL.len() == 12);
+
 /// Postgres: the object's write and its feed row in one statement (one round
 /// trip, and atomic: the feed row is written exactly when the object row is).
 /// $1..$11 are the feed row (revision, event, kind, namespace, name, uid, labels,
@@ -838,26 +850,40 @@ impl Writer {
         if namespace.is_empty() {
             return Err(Error::invalid("namespace", "is required").into());
         }
-        // Cluster-scoped objects have namespace '', so this only touches namespaced ones.
-        let records = with_tx!(&mut self.tx, |c| sqlx::query(concat!(
-            "SELECT ",
-            object_columns!(),
-            " FROM objects WHERE namespace = $1 ORDER BY kind, name"
-        ))
-        .bind(namespace)
-        .fetch_all(&mut **c)
-        .await
-        .map_err(TxError::db)?
-        .iter()
-        .map(record_from_row)
-        .collect::<Result<Vec<_>>>()?);
-        let deleted = with_tx!(&mut self.tx, |c| sqlx::query(
-            "DELETE FROM objects WHERE namespace = $1"
-        )
-        .bind(namespace)
-        .execute(&mut **c)
-        .await
-        .map(|r| r.rows_affected()))
+        // Cluster-scoped objects have namespace '', so this only touches namespaced
+        // ones. Every kind is named so that the primary key (kind, namespace, name)
+        // serves the query, one index range per kind (see `NAMESPACE_KINDS`).
+        let records = with_tx!(&mut self.tx, |c| {
+            let mut query = sqlx::query(concat!(
+                "SELECT ",
+                object_columns!(),
+                " FROM objects WHERE namespace = $1 AND ",
+                namespace_kinds!(),
+                " ORDER BY kind, name"
+            ))
+            .bind(namespace);
+            for kind in Kind::ALL {
+                query = query.bind(kind.as_str());
+            }
+            query
+                .fetch_all(&mut **c)
+                .await
+                .map_err(TxError::db)?
+                .iter()
+                .map(record_from_row)
+                .collect::<Result<Vec<_>>>()?
+        });
+        let deleted = with_tx!(&mut self.tx, |c| {
+            let mut query = sqlx::query(concat!(
+                "DELETE FROM objects WHERE namespace = $1 AND ",
+                namespace_kinds!()
+            ))
+            .bind(namespace);
+            for kind in Kind::ALL {
+                query = query.bind(kind.as_str());
+            }
+            query.execute(&mut **c).await.map(|r| r.rows_affected())
+        })
         .map_err(TxError::db)?;
         if usize::try_from(deleted).ok() != Some(records.len()) {
             return Err(Error::Conflict(format!(
