@@ -852,7 +852,7 @@ impl Writer {
         }
         // Cluster-scoped objects have namespace '', so this only touches namespaced
         // ones. Every kind is named so that the primary key (kind, namespace, name)
-        // serves the query, one index range per kind (see `NAMESPACE_KINDS`).
+        // serves the query, one index range per kind (see `namespace_kinds!`).
         let records = with_tx!(&mut self.tx, |c| {
             let mut query = sqlx::query(concat!(
                 "SELECT ",
